@@ -1,0 +1,34 @@
+"""Small modules shared by training and export: the uint8 NHWC input head of the contract."""
+
+import torch
+from torch import nn
+
+
+class UInt8Normalize(nn.Module):
+    """uint8 [N, H, W, 3] RGB → float32 [N, 3, H, W], scaled to [0, 1] and normalised per channel.
+
+    The /255 is folded into the constants, so the graph is Cast, Transpose, Sub, Mul.
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        scale = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("scale", scale, persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).to(torch.float32)
+        return (x - self.mean) * self.scale
+
+
+class Classifier(nn.Module):
+    """The contract form of a classifier: uint8 NHWC image → logits."""
+
+    def __init__(self, net: nn.Module, mean, std):
+        super().__init__()
+        self.pre = UInt8Normalize(mean, std)
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(self.pre(image))

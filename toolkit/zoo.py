@@ -1,0 +1,63 @@
+"""The model registry: each model the toolkit knows is declared here, once.
+
+Importing this module does not import torch (the inference path reads default paths and
+contracts from it); `build()` does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolkit.data import CIFAR10_LABELS
+
+MODELS_DIR = Path(os.environ.get("TOOLKIT_MODELS", Path(__file__).resolve().parent.parent / "models"))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str                      # registry name, also `toolkit.model` in the ONNX metadata
+    task: str                      # classify | generate | transform
+    file_stem: str                 # models/<file_stem>.onnx, models/<file_stem>.safetensors
+    input_size: tuple[int, int] = (32, 32)
+    labels: list[str] = field(default_factory=list)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    latent_dim: int = 0
+
+    def onnx_path(self, precision: str = "fp32") -> Path:
+        suffix = "" if precision == "fp32" else f".{precision}"
+        return MODELS_DIR / f"{self.file_stem}{suffix}.onnx"
+
+    @property
+    def weights_path(self) -> Path:
+        return MODELS_DIR / f"{self.file_stem}.safetensors"
+
+    def build(self):
+        """A freshly initialised torch module of this model (imports torch)."""
+        if self.name == "cifar-cnn":
+            from toolkit.nets.cifar_cnn import CifarCNN
+            return CifarCNN(num_classes=len(self.labels))
+        if self.name == "dcgan":
+            from toolkit.nets.dcgan import Generator
+            return Generator(latent_dim=self.latent_dim)
+        raise KeyError(f"{self.name} has no trainable network")
+
+
+CIFAR_CNN = ModelSpec(
+    name="cifar-cnn", task="classify", file_stem="cifar_cnn", input_size=(32, 32),
+    labels=list(CIFAR10_LABELS),
+    # Per-channel statistics of the CIFAR-10 training set; applied inside the exported graph.
+    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+)
+DCGAN = ModelSpec(name="dcgan", task="generate", file_stem="dcgan", input_size=(64, 64), latent_dim=100)
+
+REGISTRY = {spec.name: spec for spec in (CIFAR_CNN, DCGAN)}
+
+
+def get(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r} (known: {', '.join(REGISTRY)})") from None
