@@ -186,24 +186,7 @@ def read_class_folder(root: str | os.PathLike, size: tuple[int, int] | None = (3
                       on_error=None, progress=None) -> LabelledImages:
     """Decode every image of a class-per-folder tree. Bad files are reported through
     `on_error(message)` (default: raise) and left out."""
-    files, labels, classes = class_folder_files(root)
-    images, kept = [], []
-    for i, f in enumerate(files):
-        try:
-            img = load_image(f)
-        except ImageError as exc:
-            if on_error is None:
-                raise
-            on_error(str(exc))
-            continue
-        images.append(resize(img, *size) if size else img)
-        kept.append(i)
-        if progress is not None:
-            progress(1)
-    if not images:
-        raise ValueError(f"{root}: no readable images")
-    kept_idx = np.asarray(kept)
-    return LabelledImages(np.stack(images), labels[kept_idx], classes, [str(files[i]) for i in kept])
+    return read_split(root, "all", size, on_error=on_error, progress=progress)
 
 
 # ----------------------------------------------------------------------------- CIFAR batches
@@ -317,3 +300,37 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def read_split(root: str | os.PathLike, part: str = "val", size: tuple[int, int] | None = (32, 32),
+               limit: int | None = None, on_error=None, progress=None) -> LabelledImages:
+    """Decode only one part ('train' | 'val' | 'all') of the fixed split. With `limit`, take an
+    evenly spaced subset of that part so every class is represented."""
+    root = Path(root)
+    if is_cifar_batches(root):
+        data = read_cifar_batches(root, "train")
+        train, val = split_indices(data.labels)
+        index = {"train": train, "val": val}.get(part, np.arange(len(data)))
+        if limit and limit < len(index):
+            index = index[np.linspace(0, len(index) - 1, limit).astype(int)]
+        return data.subset(index)
+    files, labels, classes = class_folder_files(root)
+    train, val = split_indices(labels)
+    index = {"train": train, "val": val}.get(part, np.arange(len(files)))
+    if limit and limit < len(index):
+        index = index[np.linspace(0, len(index) - 1, limit).astype(int)]
+    images, kept = [], []
+    for i in index:
+        try:
+            img = load_image(files[i])
+            images.append(resize(img, *size) if size else img)
+            kept.append(i)
+        except ImageError as exc:
+            if on_error is None:
+                raise
+            on_error(str(exc))
+        if progress is not None:
+            progress(1)
+    if not images:
+        raise ValueError(f"{root}: no readable images in the {part} part")
+    return LabelledImages(np.stack(images), labels[kept], classes, [str(files[i]) for i in kept])

@@ -32,3 +32,17 @@ class Classifier(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(self.pre(image))
+
+
+class ImageGenerator(nn.Module):
+    """The contract form of a generator: z float32 [N, latent] → uint8 [N, H, W, 3] RGB.
+
+    tanh output in [-1, 1] → [0, 255], rounded, clamped and cast inside the graph."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = (self.generator(z) + 1.0) * 127.5
+        return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)

@@ -1,0 +1,58 @@
+"""Shared fixtures: small data the tests make themselves, and one freshly initialised exported CNN."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from toolkit.data import CIFAR10_LABELS
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "datasets"
+
+
+def write_class_tree(root: Path, per_class: int = 10, size=(32, 32), seed: int = 0, classes=CIFAR10_LABELS) -> Path:
+    """A class-per-folder tree of small JPEGs whose colour depends on the class, so a model can learn it."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        base = np.array([(c * 53) % 256, (c * 97) % 256, (c * 151) % 256], dtype=np.float64)
+        for i in range(per_class):
+            img = np.clip(base + rng.normal(0, 20, (*size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(folder / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def class_tree(tmp_path_factory) -> Path:
+    return write_class_tree(tmp_path_factory.mktemp("tree"), per_class=30)
+
+
+@pytest.fixture(scope="session")
+def fresh_weights(tmp_path_factory) -> Path:
+    """Weights of a freshly initialised CNN (seeded), saved the way training saves them."""
+    import torch
+
+    from toolkit import zoo
+    from toolkit.train import _prefixed, atomic_save_tensors
+
+    torch.manual_seed(0)
+    net = zoo.CIFAR_CNN.build()
+    path = tmp_path_factory.mktemp("weights") / "cnn.safetensors"
+    atomic_save_tensors(_prefixed("model", net.state_dict()), path, {"model": "cifar-cnn"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def fresh_onnx(tmp_path_factory, fresh_weights, class_tree) -> Path:
+    from toolkit.export import export_classifier
+
+    out = tmp_path_factory.mktemp("onnx") / "cnn.onnx"
+    export_classifier(out, fresh_weights, class_tree, log=lambda *_: None)
+    return out

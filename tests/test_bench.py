@@ -1,0 +1,231 @@
+"""`toolkit bench`: statistics, the JSON document, provider refusal, --compare and the reports.
+
+Models are tiny ONNX graphs built here, so nothing in models/ or ../shared is needed.
+Run: OMP_NUM_THREADS=1 .venv/bin/pytest tests/test_bench.py
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+from typer.testing import CliRunner
+
+from toolkit import bench, zoo
+from toolkit.cli import app
+from toolkit.runtime import usable_providers
+
+LABELS = ["cat", "dog"]
+REQUIRED_ROW_KEYS = {"model", "precision", "provider", "backend", "batch_size", "p50_ms", "p90_ms", "p99_ms",
+                     "mean_ms", "throughput", "min_ms", "threads", "warmup_runs", "runs", "session_create_s",
+                     "file_size_bytes", "accuracy", "placement", "timings_ms", "input"}
+
+
+def tiny_classifier(path, model_name="tiny", labels=LABELS):
+    """uint8 [N, 32, 32, 3] → Cast → Transpose → Conv(3→4, 3×3, same) → Relu → GlobalAveragePool → MatMul → logits."""
+    rng = np.random.default_rng(0)
+    conv_w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.01, "conv_w")
+    fc_w = numpy_helper.from_array(rng.standard_normal((4, len(labels))).astype(np.float32), "fc_w")
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "conv_w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "fc_w"], ["logits"]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 32, 32, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(labels)])],
+                              [conv_w, fc_w])
+    # IR 8: what every onnxruntime from 1.14 on loads.
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    for key, value in {"toolkit.task": "classify", "toolkit.model": model_name, "toolkit.precision": "fp32",
+                       "toolkit.labels": json.dumps(labels)}.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, path)
+    return path
+
+
+@pytest.fixture
+def model_path(tmp_path, monkeypatch):
+    # No shipped weights or sample images leak in: inputs fall back to noise, torch to fresh weights.
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path / "no-models")
+    return tiny_classifier(tmp_path / "tiny.onnx")
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["bench", *map(str, args)])
+
+
+def run_json(*args) -> dict:
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# ----------------------------------------------------------------------------- statistics and timing
+
+def test_latency_stats_on_known_timings():
+    timings = [i / 1000 for i in range(1, 101)]          # 1 … 100 ms
+    stats = bench.latency_stats(timings, batch_size=4)
+    assert stats["p50_ms"] == pytest.approx(50.5)
+    assert stats["p90_ms"] == pytest.approx(90.1)
+    assert stats["p99_ms"] == pytest.approx(99.01)
+    assert stats["mean_ms"] == pytest.approx(50.5)
+    assert stats["min_ms"] == pytest.approx(1.0) and stats["max_ms"] == pytest.approx(100.0)
+    assert stats["throughput"] == pytest.approx(4 / 0.0505)
+
+
+def test_time_runs_excludes_warmup_and_honours_seconds():
+    calls = []
+    timings = bench.time_runs(calls.append, warmup=3, runs=7)
+    assert len(calls) == 10 and len(timings) == 7
+    assert calls == list(range(3)) + list(range(7))
+    timings = bench.time_runs(lambda i: None, warmup=0, seconds=0.02)
+    assert len(timings) >= bench.MIN_TIMED_RUNS
+
+
+def test_rotating_buffers_are_distinct_and_large_enough():
+    pool = np.random.default_rng(1).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
+    small = bench.rotating_buffers(pool, 1)
+    assert len(small) == bench.MAX_BUFFERS
+    assert len({b.ctypes.data for b in small}) == len(small)
+    large = bench.rotating_buffers(pool, 256)               # more than the pool holds: drawn with replacement
+    assert bench.MIN_BUFFERS <= len(large) and all(b.shape == (256, 32, 32, 3) for b in large)
+    assert sum(b.nbytes for b in large) >= bench.BUFFER_BYTES
+    assert all(b.flags.c_contiguous for b in large)
+
+
+def test_multiply_adds_counts_conv_and_matmul(model_path):
+    expected = 32 * 32 * 4 * 3 * 3 * 3 + 4 * 2            # conv output × (Cin·kh·kw) + matmul
+    assert bench.multiply_adds(onnx.load(model_path)) == expected
+
+
+def test_int8_limit_from_vnni_width():
+    machine = {"isa": ["AVX2", "AVX-512", "AVX-512 VNNI"], "cpu_mhz": 2600.0, "cores": 2}
+    peak, assumption = bench.int8_peak(machine)
+    assert peak == pytest.approx(2 * 2.6e9 * 64 * 2)
+    assert "512-bit" in assumption
+    assert bench.int8_peak({"isa": ["AVX2"], "cpu_mhz": 2600.0, "cores": 2}) is None
+    doc = {"machine": machine, "rows": [{"model": "m", "precision": "int8", "provider": "cpu",
+                                         "backend": "onnxruntime", "batch_size": 256, "throughput": 10_000.0,
+                                         "multiply_adds_per_item": 20_700_000}]}
+    text = bench.int8_limit_text(doc)
+    assert "batch 256" in text and f"{10_000 * 20.7e6 / peak:.1%}" in text
+
+
+def test_machine_fingerprint():
+    machine = bench.machine_info()
+    assert machine["cores"] >= 1 and machine["cpu"]
+    assert {"onnxruntime", "onnx", "torch"} <= set(machine["versions"])
+    assert machine["slug"].startswith(("cpu-", "gpu-")) and " " not in machine["slug"]
+
+
+# ----------------------------------------------------------------------------- the command
+
+def test_json_document_shape(model_path):
+    doc = run_json("--model", model_path, "--batch-size", 1, "--batch-size", 3, "--runs", 4, "--warmup", 1)
+    assert {"machine", "rows"} <= set(doc)
+    assert len(doc["rows"]) == 2
+    for row, batch in zip(doc["rows"], (1, 3)):
+        assert REQUIRED_ROW_KEYS <= set(row)
+        assert (row["model"], row["precision"], row["provider"], row["backend"], row["batch_size"]) == \
+               ("tiny", "fp32", "cpu", "onnxruntime", batch)
+        assert row["runs"] == 4 and len(row["timings_ms"]) == 4 and row["warmup_runs"] == 1
+        assert row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["throughput"] == pytest.approx(batch * 1e3 / row["mean_ms"])
+        assert row["placement"] == {"CPU": 7} or set(row["placement"]) == {"CPU"}
+        assert row["accuracy"] is None and "uniform random pixels" in row["input"]
+        assert row["file_size_bytes"] == model_path.stat().st_size
+
+
+def test_accuracy_and_real_images_from_data(model_path, tmp_path):
+    rng = np.random.default_rng(2)
+    for name in LABELS:
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i:04d}.png")
+    doc = run_json("--model", model_path, "--batch-size", 2, "--runs", 2, "--warmup", 0, "--data", tmp_path / "data")
+    row = doc["rows"][0]
+    assert row["accuracy_n"] == 2 and 0.0 <= row["accuracy"] <= 1.0
+    assert "validation images" in row["input"]
+
+
+def test_onnx_rows_do_not_import_torch(model_path):
+    code = ("import sys; from toolkit import bench; "
+            f"bench.run_benchmark(bench.BenchConfig(models=[{str(model_path)!r}], batch_sizes=[1], runs=2, warmup=0)); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_torch_row_measured_in_the_same_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path / "no-models")
+    path = tiny_classifier(tmp_path / "cnn.onnx", model_name=zoo.CIFAR_CNN.name, labels=zoo.CIFAR_CNN.labels)
+    doc = run_json("--model", path, "--batch-size", 2, "--runs", 3, "--warmup", 1, "--torch")
+    backends = [(r["backend"], r["batch_size"]) for r in doc["rows"]]
+    assert backends == [("onnxruntime", 2), ("torch", 2)]
+    torch_row = doc["rows"][1]
+    assert torch_row["precision"] == "fp32" and torch_row["runs"] == 3 and torch_row["file"] is None
+    assert torch_row["input"] == doc["rows"][0]["input"]
+
+
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_unusable_provider_is_refused(model_path, provider):
+    if provider in usable_providers():
+        pytest.skip(f"{provider} is usable on this machine")
+    result = invoke("--model", model_path, "--provider", provider, "--runs", 1)
+    assert result.exit_code != 0
+    assert provider in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_user_errors_are_one_line(model_path, tmp_path):
+    for args in (["--runs", 2, "--seconds", 1], ["--provider", "tpu"], ["--compare", tmp_path / "missing.json"]):
+        result = invoke("--model", model_path, *args)
+        assert result.exit_code != 0, args
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, args
+    result = invoke("--model", tmp_path / "absent.onnx", "--runs", 1)
+    assert result.exit_code != 0 and "absent.onnx" in result.stderr
+
+
+def test_compare_prints_ratio_per_row(model_path, tmp_path):
+    doc = run_json("--model", model_path, "--batch-size", 1, "--batch-size", 2, "--runs", 3, "--warmup", 0)
+    old = json.loads(json.dumps(doc))
+    old["rows"][0]["p50_ms"] = doc["rows"][0]["p50_ms"] * 2
+    old["rows"][0]["throughput"] = doc["rows"][0]["throughput"] / 2
+    del old["rows"][1]
+    comparison = bench.compare_rows(doc, old)
+    assert comparison[0]["speedup"] == pytest.approx(2.0) and comparison[0]["throughput_ratio"] == pytest.approx(2.0)
+    assert comparison[1]["speedup"] is None
+
+    old_path = tmp_path / "old.json"
+    old_path.write_text(json.dumps(old))
+    new = run_json("--model", model_path, "--batch-size", 1, "--batch-size", 2, "--runs", 3, "--warmup", 0,
+                   "--compare", old_path)
+    assert [c["batch_size"] for c in new["compare"]] == [1, 2]
+    assert new["compare"][0]["speedup"] > 0 and new["compare"][1]["speedup"] is None
+    result = invoke("--model", model_path, "--batch-size", 1, "--runs", 3, "--warmup", 0, "--compare", old_path)
+    assert result.exit_code == 0 and "speed-up" in result.stdout and "new row" not in result.stdout
+
+
+def test_reports_are_written_and_parse(model_path, tmp_path):
+    out = tmp_path / "results"
+    result = invoke("--model", model_path, "--batch-size", 1, "--batch-size", 4, "--runs", 3, "--warmup", 0,
+                    "--out", out, "--verbose")
+    assert result.exit_code == 0, result.stderr
+    assert "p50 ms" in result.stdout and "placement: tiny fp32 on cpu" in result.stdout
+    slug = bench.machine_info()["slug"]
+    doc = json.loads((out / f"{slug}.json").read_text())
+    assert len(doc["rows"]) == 2
+    markdown = (out / f"{slug}.md").read_text()
+    assert "| model | precision | provider |" in markdown and "## Machine" in markdown
+    assert "## Node placement" in markdown and "CPU" in markdown
+    with Image.open(out / f"{slug}.png") as png:
+        png.verify()
+        assert png.format == "PNG" and png.size[0] > 100
+    assert not list(out.glob(".*tmp*")), "temp files left behind"

@@ -1,0 +1,156 @@
+"""The paper's CNN: parameter count, export under the contract with its parity gate, infer and eval."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from toolkit.cli import app
+from toolkit.data import CIFAR10_LABELS
+
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+def test_parameter_count_is_the_papers():
+    from toolkit import zoo
+    net = zoo.CIFAR_CNN.build()
+    assert sum(p.numel() for p in net.parameters()) == 1_250_858
+
+
+def check_classifier_contract(path, precision):
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert all(o.version >= 17 for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["toolkit.task"] == "classify" and meta["toolkit.model"] == "cifar-cnn"
+    assert meta["toolkit.precision"] == precision and "toolkit.version" in meta
+    assert json.loads(meta["toolkit.labels"]) == CIFAR10_LABELS
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [32, 32, 3]
+    assert out.name == "logits" and out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def test_fresh_export_meets_the_contract_and_matches_torch(fresh_onnx, fresh_weights):
+    import torch
+
+    from toolkit.export import classifier_module
+    from toolkit.runtime import open_model
+
+    check_classifier_contract(fresh_onnx, "fp32")
+    images = np.random.default_rng(1).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = classifier_module(fresh_weights)(torch.from_numpy(images)).numpy()
+    got = open_model(fresh_onnx).run(images)
+    assert got.shape == (7, 10) and np.abs(got - expected).max() < 1e-3
+
+
+def test_failing_parity_gate_leaves_no_file(tmp_path, fresh_weights, class_tree, monkeypatch):
+    from toolkit import export
+    monkeypatch.setattr(export, "FP32_TOLERANCE", -1.0)   # no model can pass: the gate must fail
+    out = tmp_path / "gated.onnx"
+    with pytest.raises(export.ExportError, match="parity gate failed"):
+        export.export_classifier(out, fresh_weights, class_tree, log=lambda *_: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_cli_reports_missing_weights(tmp_path):
+    result = runner.invoke(app, ["export", "--model", "cifar-cnn", "--weights", str(tmp_path / "nope.safetensors"),
+                                 "--out", str(tmp_path / "x.onnx")])
+    assert result.exit_code != 0 and "weights not found" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture()
+def mixed_inputs(tmp_path):
+    good = tmp_path / "imgs"
+    good.mkdir()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(good / "a.png")
+    Image.new("RGB", (300, 120), (10, 10, 200)).save(good / "big.jpg")        # any size is resized
+    Image.new("L", (17, 9), 80).save(good / "grey.png")
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    return good, bad
+
+
+def test_infer_json_and_bad_file(fresh_onnx, mixed_inputs):
+    good, bad = mixed_inputs
+    result = runner.invoke(app, ["infer", str(good), str(bad), "--model", str(fresh_onnx), "--json", "--top-k", "2"])
+    assert result.exit_code == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 3
+    for obj in lines:
+        assert set(obj) == {"path", "top"} and len(obj["top"]) == 2
+        assert obj["top"][0]["label"] in CIFAR10_LABELS and 0 <= obj["top"][1]["prob"] <= obj["top"][0]["prob"] <= 1
+    assert "broken.jpg" in result.stderr and "Traceback" not in result.output
+
+
+def test_infer_table_output(fresh_onnx, mixed_inputs):
+    good, _ = mixed_inputs
+    result = runner.invoke(app, ["infer", str(good / "a.png"), "--model", str(fresh_onnx)])
+    assert result.exit_code == 0 and "a.png" in result.stdout and "#3" in result.stdout
+
+
+def test_infer_refuses_unusable_model(tmp_path, mixed_inputs):
+    good, _ = mixed_inputs
+    fake = tmp_path / "fake.onnx"
+    fake.write_text("nope")
+    result = runner.invoke(app, ["infer", str(good), "--model", str(fake)])
+    assert result.exit_code == 1 and "cannot load model" in result.stderr
+
+
+def test_infer_does_not_import_torch(fresh_onnx, mixed_inputs):
+    import subprocess
+    import sys
+    good, _ = mixed_inputs
+    code = ("import sys; from toolkit.cli import main; sys.argv=['toolkit','infer',%r,'--model',%r,'--json'];\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'") % (str(good), str(fresh_onnx))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_eval_json_and_table(fresh_onnx, class_tree):
+    result = runner.invoke(app, ["eval", "--model", str(fresh_onnx), "--data", str(class_tree), "--json"])
+    assert result.exit_code == 0, result.output
+    obj = json.loads(result.stdout.strip().splitlines()[-1])
+    assert obj["n"] == 300 and 0 <= obj["accuracy"] <= 1 and set(obj["per_class"]) == set(CIFAR10_LABELS)
+    table = runner.invoke(app, ["eval", "--model", str(fresh_onnx), "--model", str(fresh_onnx),
+                                "--data", str(class_tree), "--split", "val"])
+    assert table.exit_code == 0 and "agreement" in table.stdout and "100.00%" in table.stdout
+
+
+def test_eval_rejects_unknown_class_folders(fresh_onnx, tmp_path):
+    from tests.conftest import write_class_tree
+    root = write_class_tree(tmp_path / "t", per_class=2, classes=["cat", "unicorn"])
+    result = runner.invoke(app, ["eval", "--model", str(fresh_onnx), "--data", str(root)])
+    assert result.exit_code == 1 and "unicorn" in result.stderr
+
+
+def test_info_shows_io_metadata_and_ops(fresh_onnx):
+    result = runner.invoke(app, ["info", str(fresh_onnx)])
+    assert result.exit_code == 0
+    for needle in ("image", "uint8", "logits", "toolkit.labels", "Conv", "opset"):
+        assert needle in result.stdout
+
+
+SHARED_TRAIN = __import__("tests.conftest", fromlist=["REPO"]).REPO / "data" / "cifar10-jpeg" / "train"
+
+
+@pytest.mark.skipif(not (SHARED_TRAIN.exists()), reason="real data not extracted (make data)")
+def test_shipped_classifier_on_real_validation_images():
+    """Integration: the shipped model meets its accuracy on the real validation split."""
+    from toolkit import zoo
+    from toolkit.data import read_split
+    from toolkit.infer import evaluate
+    from toolkit.runtime import open_model
+
+    if not zoo.CIFAR_CNN.onnx_path().exists():
+        pytest.skip("no shipped model")
+    val = read_split(SHARED_TRAIN, "val", limit=1000)
+    result = evaluate(open_model(zoo.CIFAR_CNN.onnx_path()), val.images, val.labels, val.class_names)
+    assert result.accuracy >= 0.72   # 75% on all 5,000; a 1,000-image subset varies by a couple of points

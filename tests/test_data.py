@@ -1,0 +1,127 @@
+"""Image decoding and validation, dataset readers and the fixed split."""
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from toolkit import data
+from toolkit.data import ImageError, load_image
+
+
+def save(img: Image.Image, path, **kw):
+    img.save(path, **kw)
+    return path
+
+
+def test_grey_palette_rgba_and_16bit_become_rgb(tmp_path):
+    grey = save(Image.new("L", (5, 4), 100), tmp_path / "grey.png")
+    palette = save(Image.new("RGB", (5, 4), (10, 200, 30)).convert("P", palette=Image.Palette.ADAPTIVE), tmp_path / "palette.png")
+    rgba = save(Image.new("RGBA", (5, 4), (255, 0, 0, 0)), tmp_path / "rgba.png")
+    sixteen = save(Image.fromarray(np.full((4, 5), 65535, dtype=np.uint16)), tmp_path / "16bit.png")
+    for path in (grey, palette, rgba, sixteen):
+        arr = load_image(path)
+        assert arr.shape == (4, 5, 3) and arr.dtype == np.uint8, path
+    assert (load_image(grey) == 100).all()
+    assert tuple(load_image(palette)[0, 0]) == (10, 200, 30)
+    assert (load_image(rgba) == 255).all()          # fully transparent → white background
+    assert (load_image(sixteen) == 255).all()       # 16-bit full scale → 8-bit full scale
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "text", "missing", "folder"])
+def test_bad_files_give_one_line_errors(tmp_path, kind):
+    path = tmp_path / f"{kind}.jpg"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+        path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    elif kind == "text":
+        path.write_text("this is not an image")
+    elif kind == "folder":
+        path.mkdir()
+    with pytest.raises(ImageError) as err:
+        load_image(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+
+
+def test_absurdly_large_image_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = save(Image.new("RGB", (300, 200)), tmp_path / "big.png")
+    monkeypatch.setattr(data, "MAX_PIXELS", 300 * 200 - 1)
+    with pytest.raises(ImageError, match="too large"):
+        load_image(path)
+
+
+def test_class_folder_reader_and_fixed_split(class_tree):
+    files, labels, classes = data.class_folder_files(class_tree)
+    assert classes == sorted(data.CIFAR10_LABELS) and len(files) == 300
+    train, val = data.split_indices(labels)
+    assert len(val) == 30 and len(train) == 270 and not set(train) & set(val)
+    # the validation part is the last 10% of each class, by file name
+    assert {files[i].name for i in val} == {"0027.jpg", "0028.jpg", "0029.jpg"}
+    part = data.read_split(class_tree, "val")
+    assert part.images.shape == (30, 32, 32, 3) and len(part.labels) == 30
+
+
+def test_split_on_the_real_layout_is_the_last_500_of_5000():
+    labels = np.repeat(np.arange(10), 5000)
+    train, val = data.split_indices(labels)
+    assert len(val) == 5000 and all((val[c * 500: (c + 1) * 500] % 5000 >= 4500).all() for c in range(10))
+
+
+def test_bad_files_in_a_tree_are_reported_and_skipped(tmp_path):
+    from tests.conftest import write_class_tree
+    root = write_class_tree(tmp_path / "t", per_class=2, classes=["a", "b"])
+    (root / "a" / "9999.jpg").write_bytes(b"")
+    errors = []
+    got = data.read_class_folder(root, on_error=errors.append)
+    assert len(got) == 4 and len(errors) == 1 and "empty" in errors[0]
+
+
+def write_cifar_batches(root, n=20, seed=0):
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    images = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    labels = [int(i % 10) for i in range(n)]
+    for name in ("data_batch_1", "test_batch"):
+        with open(root / name, "wb") as fh:
+            pickle.dump({b"data": images, b"labels": labels, b"batch_label": b"x"}, fh, protocol=2)
+    with open(root / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [n.encode() for n in data.CIFAR10_LABELS]}, fh, protocol=2)
+    return root, images, labels
+
+
+def test_cifar_batches_reader(tmp_path):
+    root, images, labels = write_cifar_batches(tmp_path / "cifar-10-batches-py")
+    got = data.read_cifar_batches(root, "train")
+    assert got.images.shape == (20, 32, 32, 3) and list(got.labels) == labels
+    assert got.class_names == data.CIFAR10_LABELS
+    # channel-planar rows → HWC: red plane first
+    assert got.images[0, 0, 0, 0] == images[0, 0] and got.images[0, 0, 0, 1] == images[0, 1024]
+
+
+class Exploit:
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo pwned",))
+
+
+def test_cifar_reader_refuses_pickled_code(tmp_path):
+    root = tmp_path / "evil"
+    root.mkdir()
+    with open(root / "data_batch_1", "wb") as fh:
+        pickle.dump({b"data": Exploit(), b"labels": [0]}, fh, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        data.read_cifar_batches(root)
+
+
+def test_flat_folder_reader_resizes(tmp_path):
+    for i, size in enumerate([(10, 10), (80, 60), (64, 64)]):
+        Image.new("RGB", size, (i * 50, 0, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("ignored: not an image name")
+    faces = data.read_flat_folder(tmp_path, (64, 64))
+    assert faces.shape == (3, 64, 64, 3)

@@ -1,0 +1,222 @@
+"""fp16 and int8 variants of an exported fp32 ONNX model, with parity gates and an accuracy guard.
+
+int8 is onnxruntime's static quantization in QDQ format: `quant_pre_process` first, per-channel
+int8 weights, uint8 activations (the U8S8 pair x86 VNNI kernels are fastest with), calibrated
+on real training images. The uint8 preprocessing head (Cast, Transpose, Sub, Mul) is never
+quantized: it is exact arithmetic on pixel values and costs nothing.
+
+The accuracy guard measures fp32 and int8 top-1 on the validation split; while the drop exceeds
+`max_drop`, the node whose quantization introduces the most error (lowest signal-to-quantization-
+noise ratio, from onnxruntime's QDQ debugging tools) is kept in float and quantization is redone.
+
+Only this module and export.py touch onnxruntime.quantization; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+PREPROCESS_OPS = {"Cast", "Transpose", "Sub", "Mul", "Div"}
+QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+class QuantizationError(RuntimeError):
+    """Quantization could not produce a model that meets the requested accuracy."""
+
+
+@dataclass
+class GuardReport:
+    fp32_accuracy: float
+    int8_accuracy: float
+    excluded: list[str] = field(default_factory=list)
+    attempts: list[dict] = field(default_factory=list)
+
+    @property
+    def drop_points(self) -> float:
+        return (self.fp32_accuracy - self.int8_accuracy) * 100
+
+
+def _batches(images: np.ndarray, batch_size: int):
+    for i in range(0, len(images), batch_size):
+        yield images[i:i + batch_size]
+
+
+def _reader(input_name: str, images: np.ndarray, batch_size: int = 32, advance=None):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = _batches(images, batch_size)
+
+        def get_next(self):
+            batch = next(self.it, None)
+            if batch is None:
+                return None
+            if advance:
+                advance(len(batch))
+            return {input_name: batch}
+
+        def rewind(self):
+            self.it = _batches(images, batch_size)
+
+    return Reader()
+
+
+def has_convolutions(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node)
+
+
+def preprocess_head(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that run before the first compute node: the uint8 input head."""
+    names = []
+    for node in model.graph.node:
+        if node.op_type in QUANTIZABLE_OPS:
+            break
+        if node.op_type in PREPROCESS_OPS:
+            names.append(node.name)
+    return names
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type in QUANTIZABLE_OPS]
+
+
+def _ensure_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    return model
+
+
+def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> onnx.ModelProto:
+    """onnxruntime's quant_pre_process (shape inference + graph optimisation), with named nodes."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    model = _ensure_node_names(onnx.load(str(out_path)))
+    onnx.save(model, str(out_path))
+    return model
+
+
+def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray, method: str = "minmax",
+                         exclude: list[str] = (), advance=None) -> onnx.ModelProto:
+    """One static QDQ quantization pass of an already pre-processed fp32 model."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in CALIBRATION_METHODS:
+        raise QuantizationError(f"unknown calibration method {method!r} (choose from {', '.join(CALIBRATION_METHODS)})")
+    model = onnx.load(str(pre_path))
+    input_name = model.graph.input[0].name
+    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}[method]
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    quantize_static(str(pre_path), str(out_path), _reader(input_name, calibration, advance=advance),
+                    quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=preprocess_head(model) + list(exclude),
+                    calibrate_method=calibrate, extra_options=extra)
+    return onnx.load(str(out_path))
+
+
+def rank_nodes_by_error(pre_path: Path, qdq_path: Path, images: np.ndarray, candidates: list[str]) -> list[tuple[str, float]]:
+    """Candidate nodes ordered from most to least harmful: the SQNR (dB) of each node's output
+    in the QDQ model against the same tensor in the float model (lower = more error)."""
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
+                                                         create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+
+    model = onnx.load(str(pre_path))
+    input_name = model.graph.input[0].name
+    output_of = {n.name: n.output[0] for n in model.graph.node}
+    with tempfile.TemporaryDirectory() as tmp:
+        aug_float, aug_qdq = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
+        modify_model_output_intermediate_tensors(str(pre_path), str(aug_float))
+        modify_model_output_intermediate_tensors(str(qdq_path), str(aug_qdq))
+        providers = ["CPUExecutionProvider"]
+        float_acts = collect_activations(str(aug_float), _reader(input_name, images), execution_providers=providers)
+        qdq_acts = collect_activations(str(aug_qdq), _reader(input_name, images), execution_providers=providers)
+    errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
+    scored = []
+    for name in candidates:
+        err = errors.get(output_of.get(name, ""), {})
+        sqnr = err.get("xmodel_err")
+        if sqnr is not None:
+            scored.append((name, float(sqnr)))
+    # The node whose output has drifted furthest from float is the first to keep in float.
+    return sorted(scored, key=lambda t: t[1])
+
+
+def accuracy(path: Path, images: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    from toolkit.infer import predict
+    from toolkit.runtime import open_model
+    preds = predict(open_model(path, "cpu"), images)
+    return float(np.mean(preds == labels)), preds
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, val_images: np.ndarray,
+                  val_labels: np.ndarray, method: str = "minmax", max_drop: float = 0.5,
+                  log=print, progress=None) -> tuple[onnx.ModelProto, GuardReport]:
+    """Static int8 QDQ with the accuracy guard. `val_labels` index the model's logits.
+    Returns the quantized proto (metadata not yet set) and the guard's report."""
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    fp32_acc, _ = accuracy(fp32_path, val_images, val_labels)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre_path, qdq_path = Path(tmp) / "pre.onnx", Path(tmp) / "qdq.onnx"
+        pre = preprocess_for_quantization(fp32_path, pre_path)
+        candidates = quantizable_nodes(pre)
+        excluded: list[str] = []
+        report = GuardReport(fp32_accuracy=fp32_acc, int8_accuracy=0.0)
+        ranking: list[tuple[str, float]] | None = None
+        while True:
+            advance = progress("calibrating", len(calibration)) if progress else None
+            proto = quantize_int8_static(pre_path, qdq_path, calibration, method, excluded, advance)
+            acc, _ = accuracy(qdq_path, val_images, val_labels)
+            report.int8_accuracy = acc
+            report.attempts.append({"excluded": list(excluded), "accuracy": acc})
+            log(f"int8 ({method}, {len(excluded)} node(s) kept in float): validation accuracy {acc:.2%} "
+                f"vs fp32 {fp32_acc:.2%} (drop {report.drop_points:.2f} pt, limit {max_drop:g})")
+            if report.drop_points <= max_drop:
+                report.excluded = excluded
+                return proto, report
+            remaining = [c for c in candidates if c not in excluded]
+            if not remaining:
+                report.excluded = excluded
+                raise QuantizationError(
+                    f"int8 cannot hold the accuracy limit: drop {report.drop_points:.2f} pt > {max_drop:g} pt "
+                    f"even with every node kept in float")
+            if ranking is None:
+                # Rank once, on the fully quantized model: the errors each node introduces.
+                ranking = rank_nodes_by_error(pre_path, qdq_path, calibration[:128], remaining)
+                log("most sensitive nodes (output SQNR, dB): "
+                    + ", ".join(f"{n} {s:.1f}" for n, s in ranking[:5]))
+            next_node = next((n for n, _ in ranking if n not in excluded), remaining[0])
+            excluded.append(next_node)
+            if len(excluded) == len(candidates):
+                report.excluded = excluded
+                raise QuantizationError(
+                    f"int8 cannot hold the accuracy limit: drop > {max_drop:g} pt until every node is kept in float")
+            log(f"keeping {next_node} in float and quantizing again")
+
+
+def refuse_dynamic(model: onnx.ModelProto) -> None:
+    if has_convolutions(model):
+        raise QuantizationError(
+            "dynamic int8 is refused for models with convolutions: onnxruntime turns Conv into ConvInteger, "
+            "about 6× slower than fp32 on CPU; use static int8 (the default), calibrated on real images")
+
+
+def convert_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 weights and compute, with the model's input and output types unchanged (casts inside)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(fp32, keep_io_types=True, disable_shape_infer=False)
+
