@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATASETS ?= ../shared/datasets
 
-.PHONY: install data demo test bench clean
+.PHONY: install data demo test bench robustness clean
 
 install: $(STAMP)
 
@@ -27,8 +27,17 @@ data/anime-faces-64/faces:
 	mkdir -p data && tar -xzf $(DATASETS)/anime-faces-64.tar.gz -C data
 
 demo: install
-	@echo "== classify the sample images (top-3) with the shipped int8-ready CNN"
+	@echo "== classify the sample images (top-3) with the shipped CIFAR-10 CNN"
 	$(BIN)/toolkit infer models/samples --top-k 3
+	@echo "== the same with the int8 model"
+	$(BIN)/toolkit infer models/samples --top-k 1 --model models/cifar_cnn.int8.onnx
+	@echo "== generate 64 anime faces with the shipped DCGAN → demo/faces.png"
+	$(BIN)/toolkit generate --n 64 --seed 0 --out demo/faces.png
+	@echo "== low-pass and Walsh-compress a sample image → demo/"
+	$(BIN)/toolkit transform models/samples/horse.jpg --op fft-lowpass --radius 0.3 --out demo/horse_lowpass.png --compare
+	$(BIN)/toolkit transform models/samples/horse.jpg --op walsh-compress --keep 0.5 --out demo/horse_walsh.png --compare
+	@echo "== a short benchmark of every shipped model (make bench for the full matrix)"
+	$(BIN)/toolkit bench --torch --seconds 0.5
 
 test: install
 	$(BIN)/pytest
@@ -38,4 +47,4 @@ bench: install
 	$(BIN)/python benchmarks/run_bench.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache demo

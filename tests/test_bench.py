@@ -5,8 +5,10 @@ Run: OMP_NUM_THREADS=1 .venv/bin/pytest tests/test_bench.py
 """
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,7 +19,7 @@ from typer.testing import CliRunner
 
 from toolkit import bench, zoo
 from toolkit.cli import app
-from toolkit.runtime import usable_providers
+from toolkit.runtime import gpu_name, model_hash, provider_options, tensorrt_version, usable_providers
 
 LABELS = ["cat", "dog"]
 REQUIRED_ROW_KEYS = {"model", "precision", "provider", "backend", "batch_size", "p50_ms", "p90_ms", "p99_ms",
@@ -39,7 +41,8 @@ def tiny_classifier(path, model_name="tiny", labels=LABELS):
         helper.make_node("Flatten", ["pooled"], ["flat"]),
         helper.make_node("MatMul", ["flat", "fc_w"], ["logits"]),
     ]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 32, 32, 3])],
+    graph = helper.make_graph(nodes, "tiny",
+                              [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 32, 32, 3])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(labels)])],
                               [conv_w, fc_w])
     # IR 8: what every onnxruntime from 1.14 on loads.
@@ -47,6 +50,17 @@ def tiny_classifier(path, model_name="tiny", labels=LABELS):
     for key, value in {"toolkit.task": "classify", "toolkit.model": model_name, "toolkit.precision": "fp32",
                        "toolkit.labels": json.dumps(labels)}.items():
         proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, path)
+    return path
+
+
+def tiny_generator(path):
+    """float32 z [N, 4] → Relu → Cast → uint8 [N, 4]: enough to exercise the latent-input path."""
+    nodes = [helper.make_node("Relu", ["z"], ["r"]), helper.make_node("Cast", ["r"], ["image"], to=TensorProto.UINT8)]
+    graph = helper.make_graph(nodes, "gen", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 4])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    proto.metadata_props.add(key="toolkit.task", value="generate")
     onnx.save(proto, path)
     return path
 
@@ -92,8 +106,8 @@ def test_time_runs_excludes_warmup_and_honours_seconds():
 
 def test_rotating_buffers_are_distinct_and_large_enough():
     pool = np.random.default_rng(1).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
-    small = bench.rotating_buffers(pool, 1)
-    assert len(small) == bench.MAX_BUFFERS
+    small = bench.rotating_buffers(pool, 1)                # 3 KB each: as many as fill BUFFER_BYTES
+    assert len(small) == min(bench.MAX_BUFFERS, -(-bench.BUFFER_BYTES // pool[0].nbytes))
     assert len({b.ctypes.data for b in small}) == len(small)
     large = bench.rotating_buffers(pool, 256)               # more than the pool holds: drawn with replacement
     assert bench.MIN_BUFFERS <= len(large) and all(b.shape == (256, 32, 32, 3) for b in large)
@@ -112,11 +126,12 @@ def test_int8_limit_from_vnni_width():
     assert peak == pytest.approx(2 * 2.6e9 * 64 * 2)
     assert "512-bit" in assumption
     assert bench.int8_peak({"isa": ["AVX2"], "cpu_mhz": 2600.0, "cores": 2}) is None
-    doc = {"machine": machine, "rows": [{"model": "m", "precision": "int8", "provider": "cpu",
-                                         "backend": "onnxruntime", "batch_size": 256, "throughput": 10_000.0,
-                                         "multiply_adds_per_item": 20_700_000}]}
+    row = {"model": "m", "precision": "int8", "provider": "cpu", "backend": "onnxruntime", "batch_size": 256,
+           "throughput": 10_000.0, "threads": 2, "multiply_adds_per_item": 20_700_000}
+    doc = {"machine": machine, "rows": [row]}
     text = bench.int8_limit_text(doc)
     assert "batch 256" in text and f"{10_000 * 20.7e6 / peak:.1%}" in text
+    assert bench.int8_peak(machine, threads=1)[0] == pytest.approx(peak / 2)
 
 
 def test_machine_fingerprint():
@@ -139,9 +154,16 @@ def test_json_document_shape(model_path):
         assert row["runs"] == 4 and len(row["timings_ms"]) == 4 and row["warmup_runs"] == 1
         assert row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["throughput"] == pytest.approx(batch * 1e3 / row["mean_ms"])
-        assert row["placement"] == {"CPU": 7} or set(row["placement"]) == {"CPU"}
+        assert set(row["placement"]) == {"CPU"}
         assert row["accuracy"] is None and "uniform random pixels" in row["input"]
         assert row["file_size_bytes"] == model_path.stat().st_size
+
+
+def test_generator_gets_standard_normal_latents(model_path, tmp_path):
+    doc = run_json("--model", tiny_generator(tmp_path / "gen.onnx"), "--batch-size", 2, "--runs", 2, "--warmup", 0)
+    row = doc["rows"][0]
+    assert row["model"] == "gen" and "standard-normal z of size 4" in row["input"]
+    assert row["multiply_adds_per_item"] is None and row["accuracy"] is None
 
 
 def test_accuracy_and_real_images_from_data(model_path, tmp_path):
@@ -149,7 +171,8 @@ def test_accuracy_and_real_images_from_data(model_path, tmp_path):
     for name in LABELS:
         (tmp_path / "data" / name).mkdir(parents=True)
         for i in range(10):
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i:04d}.png")
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i:04d}.png")
     doc = run_json("--model", model_path, "--batch-size", 2, "--runs", 2, "--warmup", 0, "--data", tmp_path / "data")
     row = doc["rows"][0]
     assert row["accuracy_n"] == 2 and 0.0 <= row["accuracy"] <= 1.0
@@ -172,6 +195,27 @@ def test_torch_row_measured_in_the_same_run(tmp_path, monkeypatch):
     torch_row = doc["rows"][1]
     assert torch_row["precision"] == "fp32" and torch_row["runs"] == 3 and torch_row["file"] is None
     assert torch_row["input"] == doc["rows"][0]["input"]
+
+
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+@pytest.mark.parametrize("include_copy", [False, True])
+def test_gpu_rows(model_path, provider, include_copy):
+    if provider not in usable_providers():
+        pytest.skip(f"no {provider} session can be created on this machine")
+    args = ["--include-copy"] if include_copy else []
+    doc = run_json("--model", model_path, "--provider", provider, "--batch-size", 4, "--runs", 3, *args)
+    row = doc["rows"][0]
+    assert row["provider"] == provider and row["io_binding"] is (not include_copy)
+    assert {"cuda": "CUDA", "tensorrt": "Tensorrt"}[provider] in row["placement"]
+    assert doc["machine"]["gpus"]
+
+
+def test_tensorrt_cache_is_keyed_by_model_gpu_and_version(model_path, tmp_path):
+    trt_options = provider_options("tensorrt", model_path, cache_dir=tmp_path)[0][1]
+    folder = Path(trt_options["trt_engine_cache_path"])
+    assert folder.is_dir() and folder.parent == tmp_path and trt_options["trt_timing_cache_path"] == str(folder)
+    gpu = re.sub(r"[^a-z0-9]+", "-", (gpu_name() or "unknown-gpu").lower()).strip("-")
+    assert folder.name == f"{model_hash(model_path)}-{gpu}-trt{tensorrt_version() or 'unknown'}"
 
 
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])

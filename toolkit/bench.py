@@ -32,14 +32,14 @@ from typing import Callable
 import numpy as np
 
 from toolkit import zoo
-from toolkit.runtime import PROVIDERS, Model, ModelError, ProviderError, node_placement, open_model, tensorrt_version, \
-    usable_providers
+from toolkit.runtime import (PROVIDERS, Model, ModelError, ProviderError, node_placement, open_model,
+                             tensorrt_version, usable_providers)
 
 DEFAULT_BATCH_SIZES = (1, 64)
 DEFAULT_RUNS = 100
 MIN_TIMED_RUNS = 5                 # `--seconds` still counts at least this many runs, so p50 means something
 BUFFER_BYTES = 8 << 20             # rotating inputs span more than a core's L2, so no run finds its input hot
-MIN_BUFFERS, MAX_BUFFERS = 8, 256
+MIN_BUFFERS, MAX_BUFFERS = 8, 4096
 SEED = 0
 ACCURACY_BATCH = 256
 # Rows that match between two runs (for --compare) agree on these keys.
@@ -180,14 +180,15 @@ def machine_slug(machine: dict) -> str:
     return f"cpu-{_slugify(machine['cpu'])}-{machine['cores']}c"
 
 
-def int8_peak(machine: dict) -> tuple[float, str] | None:
-    """This CPU's int8 multiply-add limit (MAC/s) and the assumption behind it, or None without VNNI.
+def int8_peak(machine: dict, threads: int | None = None) -> tuple[float, str] | None:
+    """This CPU's int8 multiply-add limit (MAC/s) on `threads` cores (default: all) and the assumption
+    behind it, or None without VNNI.
 
     A VPDPBUSD does 4 uint8×int8 multiply-adds per 32-bit lane: 64 on a 512-bit register, 32 on a
     256-bit one. We assume two such instructions issue per cycle per core (two vector FMA pipes, as on
     Zen 4/5 and server Ice Lake and later), at cpufreq's maximum clock where the OS exposes it, else at
     the clock /proc/cpuinfo reports. AMX and hypervisor sharing are ignored."""
-    isa, cores = machine.get("isa", []), machine.get("cores")
+    isa, cores = machine.get("isa", []), min(threads or machine.get("cores"), machine.get("cores"))
     mhz = machine.get("cpu_max_mhz") or machine.get("cpu_mhz")
     width = 512 if "AVX-512 VNNI" in isa else 256 if "AVX-VNNI" in isa else None
     if width is None or not mhz or not cores:
@@ -195,8 +196,9 @@ def int8_peak(machine: dict) -> tuple[float, str] | None:
     per_instruction = width // 8
     peak = cores * mhz * 1e6 * per_instruction * 2
     clock = "maximum clock" if machine.get("cpu_max_mhz") else "reported clock, turbo not known"
-    return peak, (f"{cores} cores × {mhz / 1000:.2f} GHz ({clock}) × {per_instruction} int8 multiply-adds "
-                  f"per {width}-bit VPDPBUSD × 2 VPDPBUSD per cycle; AMX and hypervisor sharing ignored")
+    return peak, (f"{cores} core{'s' if cores != 1 else ''} × {mhz / 1000:.2f} GHz ({clock}) × "
+                  f"{per_instruction} int8 multiply-adds per {width}-bit VPDPBUSD × 2 VPDPBUSD per cycle; "
+                  "AMX and hypervisor sharing ignored")
 
 
 # ----------------------------------------------------------------------------- model facts
@@ -275,7 +277,7 @@ def image_pool(size: tuple[int, int], data: Path | None) -> InputPool:
         except (FileNotFoundError, ValueError) as exc:
             raise BenchError(f"--data: {exc}") from None
         note = f"; {len(skipped)} unreadable files skipped" if skipped else ""
-        return InputPool(split.images, f"{len(split)} validation images of {data} (fixed split){note}",
+        return InputPool(split.images, f"{len(split)} validation images of {_shown(data)} (fixed split){note}",
                          split.labels, list(split.class_names))
     samples = zoo.MODELS_DIR / "samples"
     images = []
@@ -286,7 +288,7 @@ def image_pool(size: tuple[int, int], data: Path | None) -> InputPool:
             except ImageError:
                 continue
     if images:
-        return InputPool(np.stack(images), f"the {len(images)} sample images in {samples}")
+        return InputPool(np.stack(images), f"the {len(images)} sample images in {_shown(samples)}")
     noise = np.random.default_rng(SEED).integers(0, 256, (256, *size, 3), dtype=np.uint8)
     return InputPool(noise, "uniform random pixels (no --data given and no images in models/samples)")
 
@@ -297,8 +299,8 @@ def latent_pool(dim: int) -> InputPool:
 
 
 def rotating_buffers(pool: np.ndarray, batch_size: int, seed: int = SEED) -> list[np.ndarray]:
-    """Distinct contiguous batches drawn from `pool`, together larger than BUFFER_BYTES (within
-    [MIN_BUFFERS, MAX_BUFFERS]), so consecutive runs never read an input the last run left in cache."""
+    """Distinct contiguous batches drawn from `pool`: enough of them to span BUFFER_BYTES, within
+    [MIN_BUFFERS, MAX_BUFFERS], so a run does not find its input still in cache from a recent run."""
     rng = np.random.default_rng(seed)
     count = int(np.clip(np.ceil(BUFFER_BYTES / (pool[0].nbytes * batch_size)), MIN_BUFFERS, MAX_BUFFERS))
     return [np.ascontiguousarray(pool[rng.choice(len(pool), batch_size, replace=len(pool) < batch_size)])
@@ -378,6 +380,13 @@ def _accuracy(predict: Callable[[np.ndarray], np.ndarray], labels: list[str], po
     return float(np.mean(predicted == truth)), len(truth)
 
 
+def _shown(path: str | os.PathLike) -> str:
+    """A path as reports show it: relative to the working directory when inside it, so committed
+    results do not carry one machine's folder layout."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def _pool(pools: dict, key: tuple, make: Callable[[], InputPool]) -> InputPool:
     """Pools are decoded once per run and shared by every model and row that feeds on them."""
     if key not in pools:
@@ -406,7 +415,7 @@ def _measure_onnx(path: Path, provider: str, cfg: BenchConfig, pools: dict, log)
     create_s = time.perf_counter() - start
     pool = _model_pool(model, cfg.data, pools)
     # The placement comes from the first (profiled) run; profiling is off for every run after it.
-    placement = node_placement(model, rotating_buffers(pool.items, 1)[0])
+    placement = node_placement(model, pool.items[:1])
     log(f"{path.name} on {provider}: session {create_s:.3f} s, nodes per provider "
         + ", ".join(f"{k} {v}" for k, v in placement.items()) + f"; inputs: {pool.source}")
     accuracy = _accuracy(model.run, model.labels if model.task == "classify" else [], pool, path.name)
@@ -415,63 +424,74 @@ def _measure_onnx(path: Path, provider: str, cfg: BenchConfig, pools: dict, log)
     for batch_size in cfg.batch_sizes:
         buffers = rotating_buffers(pool.items, batch_size)
         timings = time_runs(_onnx_step(model, buffers, device), cfg.warmup, cfg.runs, cfg.seconds)
-        rows.append({
-            "model": meta.get("toolkit.model", path.name.split(".")[0]), "precision": precision,
-            "provider": provider, "backend": "onnxruntime", "batch_size": batch_size,
-            **latency_stats(timings, batch_size),
-            "accuracy": accuracy[0] if accuracy else None, "accuracy_n": accuracy[1] if accuracy else None,
-            "file": str(path), "file_size_bytes": path.stat().st_size, "session_create_s": create_s,
-            "threads": cfg.threads, "warmup_runs": cfg.warmup, "runs": len(timings),
-            "placement": placement, "io_binding": device, "input": pool.source,
-            "input_buffers": len(buffers), "multiply_adds_per_item": macs,
-            "timings_ms": [round(t * 1e3, 4) for t in timings],
-        })
-    del model   # its thread pool must not linger while the next model is measured
+        rows.append(_row(meta.get("toolkit.model", path.name.split(".")[0]), precision, provider, "onnxruntime",
+                         batch_size, timings, cfg, accuracy, file=_shown(path), file_size_bytes=path.stat().st_size,
+                         session_create_s=create_s, placement=placement, io_binding=device, input=pool.source,
+                         input_buffers=len(buffers), multiply_adds_per_item=macs))
     return rows
 
 
+def _row(model: str, precision: str, provider: str, backend: str, batch_size: int, timings: list[float],
+         cfg: BenchConfig, accuracy: tuple[float, int] | None, **facts) -> dict:
+    """One result row: the keys that identify it, the statistics, the settings, then `facts`."""
+    return {"model": model, "precision": precision, "provider": provider, "backend": backend,
+            "batch_size": batch_size, **latency_stats(timings, batch_size),
+            "accuracy": accuracy[0] if accuracy else None, "accuracy_n": accuracy[1] if accuracy else None,
+            "threads": cfg.threads, "warmup_runs": cfg.warmup, "runs": len(timings), **facts,
+            "timings_ms": [round(t * 1e3, 4) for t in timings]}
+
+
 # ----------------------------------------------------------------------------- torch rows
+
+def _torch_form(meta: dict):
+    """(zoo spec, weights → torch module) for the net behind an ONNX file, in the same contract form
+    (uint8 images → logits, or z → uint8 images); None for a net the zoo cannot build."""
+    from toolkit import export
+    name = meta.get("toolkit.model")
+    if name == zoo.CIFAR_CNN.name:
+        return zoo.CIFAR_CNN, lambda weights: export.classifier_module(weights, meta.get("toolkit.preprocess"))
+    if name == zoo.DCGAN.name:
+        return zoo.DCGAN, export.generator_module
+    return None
+
 
 def _measure_torch(onnx_row: dict, cfg: BenchConfig, pools: dict, log) -> list[dict]:
     """PyTorch eager fp32 rows for the net behind an ONNX row: same inputs, batches and threads,
     with the shipped weights where they exist (accuracy is only reported with them)."""
     meta, _ = _onnx_facts(Path(onnx_row["file"]))
-    spec = zoo.CIFAR_CNN
-    if meta.get("toolkit.model") != spec.name:
+    form = _torch_form(meta)
+    if form is None:
         log(f"--torch: no PyTorch form for {meta.get('toolkit.model', onnx_row['file'])}; skipped")
         return []
     try:
         import torch
     except ImportError:
         raise BenchError("--torch needs PyTorch, which is not installed here") from None
-    from toolkit.export import classifier_module
-
+    spec, build = form
     torch.set_num_threads(cfg.threads)
     weights = spec.weights_path if spec.weights_path.is_file() else None
     start = time.perf_counter()
-    module = classifier_module(weights, meta.get("toolkit.preprocess"))
+    module = build(weights)
     create_s = time.perf_counter() - start
     log(f"torch {spec.name}: module built in {create_s:.3f} s, weights "
         f"{weights or 'freshly initialised (no shipped weights)'}")
-    pool = _pool(pools, ("images", spec.input_size), lambda: image_pool(spec.input_size, cfg.data))
+    if spec.task == "classify":
+        pool = _pool(pools, ("images", spec.input_size), lambda: image_pool(spec.input_size, cfg.data))
+    else:
+        pool = _pool(pools, ("latent", spec.latent_dim), lambda: latent_pool(spec.latent_dim))
     rows = []
     with torch.inference_mode():
-        accuracy = _accuracy(lambda x: module(torch.from_numpy(x)).numpy(), spec.labels if weights else [],
-                             pool, "the PyTorch net")
+        accuracy = _accuracy(lambda x: module(torch.from_numpy(x)).numpy(),
+                             spec.labels if weights else [], pool, "the PyTorch net")
         for batch_size in cfg.batch_sizes:
             buffers = [torch.from_numpy(b) for b in rotating_buffers(pool.items, batch_size)]
             timings = time_runs(lambda i: module(buffers[i % len(buffers)]), cfg.warmup, cfg.runs, cfg.seconds)
-            rows.append({
-                "model": spec.name, "precision": "fp32", "provider": "cpu", "backend": "torch",
-                "batch_size": batch_size, **latency_stats(timings, batch_size),
-                "accuracy": accuracy[0] if accuracy else None, "accuracy_n": accuracy[1] if accuracy else None,
-                "file": str(weights) if weights else None,
-                "file_size_bytes": weights.stat().st_size if weights else None, "session_create_s": create_s,
-                "threads": cfg.threads, "warmup_runs": cfg.warmup, "runs": len(timings),
-                "placement": None, "io_binding": False, "input": pool.source, "input_buffers": len(buffers),
-                "multiply_adds_per_item": onnx_row["multiply_adds_per_item"],
-                "torch_version": torch.__version__, "timings_ms": [round(t * 1e3, 4) for t in timings],
-            })
+            rows.append(_row(spec.name, "fp32", "cpu", "torch", batch_size, timings, cfg, accuracy,
+                             file=_shown(weights) if weights else None,
+                             file_size_bytes=weights.stat().st_size if weights else None,
+                             session_create_s=create_s, placement=None, io_binding=False, input=pool.source,
+                             input_buffers=len(buffers), multiply_adds_per_item=onnx_row["multiply_adds_per_item"],
+                             torch_version=torch.__version__))
     return rows
 
 
@@ -567,8 +587,8 @@ def _reference(rows: list[dict], row: dict, **match) -> dict | None:
 
 def table_cells(doc: dict) -> list[list[str]]:
     """The report table as strings, one list per row in TABLE_COLUMNS order. `vs torch` is the
-    PyTorch eager row's p50 over this row's (batch-1 latency speed-up); `vs fp32` is this row's
-    throughput over the ORT fp32 row on the same provider."""
+    PyTorch eager row's p50 over this row's (latency speed-up at the same batch size); `vs fp32` is
+    this row's throughput over the onnxruntime fp32 row's on the same provider and batch size."""
     rows = doc["rows"]
     cells = []
     for r in rows:
@@ -611,12 +631,12 @@ def placement_lines(doc: dict) -> list[str]:
 
 def int8_limit_text(doc: dict) -> str | None:
     """How far the largest-batch int8 CPU row is from this CPU's int8 multiply-add limit."""
-    peak = int8_peak(doc["machine"])
     candidates = [r for r in doc["rows"] if r["precision"] == "int8" and r["provider"] == "cpu"
                   and r["backend"] == "onnxruntime" and r.get("multiply_adds_per_item")]
     if not candidates:
         return None
     row = max(candidates, key=lambda r: r["batch_size"])
+    peak = int8_peak(doc["machine"], row["threads"])
     macs = row["multiply_adds_per_item"]
     achieved = row["throughput"] * macs
     text = (f"{row['model']} int8 at batch {row['batch_size']}: {row['throughput']:,.0f} img/s × "
@@ -650,13 +670,15 @@ def markdown_report(doc: dict) -> str:
     lines += ["", "## How it was measured", "",
               f"- Threads: {first.get('threads')} for onnxruntime (intra-op) and torch alike; warm-up runs excluded; "
               "every counted run timed with `time.perf_counter` and kept in the JSON (`timings_ms`).",
-              f"- Inputs: {'; '.join(sources)}, drawn into a rotating set of buffers (together > "
-              f"{BUFFER_BYTES >> 20} MiB, {MIN_BUFFERS}–{MAX_BUFFERS} buffers) so no run finds its input in cache.",
-              "- GPU rows use IO binding (inputs and outputs stay on the device) unless `io_binding` is false "
-              "in the JSON (`--include-copy`). TensorRT builds its engine during warm-up; fp16 and int8 "
-              "models run with TensorRT's fp16 / int8 flag.",
-              "- Throughput = batch size / mean latency. Accuracy: top-1 on the validation part of `--data`.", ""]
-    return "\n".join(lines)
+              f"- Inputs: {'; '.join(sources)}, drawn into a rotating set of distinct buffers (enough to span "
+              f"{BUFFER_BYTES >> 20} MiB, within {MIN_BUFFERS}–{MAX_BUFFERS} buffers; `input_buffers` in the JSON) "
+              "so a run does not find its input in cache.",
+              "- Throughput = batch size / mean latency. Accuracy: top-1 on the validation part of `--data`."]
+    if any(r["provider"] != "cpu" for r in rows):
+        lines += ["- GPU rows use IO binding (inputs and outputs stay on the device) unless `io_binding` is false "
+                  "in the JSON (`--include-copy`). TensorRT builds its engine during warm-up; fp16 and int8 "
+                  "models run with TensorRT's fp16 / int8 flag."]
+    return "\n".join(lines) + "\n"
 
 
 def plot_report(doc: dict, path: str | os.PathLike) -> Path:
@@ -697,6 +719,14 @@ def plot_report(doc: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def result_json(doc: dict) -> str:
+    """The document as JSON with one row per line: readable, diffable, and compact despite the
+    per-run timings (an indented list would put every timing on a line of its own)."""
+    parts = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items() if k != "rows"]
+    rows = ",\n".join(f"  {json.dumps(row)}" for row in doc["rows"])
+    return "{\n" + ",\n".join(parts) + f',\n "rows": [\n{rows}\n ]\n}}\n'
+
+
 def write_reports(doc: dict, out_dir: str | os.PathLike, stem: str | None = None) -> list[Path]:
     """<stem>.json, <stem>.md and <stem>.png in `out_dir` (stem: the machine slug). Each file is
     written beside its target and renamed, so an interrupted run never leaves half a report."""
@@ -704,7 +734,7 @@ def write_reports(doc: dict, out_dir: str | os.PathLike, stem: str | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or doc["machine"]["slug"]
     written = []
-    for suffix, write in ((".json", lambda p: p.write_text(json.dumps(doc, indent=1) + "\n")),
+    for suffix, write in ((".json", lambda p: p.write_text(result_json(doc))),
                           (".md", lambda p: p.write_text(markdown_report(doc))),
                           (".png", lambda p: plot_report(doc, p))):
         target = out_dir / f"{stem}{suffix}"

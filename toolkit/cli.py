@@ -135,6 +135,7 @@ def evaluate(
     split: str = typer.Option("all", help="all | val | train: which part of the fixed split (val = validation)."),
     provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt (no silent fallback)."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout (one object per model)."),
+    markdown: Optional[Path] = typer.Option(None, help="Also write the table as markdown to this file."),
 ):
     """Top-1 accuracy of ONNX classifiers; several models print one table with Δ and agreement vs fp32."""
     import json
@@ -178,11 +179,15 @@ def evaluate(
     else:
         table = Table(title=f"top-1 accuracy on {data} ({split}, {results[0].n:,} images)")
         for col in ("model", "precision", "size (MB)", "accuracy", "Δ vs fp32", "agreement with fp32"):
-            table.add_column(col, justify="left" if col == "model" else "right")
+            table.add_column(col, justify="left" if col == "model" else "right", overflow="fold")
         for r in results:
             table.add_row(Path(r.model).name, r.precision, f"{r.size_mb:.2f}", f"{r.accuracy:.2%}",
                           f"{r.delta_vs_reference * 100:+.2f} pt", f"{r.agreement_with_reference:.2%}")
         Console().print(table)
+    if markdown is not None:
+        from toolkit.infer import accuracy_markdown
+        accuracy_markdown(results, f"{data} ({split}, {results[0].n:,} images)", markdown)
+        typer.echo(f"wrote {markdown}")
     if errors:
         raise typer.Exit(1)
 
@@ -329,7 +334,8 @@ def bench(
 
     if runs is not None and seconds is not None:
         fail("--runs and --seconds are exclusive; give one")
-    status = Console(stderr=True, highlight=False, soft_wrap=True)
+    # markup off: paths and shapes such as [N, 32, 32, 3] are text, not rich tags.
+    status = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
     def on_row(row: dict) -> None:
         status.print(f"  {row['model']} {row['precision']} {row['provider']} {row['backend']} batch "
@@ -350,7 +356,7 @@ def bench(
         typer.echo(json.dumps({**doc, "compare": comparison} if comparison else doc))
     else:
         # Piped output has no terminal width; rich would assume 80 columns and squash the 17 columns.
-        console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+        console = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 200)
         bench_lib.print_table(doc, console)
         if verbose:
             for line in bench_lib.placement_lines(doc):

@@ -129,3 +129,19 @@ def generate(model: Model, n: int, seed: int = 0, batch_size: int = 64) -> np.nd
     latent_dim = int(model.metadata.get("toolkit.latent_dim", model.input.shape[1]))
     z = np.random.default_rng(seed).standard_normal((n, latent_dim)).astype(np.float32)
     return np.concatenate([model.run(z[i:i + batch_size]) for i in range(0, n, batch_size)])
+
+
+def accuracy_markdown(results: list[Evaluation], source: str, path: str | os.PathLike) -> Path:
+    """The accuracy table as markdown, written atomically."""
+    lines = [f"Top-1 accuracy on {source}; Δ and agreement are against the fp32 model.", "",
+             "| model | precision | size (MB) | accuracy | Δ vs fp32 | top-1 agreement with fp32 |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {Path(r.model).name} | {r.precision} | {r.size_mb:.2f} | {r.accuracy:.2%} | "
+                     f"{r.delta_vs_reference * 100:+.2f} pt | {r.agreement_with_reference:.2%} |")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path

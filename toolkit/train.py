@@ -42,6 +42,9 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLik
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                   metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

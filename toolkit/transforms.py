@@ -289,10 +289,19 @@ def default_form(op: str, provider: str) -> str:
     return "dft" if op != "walsh-compress" and provider == "cpu" else "matmul"
 
 
+SPECTRUM_DECADES = 4.0
+
+
 def spectrum_picture(spectrum: np.ndarray) -> np.ndarray:
-    """float [H, W, 3] log-magnitude → uint8 picture, min–max normalised over all channels."""
-    low, high = float(spectrum.min()), float(spectrum.max())
-    scaled = (spectrum - low) / (high - low) if high > low else np.zeros_like(spectrum)
+    """fft-spectrum output float [H, W, 3] → a viewable uint8 picture.
+
+    log1p keeps the weak bins of an ortho-normalised spectrum nearly linear (they are ≪ 1), so
+    the picture would be one bright dot; instead it shows log10 |X| over the four decades
+    below the peak (80 dB), normalised to 0…255 over all channels."""
+    magnitude = np.expm1(spectrum.astype(np.float64))
+    decades = np.log10(np.maximum(magnitude, 1e-30))
+    top = float(decades.max())
+    scaled = np.clip((decades - (top - SPECTRUM_DECADES)) / SPECTRUM_DECADES, 0.0, 1.0)
     return np.round(scaled * 255.0).astype(np.uint8)
 
 
@@ -352,7 +361,7 @@ def run_transform(inputs: list[str | os.PathLike], op: str, params: dict, out: s
             try:
                 check_op(op, params, form, size)
             except TransformError as exc:
-                raise ImageError(f"{source}: {exc}") from None
+                raise ImageError(f"{source}: {exc} (crop or resize it first)") from None
             model_path = cached_transform(op, params, form, size)
             if model_path not in sessions:
                 sessions[model_path] = open_model(model_path, provider)
