@@ -46,5 +46,9 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/run_bench.py
 
+# Classifier accuracy under noise and JPEG, with and without the low-pass → benchmarks/results/robustness.*
+robustness: install data
+	$(BIN)/python benchmarks/robustness.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo

@@ -154,3 +154,14 @@ def test_shipped_classifier_on_real_validation_images():
     val = read_split(SHARED_TRAIN, "val", limit=1000)
     result = evaluate(open_model(zoo.CIFAR_CNN.onnx_path()), val.images, val.labels, val.class_names)
     assert result.accuracy >= 0.72   # 75% on all 5,000; a 1,000-image subset varies by a couple of points
+
+
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_infer_refuses_a_gpu_provider_it_cannot_use(fresh_onnx, mixed_inputs, provider):
+    from toolkit.runtime import usable_providers
+    if provider in usable_providers():
+        pytest.skip(f"{provider} is usable here")
+    good, _ = mixed_inputs
+    result = runner.invoke(app, ["infer", str(good), "--model", str(fresh_onnx), "--provider", provider, "--json"])
+    assert result.exit_code == 1 and provider in result.stderr and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -108,10 +108,11 @@ def test_numpy_references_are_the_guides_definitions():
             assert grey_levels(transforms.reference_walsh_compress(images, keep), expected_walsh_compress(images, keep)) == 0
 
 
-def test_lowpass_radius_one_keeps_everything_and_small_radius_keeps_the_mean():
-    images = random_images((16, 12))
-    np.testing.assert_array_equal(transforms.reference_lowpass(images, 1.0), images)
-    mean = transforms.reference_lowpass(images, 1e-3)
+def test_lowpass_keeps_flat_images_and_a_tiny_radius_keeps_only_the_mean():
+    flat = np.broadcast_to(np.array([10, 128, 250], dtype=np.uint8), (1, 16, 12, 3))
+    for radius in RADII:
+        np.testing.assert_array_equal(transforms.reference_lowpass(flat, radius), flat)
+    mean = transforms.reference_lowpass(random_images((16, 12)), 1e-3)
     assert np.ptp(mean.astype(int), axis=(1, 2)).max() <= 1                 # only the DC bin survives
 
 

@@ -255,6 +255,8 @@ def train_cifar_cnn(
     translate: int = typer.Option(0, min=0, help="Random shifts of up to this many pixels."),
     seed: int = typer.Option(0, help="Seed for initialisation, shuffling and augmentation."),
     threads: int = typer.Option(0, min=0, help="Torch threads (0: torch's default)."),
+    preprocess: str = typer.Option("", help="Train on transformed images, e.g. fft-lowpass:0.5 (to fuse at export)."),
+    init: Optional[Path] = typer.Option(None, help="Start from these weights (fine-tuning) instead of a fresh net."),
     out: Path = typer.Option(Path("models/cifar_cnn.safetensors"), help="Final weights (safetensors)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Resumable checkpoint (default: OUT with .ckpt.safetensors)."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint."),
@@ -263,7 +265,7 @@ def train_cifar_cnn(
     from toolkit.train import ClassifierConfig, Interrupted, train_classifier
     cfg = ClassifierConfig(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                            warmup=warmup, label_smoothing=label_smoothing, flip=flip, translate=translate,
-                           seed=seed, threads=threads)
+                           seed=seed, threads=threads, preprocess=preprocess, init=str(init or ""))
     try:
         train_classifier(cfg, out, checkpoint, resume)
     except Interrupted as exc:

@@ -102,11 +102,14 @@ def torch_to_onnx(module, example_inputs: tuple, input_names: list[str], output_
     dynamic_shapes = None
     if dynamic_batch or dynamic_dims:
         batch = torch.export.Dim("N")
-        dynamic_shapes = {}
+        shapes = []
         for name in input_names:
             dims = {0: batch} if dynamic_batch else {}
             dims.update((dynamic_dims or {}).get(name, {}))
-            dynamic_shapes[name] = dims
+            shapes.append(dims)
+        # Positional, not keyed by name: the module's forward() argument may be called anything
+        # (nn.Sequential's is `input`), while input_names is what the ONNX graph shows.
+        dynamic_shapes = tuple(shapes)
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

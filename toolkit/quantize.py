@@ -25,6 +25,9 @@ import onnx
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 PREPROCESS_OPS = {"Cast", "Transpose", "Sub", "Mul", "Div"}
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Ops that may sit between quantized compute nodes; anything else (the uint8 head, a generator's
+# tanh → uint8 tail, batch norm) stays float so pixel arithmetic is exact.
+PASS_THROUGH_OPS = ("Relu", "LeakyRelu", "MaxPool", "Reshape", "Flatten")
 
 
 class QuantizationError(RuntimeError):
@@ -122,6 +125,7 @@ def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray
     quantize_static(str(pre_path), str(out_path), _reader(input_name, calibration, advance=advance),
                     quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=list(QUANTIZABLE_OPS + PASS_THROUGH_OPS),
                     nodes_to_exclude=preprocess_head(model) + list(exclude),
                     calibrate_method=calibrate, extra_options=extra)
     return onnx.load(str(out_path))

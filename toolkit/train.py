@@ -173,6 +173,8 @@ class ClassifierConfig:
     translate: int = 0
     seed: int = 0
     threads: int = 0
+    preprocess: str = ""          # e.g. "fft-lowpass:0.5": train on transformed images (fine-tuning for fusion)
+    init: str = ""                # start from these weights instead of a fresh initialisation
 
 
 def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
@@ -201,6 +203,13 @@ def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: 
                   f"{torch.get_num_threads()} threads")
 
     model = Classifier(spec.build(), spec.mean, spec.std)
+    if cfg.init:
+        load_weights(model.net, cfg.init)
+    forward = model
+    if cfg.preprocess:
+        from toolkit.transforms import parse_preprocess, transform_module
+        op, params = parse_preprocess(cfg.preprocess)
+        forward = torch.nn.Sequential(transform_module(op, params, "matmul", spec.input_size), model)
     decay = [p for n, p in model.net.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.net.named_parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -243,7 +252,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: 
                     lr = lr_one_cycle(epoch * steps_per_epoch + step, total_steps, cfg.lr, cfg.warmup)
                     for g in opt.param_groups:
                         g["lr"] = lr
-                    loss = F.cross_entropy(model(xb), y_train[idx], label_smoothing=cfg.label_smoothing)
+                    loss = F.cross_entropy(forward(xb), y_train[idx], label_smoothing=cfg.label_smoothing)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -259,7 +268,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: 
                 raise Interrupted(f"interrupted; resumable checkpoint written to {checkpoint} (use --resume)") from None
             elapsed += time.perf_counter() - t0
             progress.update(task, completed=steps_per_epoch)
-            acc = evaluate_classifier(model, x_val, y_val)
+            acc = evaluate_classifier(forward, x_val, y_val)
             history.append({"epoch": epoch + 1, "loss": round(loss_avg or 0.0, 4), "val_accuracy": round(acc, 4),
                             "elapsed_s": round(elapsed, 1)})
             console.print(f"epoch {epoch + 1}: loss {loss_avg:.3f}, validation accuracy {acc:.2%}, {elapsed:.0f} s")
@@ -433,15 +442,22 @@ def train_gan(cfg: GanConfig, out: str | os.PathLike, checkpoint: str | os.PathL
             progress.update(task, completed=steps_per_epoch)
             history.append({"epoch": epoch + 1, "loss_d": round(loss_d_avg, 4), "loss_g": round(loss_g_avg, 4),
                             "elapsed_s": round(elapsed, 1)})
+            # Two grids: the generator as trained, and the weight average that is shipped (it needs
+            # ~3,000 steps before it stops looking like its random start).
+            G.eval()
             with torch.no_grad():
-                grid = make_grid(to_uint8(shipped_generator()(fixed_z)), ncols=8)
-            sample_path = save_image(grid, samples_dir / f"epoch_{epoch + 1:03d}.png")
+                sample_path = save_image(make_grid(to_uint8(G(fixed_z)), ncols=8),
+                                         samples_dir / f"epoch_{epoch + 1:03d}.png")
+                if cfg.ema:
+                    save_image(make_grid(to_uint8(shipped_generator()(fixed_z)), ncols=8),
+                               samples_dir / f"epoch_{epoch + 1:03d}_ema.png")
             console.print(f"epoch {epoch + 1}: D {loss_d_avg:.3f}, G {loss_g_avg:.3f}, {elapsed:.0f} s; samples {sample_path}")
             epoch, step_in_epoch = epoch + 1, 0
             save_ckpt(epoch, 0)
 
     final = shipped_generator()
-    summary = {"model": spec.name, "epochs": cfg.epochs, "images_seen": cfg.epochs * steps_per_epoch * cfg.batch_size,
+    summary = {"model": spec.name, "epochs": epoch + step_in_epoch / steps_per_epoch,
+               "images_seen": (epoch * steps_per_epoch + step_in_epoch) * cfg.batch_size,
                "train_seconds": round(elapsed, 1), "history": history, "config": asdict(cfg),
                "toolkit_version": __version__, "torch_version": torch.__version__}
     atomic_save_tensors(_prefixed("model", final.state_dict()), out, summary)

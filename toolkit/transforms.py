@@ -170,7 +170,7 @@ def parse_preprocess(spec: str) -> tuple[str, dict]:
     except ValueError:
         raise ValueError(f"--preprocess {spec!r}: {value!r} is not a number") from None
     try:
-        return op, check_op(op, {OPS[op]: number}, "dft" if op == "fft-lowpass" else "matmul")
+        return op, check_op(op, {OPS[op]: number})
     except TransformError as exc:
         raise ValueError(f"--preprocess {spec!r}: {exc}") from None
 
@@ -221,8 +221,7 @@ def parity_error(op: str, params: dict, output: np.ndarray, images: np.ndarray) 
 PARITY_LIMIT = {"fft-lowpass": 1.0, "walsh-compress": 1.0, "fft-spectrum": 1e-4}
 
 
-def export_transform(op: str, params: dict, form: str = "matmul", size: tuple[int, int] = (32, 32),
-                     out: str | os.PathLike = "models/transform.onnx") -> Path:
+def export_transform(op: str, params: dict, form: str, size: tuple[int, int], out: str | os.PathLike) -> Path:
     """Write the ONNX file of an op under the transform contract and gate it against the
     float64 reference (≤ 1 grey level; spectrum ≤ 1e-4 relative). Raises TransformError for a
     bad request, toolkit.export.ExportError when the gate fails (no file is left at `out`).
@@ -307,6 +306,7 @@ def spectrum_picture(spectrum: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Written:
+    """One transformed image: where it came from and the files written for it."""
     source: Path
     output: Path
     compare: Path | None = None
