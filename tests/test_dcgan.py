@@ -29,10 +29,11 @@ def test_training_step_writes_weights_samples_and_resumes(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(8):                       # any size: resized to 64×64
         Image.fromarray(rng.integers(0, 255, (48 + i, 40, 3), dtype=np.uint8)).save(faces / f"{i:03d}.png")
-    cfg = GanConfig(data=str(faces), epochs=1, batch_size=4, holdout=0, samples_dir=str(tmp_path / "samples"))
+    cfg = GanConfig(data=str(faces), epochs=1, batch_size=4, holdout=0, bn_batches=2,
+                    samples_dir=str(tmp_path / "samples"))
     out = tmp_path / "g.safetensors"
     train_gan(cfg, out)
-    assert (tmp_path / "samples" / "epoch_001.png").exists()
+    assert (tmp_path / "samples" / "epoch_001.png").exists() and (tmp_path / "samples" / "epoch_001_ema.png").exists()
     tensors, meta = load_tensors(out)
     assert meta["model"] == "dcgan" and any(k.startswith("model.main") for k in tensors)
     cfg.epochs = 2

@@ -293,6 +293,7 @@ class GanConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     ema: float = 0.999            # decay of the generator weight average that is shipped (0: off)
+    bn_batches: int = 50          # batches of 128 latents that re-estimate the average's batch-norm statistics
     holdout: int = 2000           # the last N faces (by file name) are kept out for the quality measure
     seed: int = 0
     threads: int = 0
@@ -393,7 +394,7 @@ def train_gan(cfg: GanConfig, out: str | os.PathLike, checkpoint: str | os.PathL
             G.eval()
             return G
         final = copy.deepcopy(G_ema)
-        recalibrate_batchnorm(final, spec.latent_dim, seed=cfg.seed)
+        recalibrate_batchnorm(final, spec.latent_dim, batches=cfg.bn_batches, seed=cfg.seed)
         return final
 
     ones = torch.ones(cfg.batch_size)
