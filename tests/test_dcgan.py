@@ -29,7 +29,7 @@ def test_training_step_writes_weights_samples_and_resumes(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(8):                       # any size: resized to 64×64
         Image.fromarray(rng.integers(0, 255, (48 + i, 40, 3), dtype=np.uint8)).save(faces / f"{i:03d}.png")
-    cfg = GanConfig(data=str(faces), epochs=1, batch_size=4, holdout=0, bn_batches=2,
+    cfg = GanConfig(data=str(faces), epochs=1, batch_size=4, holdout=0, ema=0.99, bn_batches=2,
                     samples_dir=str(tmp_path / "samples"))
     out = tmp_path / "g.safetensors"
     train_gan(cfg, out)

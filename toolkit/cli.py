@@ -281,7 +281,8 @@ def train_dcgan(
     batch_size: int = typer.Option(64, min=2, help="Mini-batch size."),
     lr: float = typer.Option(2e-4, help="Adam learning rate (both networks)."),
     beta1: float = typer.Option(0.5, help="Adam β1."),
-    ema: float = typer.Option(0.999, min=0.0, max=0.99999, help="Decay of the shipped generator-weight average (0: off)."),
+    ema: float = typer.Option(0.0, min=0.0, max=0.99999, help="Ship an average of the generator's weights with this "
+                                                                "decay instead of the generator as trained (0: off)."),
     holdout: int = typer.Option(2000, min=0, help="Last N images (by name) kept out of training for the quality measure."),
     seed: int = typer.Option(0, help="Seed for initialisation, shuffling and latents."),
     threads: int = typer.Option(0, min=0, help="Torch threads (0: torch's default)."),

@@ -292,7 +292,8 @@ class GanConfig:
     batch_size: int = 64
     lr: float = 2e-4
     beta1: float = 0.5
-    ema: float = 0.999            # decay of the generator weight average that is shipped (0: off)
+    ema: float = 0.0              # ship a weight average with this decay instead of the raw generator (0: off);
+                                  # 0.999 scored far worse on the quality measure here (models/README.md)
     bn_batches: int = 50          # batches of 128 latents that re-estimate the average's batch-norm statistics
     holdout: int = 2000           # the last N faces (by file name) are kept out for the quality measure
     seed: int = 0
