@@ -259,16 +259,7 @@ def read_labelled(root: str | os.PathLike, size=(32, 32), on_error=None, progres
 def read_flat_folder(folder: str | os.PathLike, size: tuple[int, int] = (64, 64),
                      on_error=None, progress=None) -> np.ndarray:
     """Decode every image of a flat folder, resized to `size`: uint8 [N, H, W, 3]."""
-    images = []
-    for f in list_images(folder):
-        try:
-            images.append(resize(load_image(f), *size))
-        except ImageError as exc:
-            if on_error is None:
-                raise
-            on_error(str(exc))
-        if progress is not None:
-            progress(1)
+    images, _ = _decode_files(list_images(folder), size, on_error, progress)
     if not images:
         raise ValueError(f"{folder}: no readable images")
     return np.stack(images)
@@ -302,6 +293,24 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     return path
 
 
+def _decode_files(files: list[Path], size: tuple[int, int] | None, on_error, progress) -> tuple[list, list[int]]:
+    """Decode (and resize) files; bad ones go to `on_error` (default: raise). Returns the images
+    and the positions in `files` they came from."""
+    images, kept = [], []
+    for j, f in enumerate(files):
+        try:
+            img = load_image(f)
+            images.append(resize(img, *size) if size else img)
+            kept.append(j)
+        except ImageError as exc:
+            if on_error is None:
+                raise
+            on_error(str(exc))
+        if progress is not None:
+            progress(1)
+    return images, kept
+
+
 def read_split(root: str | os.PathLike, part: str = "val", size: tuple[int, int] | None = (32, 32),
                limit: int | None = None, on_error=None, progress=None) -> LabelledImages:
     """Decode only one part ('train' | 'val' | 'all') of the fixed split. With `limit`, take an
@@ -319,18 +328,8 @@ def read_split(root: str | os.PathLike, part: str = "val", size: tuple[int, int]
     index = {"train": train, "val": val}.get(part, np.arange(len(files)))
     if limit and limit < len(index):
         index = index[np.linspace(0, len(index) - 1, limit).astype(int)]
-    images, kept = [], []
-    for i in index:
-        try:
-            img = load_image(files[i])
-            images.append(resize(img, *size) if size else img)
-            kept.append(i)
-        except ImageError as exc:
-            if on_error is None:
-                raise
-            on_error(str(exc))
-        if progress is not None:
-            progress(1)
+    images, decoded = _decode_files([files[i] for i in index], size, on_error, progress)
+    kept = [int(index[j]) for j in decoded]
     if not images:
         raise ValueError(f"{root}: no readable images in the {part} part")
     return LabelledImages(np.stack(images), labels[kept], classes, [str(files[i]) for i in kept])

@@ -222,5 +222,24 @@ def convert_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
     """fp16 weights and compute, with the model's input and output types unchanged (casts inside)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    return convert_float_to_float16(fp32, keep_io_types=True, disable_shape_infer=False)
+    return topological_sort(convert_float_to_float16(fp32, keep_io_types=True, disable_shape_infer=False))
+
+
+def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder nodes so each comes after the producers of its inputs (the fp16 converter appends
+    its input casts at the end of the node list, which the ONNX checker rejects)."""
+    graph = model.graph
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise QuantizationError("graph has a cycle or an input nobody produces")
+        for n in ready:
+            ordered.append(n)
+            available.update(n.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model
 

@@ -149,6 +149,20 @@ def evaluate_classifier(model: torch.nn.Module, images: np.ndarray, labels: np.n
     return correct / max(1, len(labels))
 
 
+def _read_images(reader, folder: str, size: tuple[int, int]):
+    """Run a data reader with a progress bar; unreadable files are skipped and named (the first five)."""
+    errors: list[str] = []
+    with _progress() as progress:
+        task = progress.add_task("reading images", total=None, info="")
+        result = reader(folder, size=size, on_error=errors.append, progress=lambda k: progress.advance(task, k))
+        progress.remove_task(task)
+    for e in errors[:5]:
+        console.print(f"[yellow]skipped[/] {e}")
+    if len(errors) > 5:
+        console.print(f"[yellow]skipped[/] {len(errors) - 5} more unreadable files")
+    return result
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -186,14 +200,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: 
     _set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
-    with _progress() as progress:
-        task = progress.add_task("reading images", total=None, info="")
-        errors: list[str] = []
-        data = read_labelled(cfg.data, size=spec.input_size, on_error=errors.append,
-                             progress=lambda k: progress.advance(task, k))
-        progress.remove_task(task)
-    for e in errors[:5]:
-        console.print(f"[yellow]skipped[/] {e}")
+    data = _read_images(read_labelled, cfg.data, size=spec.input_size)
     if data.class_names != spec.labels:
         raise ValueError(f"{cfg.data}: classes {data.class_names} do not match the model's labels {spec.labels}")
     train_idx, val_idx = split_indices(data.labels)
@@ -344,14 +351,7 @@ def train_gan(cfg: GanConfig, out: str | os.PathLike, checkpoint: str | os.PathL
     _set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
-    with _progress() as progress:
-        task = progress.add_task("reading images", total=None, info="")
-        errors: list[str] = []
-        faces = read_flat_folder(cfg.data, size=spec.input_size, on_error=errors.append,
-                                 progress=lambda k: progress.advance(task, k))
-        progress.remove_task(task)
-    for e in errors[:5]:
-        console.print(f"[yellow]skipped[/] {e}")
+    faces = _read_images(read_flat_folder, cfg.data, size=spec.input_size)
     if cfg.holdout and len(faces) > 2 * cfg.holdout:
         faces = faces[:-cfg.holdout]
     faces_t = torch.from_numpy(faces)
@@ -375,6 +375,10 @@ def train_gan(cfg: GanConfig, out: str | os.PathLike, checkpoint: str | os.PathL
         G_ema.load_state_dict(_unprefixed("generator_ema", tensors))
         _restore_optimizer("g", opt_g, tensors, meta["param_groups_g"])
         _restore_optimizer("d", opt_d, tensors, meta["param_groups_d"])
+        for group in opt_g.param_groups + opt_d.param_groups:
+            # The command line wins over the checkpoint: resuming with a lower --lr is how a
+            # run that oscillates is settled.
+            group["lr"], group["betas"] = cfg.lr, (cfg.beta1, group["betas"][1])
         noise_gen.set_state(tensors["rng.noise"])
         torch.set_rng_state(tensors["rng.torch"])
         epoch, step_in_epoch, history, elapsed = meta["epoch"], meta["step_in_epoch"], meta["history"], meta["elapsed_s"]
