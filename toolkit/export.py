@@ -33,10 +33,13 @@ def set_metadata(proto: onnx.ModelProto, task: str, model: str, precision: str, 
     meta = {"toolkit.task": task, "toolkit.model": model, "toolkit.precision": precision,
             "toolkit.version": __version__}
     meta.update({f"toolkit.{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items()})
-    existing = {p.key: p.value for p in proto.metadata_props}
-    existing.update(meta)
+    return replace_metadata(proto, {**read_metadata(proto), **meta})
+
+
+def replace_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> onnx.ModelProto:
+    """Make `meta` the model's whole metadata (a converted variant takes its source's metadata)."""
     del proto.metadata_props[:]
-    for k, v in existing.items():
+    for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     return proto
 
@@ -217,14 +220,7 @@ def export_classifier(out: str | os.PathLike, weights: str | os.PathLike | None 
     images = validation_images(data, parity_images, spec.input_size, log)
     reference = torch_logits(module, images)
     result: list[Parity] = []
-
-    def gate(tmp_path):
-        parity = compare_outputs(reference, run_onnx(tmp_path, images), classify=True)
-        result.append(parity)
-        if parity.top1_agreement < 1.0 or parity.max_abs_diff > FP32_TOLERANCE:
-            raise ExportError(f"parity gate failed: {parity.describe()} (need 100% and ≤ {FP32_TOLERANCE:g})")
-
-    write_model(proto, out, gate)
+    write_model(proto, out, _logit_gate(reference, images, 1.0, FP32_TOLERANCE, result, "PyTorch"))
     log(f"fp32 export {'passed' if out.name.startswith('.') else f'wrote {out}'}; {result[0].describe()} vs PyTorch")
     return result[0]
 
@@ -236,14 +232,15 @@ INT8_MIN_AGREEMENT = 0.97                          # int8 vs fp32 top-1
 GENERATOR_MAX_PIXEL_DIFF = 1                       # fp32 generator: PyTorch vs onnxruntime
 
 
-def _variant_gate(reference: np.ndarray, images: np.ndarray, min_agreement: float, max_diff: float | None,
-                  result: list):
+def _logit_gate(reference: np.ndarray, images: np.ndarray, min_agreement: float, max_diff: float | None,
+                result: list, against: str = "fp32"):
+    """A write_model gate: the candidate's logits on `images` against `reference` logits."""
     def gate(tmp_path):
         parity = compare_outputs(reference, run_onnx(tmp_path, images), classify=True)
         result.append(parity)
         if parity.top1_agreement < min_agreement or (max_diff is not None and parity.max_abs_diff > max_diff):
             limit = f"≥ {min_agreement:.0%} agreement" + (f" and ≤ {max_diff:g}" if max_diff is not None else "")
-            raise ExportError(f"parity gate failed against fp32: {parity.describe()} (need {limit})")
+            raise ExportError(f"parity gate failed against {against}: {parity.describe()} (need {limit})")
     return gate
 
 
@@ -273,7 +270,7 @@ def export_classifier_variant(out: Path, precision: str, weights, data, calibrat
         info: dict = {"precision": precision}
         if precision == "fp16":
             proto = quantize.convert_fp16(fp32)
-            gate = _variant_gate(reference, parity_set, FP16_MIN_AGREEMENT, FP16_MAX_DIFF, parity)
+            gate = _logit_gate(reference, parity_set, FP16_MIN_AGREEMENT, FP16_MAX_DIFF, parity)
         elif precision == "int8":
             if dynamic:
                 quantize.refuse_dynamic(fp32)
@@ -285,12 +282,10 @@ def export_classifier_variant(out: Path, precision: str, weights, data, calibrat
                                               "excluded_nodes": guard.excluded})
             info.update(fp32_accuracy=guard.fp32_accuracy, int8_accuracy=guard.int8_accuracy,
                         excluded=guard.excluded)
-            gate = _variant_gate(reference, parity_set, INT8_MIN_AGREEMENT, None, parity)
+            gate = _logit_gate(reference, parity_set, INT8_MIN_AGREEMENT, None, parity)
         else:
             raise ExportError(f"unknown precision {precision!r} (fp32, fp16, int8)")
-        del proto.metadata_props[:]
-        for k, v in meta.items():
-            proto.metadata_props.add(key=k, value=v)
+        replace_metadata(proto, meta)
         set_metadata(proto, "classify", spec.name, precision)
         write_model(proto, out, gate)
         log(f"wrote {out} ({os.path.getsize(out) / 1e6:.2f} MB); {parity[0].describe()} vs fp32")
@@ -372,10 +367,7 @@ def export_generator(out: str | os.PathLike, weights=None, precision: str = "fp3
                 variant = quantize.quantize_int8_static(pre, q_tmp, calibration, "minmax")
         else:
             raise ExportError(f"unknown precision {precision!r} (fp32, fp16, int8)")
-        meta = read_metadata(proto)
-        del variant.metadata_props[:]
-        for k, v in meta.items():
-            variant.metadata_props.add(key=k, value=v)
+        replace_metadata(variant, read_metadata(proto))
         set_metadata(variant, "generate", spec.name, precision, latent_dim=str(spec.latent_dim))
 
         def variant_gate(tmp_path):
