@@ -1,7 +1,7 @@
 """Sample quality of exported DCGAN generators: sliced Wasserstein distance and diversity.
 
 Compares 2,000 generated faces with the 2,000 held-out validation faces (the last 2,000 files of
-the data set by name, never trained on) using `toolkit.quality.sliced_wasserstein` (Karras et al.
+the data set by name, never trained on) using `toolkit.core.quality.sliced_wasserstein` (Karras et al.
 2018, section 5). A distance alone means little, so the same distance is reported for three
 reference sets against the same validation faces:
 
@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from toolkit import quality
-from toolkit.data import list_images, load_image, resize
+from toolkit.core import quality
+from toolkit.core.data import list_images, load_image, resize
 
 HOLDOUT = 2000           # the last 2,000 faces (by name) are kept out of DCGAN training
 # The reference measure of issue #5; one seed for every row, so all rows use the same patch

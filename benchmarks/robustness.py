@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from toolkit import bench, transforms
-from toolkit.data import class_folder_files, load_image, resize, split_indices
-from toolkit.runtime import open_model
+from toolkit.core import bench, transforms
+from toolkit.core.data import class_folder_files, load_image, resize, split_indices
+from toolkit.core.sessions import open_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 0

@@ -19,8 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from toolkit import bench
-from toolkit.runtime import ModelError, ProviderError, usable_providers
+from toolkit.core import bench
+from toolkit.core.sessions import ModelError, ProviderError, usable_providers
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH_SIZES = [1, 8, 64, 256]

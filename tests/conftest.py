@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.data import CIFAR10_LABELS
+from toolkit.core.data import CIFAR10_LABELS
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "datasets"
@@ -40,7 +40,7 @@ def fresh_weights(tmp_path_factory) -> Path:
     import torch
 
     from toolkit import zoo
-    from toolkit.train import _prefixed, atomic_save_tensors
+    from toolkit.build.train import _prefixed, atomic_save_tensors
 
     torch.manual_seed(0)
     net = zoo.CIFAR_CNN.build()
@@ -51,7 +51,7 @@ def fresh_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fresh_onnx(tmp_path_factory, fresh_weights, class_tree) -> Path:
-    from toolkit.export import export_classifier
+    from toolkit.build.export import export_classifier
 
     out = tmp_path_factory.mktemp("onnx") / "cnn.onnx"
     export_classifier(out, fresh_weights, class_tree, log=lambda *_: None)

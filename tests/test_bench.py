@@ -17,9 +17,10 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
 
-from toolkit import bench, zoo
+from toolkit import zoo
+from toolkit.core import bench
 from toolkit.cli import app
-from toolkit.runtime import gpu_name, model_hash, provider_options, tensorrt_version, usable_providers
+from toolkit.core.sessions import gpu_name, model_hash, provider_options, tensorrt_version, usable_providers
 
 LABELS = ["cat", "dog"]
 REQUIRED_ROW_KEYS = {"model", "precision", "provider", "backend", "batch_size", "p50_ms", "p90_ms", "p99_ms",
@@ -180,7 +181,7 @@ def test_accuracy_and_real_images_from_data(model_path, tmp_path):
 
 
 def test_onnx_rows_do_not_import_torch(model_path):
-    code = ("import sys; from toolkit import bench; "
+    code = ("import sys; from toolkit.core import bench; "
             f"bench.run_benchmark(bench.BenchConfig(models=[{str(model_path)!r}], batch_sizes=[1], runs=2, warmup=0)); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,7 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from toolkit.cli import app
-from toolkit.data import CIFAR10_LABELS
+from toolkit.core.data import CIFAR10_LABELS
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -39,8 +39,8 @@ def check_classifier_contract(path, precision):
 def test_fresh_export_meets_the_contract_and_matches_torch(fresh_onnx, fresh_weights):
     import torch
 
-    from toolkit.export import classifier_module
-    from toolkit.runtime import open_model
+    from toolkit.build.export import classifier_module
+    from toolkit.core.sessions import open_model
 
     check_classifier_contract(fresh_onnx, "fp32")
     images = np.random.default_rng(1).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
@@ -51,7 +51,7 @@ def test_fresh_export_meets_the_contract_and_matches_torch(fresh_onnx, fresh_wei
 
 
 def test_failing_parity_gate_leaves_no_file(tmp_path, fresh_weights, class_tree, monkeypatch):
-    from toolkit import export
+    from toolkit.build import export
     monkeypatch.setattr(export, "FP32_TOLERANCE", -1.0)   # no model can pass: the gate must fail
     out = tmp_path / "gated.onnx"
     with pytest.raises(export.ExportError, match="parity gate failed"):
@@ -145,9 +145,9 @@ SHARED_TRAIN = __import__("tests.conftest", fromlist=["REPO"]).REPO / "data" / "
 def test_shipped_classifier_on_real_validation_images():
     """Integration: the shipped model meets its accuracy on the real validation split."""
     from toolkit import zoo
-    from toolkit.data import read_split
-    from toolkit.infer import evaluate
-    from toolkit.runtime import open_model
+    from toolkit.core.data import read_split
+    from toolkit.core.infer import evaluate
+    from toolkit.core.sessions import open_model
 
     if not zoo.CIFAR_CNN.onnx_path().exists():
         pytest.skip("no shipped model")
@@ -158,7 +158,7 @@ def test_shipped_classifier_on_real_validation_images():
 
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
 def test_infer_refuses_a_gpu_provider_it_cannot_use(fresh_onnx, mixed_inputs, provider):
-    from toolkit.runtime import usable_providers
+    from toolkit.core.sessions import usable_providers
     if provider in usable_providers():
         pytest.skip(f"{provider} is usable here")
     good, _ = mixed_inputs

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit import data
-from toolkit.data import ImageError, load_image
+from toolkit.core import data
+from toolkit.core.data import ImageError, load_image
 
 
 def save(img: Image.Image, path, **kw):

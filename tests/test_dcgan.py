@@ -14,7 +14,7 @@ runner = CliRunner(env={"COLUMNS": "200"})
 def test_generator_and_discriminator_shapes_and_size():
     import torch
 
-    from toolkit.nets.dcgan import Discriminator, Generator
+    from toolkit.build.nets.dcgan import Discriminator, Generator
     g, d = Generator(), Discriminator()
     assert sum(p.numel() for p in g.parameters()) == 3_576_704
     x = g(torch.randn(3, 100))
@@ -23,7 +23,7 @@ def test_generator_and_discriminator_shapes_and_size():
 
 
 def test_training_step_writes_weights_samples_and_resumes(tmp_path):
-    from toolkit.train import GanConfig, load_tensors, train_gan
+    from toolkit.build.train import GanConfig, load_tensors, train_gan
     faces = tmp_path / "faces"
     faces.mkdir()
     rng = np.random.default_rng(0)
@@ -46,8 +46,8 @@ def fresh_generator(tmp_path_factory):
     import torch
 
     from toolkit import zoo
-    from toolkit.export import export_generator
-    from toolkit.train import _prefixed, atomic_save_tensors
+    from toolkit.build.export import export_generator
+    from toolkit.build.train import _prefixed, atomic_save_tensors
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("gen")

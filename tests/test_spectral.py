@@ -10,9 +10,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from toolkit import transforms
-from toolkit.export import ExportError, check_contract, run_onnx
-from toolkit.nets.spectral import (FFTLowpass, FFTSpectrum, InverseWalshHadamard2d, WalshCompress,
+from toolkit.core import transforms
+from toolkit.build.export import ExportError, check_contract, run_onnx
+from toolkit.build.nets.spectral import (FFTLowpass, FFTSpectrum, InverseWalshHadamard2d, WalshCompress,
                                    WalshHadamard2d, fourier_matrices, hartley_matrix)
 
 SIZES = [(32, 32), (20, 32), (33, 17), (8, 5)]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from toolkit import transforms
+from toolkit.core import transforms
 from toolkit.cli import app
 
 runner = CliRunner()

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.data import CIFAR10_LABELS
+from toolkit.core.data import CIFAR10_LABELS
 
 MODELS_DIR = Path(os.environ.get("TOOLKIT_MODELS", Path(__file__).resolve().parent.parent / "models"))
 
@@ -37,10 +37,10 @@ class ModelSpec:
     def build(self):
         """A freshly initialised torch module of this model (imports torch)."""
         if self.name == "cifar-cnn":
-            from toolkit.nets.cifar_cnn import CifarCNN
+            from toolkit.build.nets.cifar_cnn import CifarCNN
             return CifarCNN(num_classes=len(self.labels))
         if self.name == "dcgan":
-            from toolkit.nets.dcgan import Generator
+            from toolkit.build.nets.dcgan import Generator
             return Generator(latent_dim=self.latent_dim)
         raise KeyError(f"{self.name} has no trainable network")
 

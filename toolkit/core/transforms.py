@@ -186,7 +186,7 @@ def transform_module(op: str, params: dict, form: str = "matmul", size: tuple[in
 
     form 'matmul' is built for `size` = (H, W); form 'dft' takes any size (`size` is ignored).
     Fusion in front of a classifier: nn.Sequential(transform_module(...), classifier)."""
-    from toolkit.nets import spectral
+    from toolkit.build.nets import spectral
 
     params = check_op(op, params, form, size)
     if op == "fft-lowpass":
@@ -224,14 +224,14 @@ PARITY_LIMIT = {"fft-lowpass": 1.0, "walsh-compress": 1.0, "fft-spectrum": 1e-4}
 def export_transform(op: str, params: dict, form: str, size: tuple[int, int], out: str | os.PathLike) -> Path:
     """Write the ONNX file of an op under the transform contract and gate it against the
     float64 reference (≤ 1 grey level; spectrum ≤ 1e-4 relative). Raises TransformError for a
-    bad request, toolkit.export.ExportError when the gate fails (no file is left at `out`).
+    bad request, toolkit.build.export.ExportError when the gate fails (no file is left at `out`).
 
     form 'matmul': input uint8 [N, H, W, 3] with H×W = `size`, no DFT node.
     form 'dft': input uint8 [N, H, W, 3] with any H, W; `size` is the size it is exported and
     gated at (it is also gated at a second, non-square size)."""
     import torch
 
-    from toolkit.export import ExportError, run_onnx, set_metadata, torch_to_onnx, write_model
+    from toolkit.build.export import ExportError, run_onnx, set_metadata, torch_to_onnx, write_model
 
     size = (int(size[0]), int(size[1]))
     params = check_op(op, params, form, size)
@@ -315,7 +315,7 @@ class Written:
 def output_paths(sources: list[Path], out: Path) -> list[Path]:
     """One input and an image-file name: that file. Otherwise `out` is a folder receiving
     <stem>.png (PNG: lossless, so the result is not re-compressed), de-duplicated by a counter."""
-    from toolkit.data import is_image_name
+    from toolkit.core.data import is_image_name
 
     if len(sources) == 1 and is_image_name(out) and not out.is_dir():
         return [out]
@@ -343,8 +343,8 @@ def run_transform(inputs: list[str | os.PathLike], op: str, params: dict, out: s
     A bad file is reported through `on_error` (one line) and the rest are still processed.
     Raises TransformError for a bad request and runtime.ProviderError / ModelError when the
     provider cannot run the graph."""
-    from toolkit.data import ImageError, expand_inputs, load_image, make_grid, save_image
-    from toolkit.runtime import open_model
+    from toolkit.core.data import ImageError, expand_inputs, load_image, make_grid, save_image
+    from toolkit.core.sessions import open_model
 
     form = form or default_form(op, provider)
     params = check_op(op, params, form)

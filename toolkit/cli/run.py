@@ -1,86 +1,14 @@
-"""The `toolkit` command: a thin Typer shell. Each command parses, calls one function, prints.
-
-Heavy imports (torch, onnxruntime) happen inside the commands, so `toolkit --help` is instant
-and the inference commands never import torch.
-"""
+"""Runtime commands (onnxruntime only): infer, eval, generate, info, bench, transform."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train, export, quantize, run and benchmark small image models with ONNX.")
-train_app = typer.Typer(no_args_is_help=True, help="Train a model of the zoo.")
-app.add_typer(train_app, name="train")
-
-
-class UserError(Exception):
-    """An error whose message is for the user: printed on one line, exit status 1."""
-
-
-def fail(message: str, code: int = 1):
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-# ----------------------------------------------------------------------------- export
-
-@app.command()
-def export(
-    model: str = typer.Option(..., help="cifar-cnn | dcgan | fft-lowpass | walsh-compress | fft-spectrum."),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (cifar-cnn, dcgan)."),
-    weights: Optional[Path] = typer.Option(None, help="Trained weights (safetensors); default: the shipped ones."),
-    out: Optional[Path] = typer.Option(None, help="Output .onnx (default: models/<name>[.precision].onnx)."),
-    data: Optional[Path] = typer.Option(None, help="Image tree for parity, calibration and the accuracy guard "
-                                                   "(default: data/cifar10-jpeg/train)."),
-    preprocess: Optional[str] = typer.Option(None, help="Fuse a transform before the classifier, e.g. fft-lowpass:0.5."),
-    calibration_images: int = typer.Option(500, min=1, help="int8: training images used for calibration."),
-    calibration_method: str = typer.Option("minmax", help="int8: minmax | entropy | percentile."),
-    max_drop: float = typer.Option(0.5, min=0.0, help="int8: largest allowed validation-accuracy drop, in points."),
-    dynamic: bool = typer.Option(False, help="int8: dynamic quantization (refused for models with convolutions)."),
-    radius: float = typer.Option(0.5, help="fft-lowpass: cut-off radius in (0, 1]."),
-    keep: float = typer.Option(0.5, help="walsh-compress: fraction of coefficients kept per side, in (0, 1]."),
-    size: Optional[List[int]] = typer.Option(None, help="Transforms: image size H W (repeat: --size 32 --size 32)."),
-    form: str = typer.Option("matmul", help="Transforms: dft | matmul."),
-):
-    """Export a model to a self-describing ONNX file, gated on parity with PyTorch."""
-    from toolkit.export import export_model
-    try:
-        export_model(model=model, precision=precision, weights=weights, out=out, data=data,
-                                 preprocess=preprocess, calibration_images=calibration_images,
-                                 calibration_method=calibration_method, max_drop=max_drop, dynamic=dynamic,
-                                 radius=radius, keep=keep, size=size, form=form, log=typer.echo,
-                     progress=_progress_factory())
-    except Exception as exc:  # every failure here has a one-line message meant for the user
-        fail(_one_line(exc))
-
-
-def _progress_factory():
-    """A callback (description, total) → advance(k), drawing a rich progress bar on stderr."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    def start(description: str, total: int):
-        progress = Progress(console=Console(stderr=True), transient=True)
-        progress.start()
-        task = progress.add_task(description, total=total)
-
-        def advance(k: int):
-            progress.advance(task, k)
-            if progress.tasks[0].finished:
-                progress.stop()
-        return advance
-    return start
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+from toolkit.cli.common import _one_line, _open, app, fail
 
 
 # ----------------------------------------------------------------------------- infer / eval / generate / info
@@ -98,8 +26,8 @@ def infer(
     import json
 
     from toolkit import zoo
-    from toolkit.data import expand_inputs
-    from toolkit.infer import classify_files
+    from toolkit.core.data import expand_inputs
+    from toolkit.core.infer import classify_files
 
     session = _open(model or zoo.CIFAR_CNN.onnx_path(), provider)
     files = expand_inputs(inputs)
@@ -144,9 +72,9 @@ def evaluate(
     from rich.progress import Progress
     from rich.table import Table
 
-    from toolkit.data import is_cifar_batches, read_cifar_batches, read_split
-    from toolkit.infer import compare_to_reference
-    from toolkit.infer import evaluate as run_eval
+    from toolkit.core.data import is_cifar_batches, read_cifar_batches, read_split
+    from toolkit.core.infer import compare_to_reference
+    from toolkit.core.infer import evaluate as run_eval
 
     if split not in ("all", "val", "train"):
         fail(f"--split must be all, val or train, not {split!r}")
@@ -185,7 +113,7 @@ def evaluate(
                           f"{r.delta_vs_reference * 100:+.2f} pt", f"{r.agreement_with_reference:.2%}")
         Console().print(table)
     if markdown is not None:
-        from toolkit.infer import accuracy_markdown
+        from toolkit.core.infer import accuracy_markdown
         accuracy_markdown(results, f"{data} ({split}, {results[0].n:,} images)", markdown)
         typer.echo(f"wrote {markdown}")
     if errors:
@@ -203,8 +131,8 @@ def generate(
 ):
     """Generate images with an ONNX generator (DCGAN anime faces by default)."""
     from toolkit import zoo
-    from toolkit.data import make_grid, save_image
-    from toolkit.infer import generate as run_generate
+    from toolkit.core.data import make_grid, save_image
+    from toolkit.core.infer import generate as run_generate
 
     session = _open(model or zoo.DCGAN.onnx_path(), provider)
     try:
@@ -225,82 +153,12 @@ def info(model: Path = typer.Argument(..., help="An .onnx file.")):
     """Inputs, outputs, metadata, opset, op-type counts and size of an ONNX file."""
     from rich.console import Console
 
-    from toolkit.export import describe_model
+    from toolkit.build.export import describe_model
     try:
         Console().print(describe_model(model))
     except (FileNotFoundError, ValueError) as exc:
         fail(_one_line(exc))
 
-
-def _open(path: Path, provider: str):
-    from toolkit.runtime import ModelError, ProviderError, open_model
-    try:
-        return open_model(path, provider)
-    except (ModelError, ProviderError) as exc:
-        fail(str(exc))
-
-
-# ----------------------------------------------------------------------------- train
-
-@train_app.command("cifar-cnn")
-def train_cifar_cnn(
-    data: Path = typer.Option(..., help="Class-per-folder image tree or cifar-10-batches-py folder."),
-    epochs: int = typer.Option(5, min=1, help="Epochs over the training part."),
-    batch_size: int = typer.Option(32, min=1, help="Mini-batch size."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate of the one-cycle schedule (AdamW)."),
-    weight_decay: float = typer.Option(5e-4, help="AdamW weight decay (weights only, not biases)."),
-    warmup: float = typer.Option(0.25, help="Fraction of the steps spent warming the learning rate up."),
-    label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cross-entropy."),
-    flip: bool = typer.Option(True, help="Random horizontal flips."),
-    translate: int = typer.Option(0, min=0, help="Random shifts of up to this many pixels."),
-    seed: int = typer.Option(0, help="Seed for initialisation, shuffling and augmentation."),
-    threads: int = typer.Option(0, min=0, help="Torch threads (0: torch's default)."),
-    preprocess: str = typer.Option("", help="Train on transformed images, e.g. fft-lowpass:0.5 (to fuse at export)."),
-    init: Optional[Path] = typer.Option(None, help="Start from these weights (fine-tuning) instead of a fresh net."),
-    out: Path = typer.Option(Path("models/cifar_cnn.safetensors"), help="Final weights (safetensors)."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Resumable checkpoint (default: OUT with .ckpt.safetensors)."),
-    resume: bool = typer.Option(False, help="Continue from the checkpoint."),
-):
-    """Train the paper's CIFAR-10 CNN; validation accuracy is reported after every epoch."""
-    from toolkit.train import ClassifierConfig, Interrupted, train_classifier
-    cfg = ClassifierConfig(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                           warmup=warmup, label_smoothing=label_smoothing, flip=flip, translate=translate,
-                           seed=seed, threads=threads, preprocess=preprocess, init=str(init or ""))
-    try:
-        train_classifier(cfg, out, checkpoint, resume)
-    except Interrupted as exc:
-        fail(str(exc), 130)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
-
-
-@train_app.command("dcgan")
-def train_dcgan(
-    data: Path = typer.Option(..., help="Flat folder of images (any size; resized to 64×64)."),
-    epochs: int = typer.Option(10, min=1, help="Epochs over the training faces."),
-    batch_size: int = typer.Option(64, min=2, help="Mini-batch size."),
-    lr: float = typer.Option(2e-4, help="Adam learning rate (both networks)."),
-    beta1: float = typer.Option(0.5, help="Adam β1."),
-    ema: float = typer.Option(0.0, min=0.0, max=0.99999, help="Ship an average of the generator's weights with this "
-                                                                "decay instead of the generator as trained (0: off)."),
-    holdout: int = typer.Option(2000, min=0, help="Last N images (by name) kept out of training for the quality measure."),
-    seed: int = typer.Option(0, help="Seed for initialisation, shuffling and latents."),
-    threads: int = typer.Option(0, min=0, help="Torch threads (0: torch's default)."),
-    samples_dir: Path = typer.Option(Path("runs/dcgan"), help="Where the per-epoch sample grids go."),
-    out: Path = typer.Option(Path("models/dcgan.safetensors"), help="Final generator weights (safetensors)."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Resumable checkpoint (default: OUT with .ckpt.safetensors)."),
-    resume: bool = typer.Option(False, help="Continue from the checkpoint."),
-):
-    """Train the DCGAN generator and discriminator; a sample grid is written every epoch."""
-    from toolkit.train import GanConfig, Interrupted, train_gan
-    cfg = GanConfig(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr, beta1=beta1, ema=ema,
-                    holdout=holdout, seed=seed, threads=threads, samples_dir=str(samples_dir))
-    try:
-        train_gan(cfg, out, checkpoint, resume)
-    except Interrupted as exc:
-        fail(str(exc), 130)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
 
 
 # ----------------------------------------------------------------------------- bench
@@ -332,8 +190,8 @@ def bench(
 
     from rich.console import Console
 
-    from toolkit import bench as bench_lib
-    from toolkit.runtime import ModelError, ProviderError
+    from toolkit.core import bench as bench_lib
+    from toolkit.core.sessions import ModelError, ProviderError
 
     if runs is not None and seconds is not None:
         fail("--runs and --seconds are exclusive; give one")
@@ -387,9 +245,9 @@ def transform(
     provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt (no silent fallback)."),
 ):
     """Filter or transform images in the frequency domain (Fourier or Walsh–Hadamard) with ONNX."""
-    from toolkit.export import ExportError
-    from toolkit.runtime import ModelError, ProviderError
-    from toolkit.transforms import OPS, TransformError, run_transform
+    from toolkit.build.export import ExportError
+    from toolkit.core.sessions import ModelError, ProviderError
+    from toolkit.core.transforms import OPS, TransformError, run_transform
 
     if op not in OPS:
         fail(f"unknown op {op!r} (choose from {', '.join(OPS)})")
@@ -413,15 +271,3 @@ def transform(
         raise typer.Exit(1)
 
 
-def main() -> None:
-    """Entry point: no traceback reaches the user unless TOOLKIT_DEBUG=1 asks for it."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:
-        if os.environ.get("TOOLKIT_DEBUG"):
-            raise
-        typer.echo(f"error: {type(exc).__name__}: {_one_line(exc)} (set TOOLKIT_DEBUG=1 for the traceback)", err=True)
-        sys.exit(1)

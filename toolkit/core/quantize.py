@@ -160,8 +160,8 @@ def rank_nodes_by_error(pre_path: Path, qdq_path: Path, images: np.ndarray, cand
 
 
 def accuracy(path: Path, images: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
-    from toolkit.infer import predict
-    from toolkit.runtime import open_model
+    from toolkit.core.infer import predict
+    from toolkit.core.sessions import open_model
     preds = predict(open_model(path, "cpu"), images)
     return float(np.mean(preds == labels)), preds
 

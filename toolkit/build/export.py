@@ -147,7 +147,7 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, classify: bool
 
 
 def run_onnx(path, feed: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    from toolkit.runtime import open_model
+    from toolkit.core.sessions import open_model
     model = open_model(path, "cpu")
     return np.concatenate([model.run(feed[i:i + batch_size]) for i in range(0, len(feed), batch_size)])
 
@@ -161,7 +161,7 @@ FP32_TOLERANCE = 1e-3     # max |Δlogit| between PyTorch and onnxruntime fp32
 def validation_images(data: str | os.PathLike | None, n: int, size=(32, 32), log=print) -> np.ndarray:
     """`n` real validation images (the fixed split) for parity checks and calibration-free
     comparisons. Without data, random images are used, and the user is told so."""
-    from toolkit.data import read_split
+    from toolkit.core.data import read_split
     root = Path(data) if data else DEFAULT_DATA
     if root.exists():
         return read_split(root, "val", size, limit=n).images
@@ -177,8 +177,8 @@ def classifier_module(weights: str | os.PathLike | None = None, preprocess: str 
     import torch
 
     from toolkit import zoo
-    from toolkit.nets.layers import Classifier
-    from toolkit.train import load_weights
+    from toolkit.build.nets.layers import Classifier
+    from toolkit.build.train import load_weights
 
     spec = zoo.CIFAR_CNN
     net = spec.build()
@@ -186,7 +186,7 @@ def classifier_module(weights: str | os.PathLike | None = None, preprocess: str 
         load_weights(net, weights)
     model = Classifier(net, spec.mean, spec.std)
     if preprocess:
-        from toolkit.transforms import parse_preprocess, transform_module
+        from toolkit.core.transforms import parse_preprocess, transform_module
         op, params = parse_preprocess(preprocess)
         model = torch.nn.Sequential(transform_module(op, params, "matmul", spec.input_size), model)
     return model.eval()
@@ -249,8 +249,9 @@ def export_classifier_variant(out: Path, precision: str, weights, data, calibrat
                               progress=None) -> dict:
     """fp16 or int8 classifier: export fp32 (gated against PyTorch) to a temp file, convert, gate
     against fp32 on ≥ 1,000 validation images and, for int8, hold the accuracy guard."""
-    from toolkit import quantize, zoo
-    from toolkit.data import read_split
+    from toolkit import zoo
+    from toolkit.core import quantize
+    from toolkit.core.data import read_split
 
     spec = zoo.CIFAR_CNN
     out = Path(out)
@@ -305,8 +306,8 @@ def json_dumps(obj) -> str:
 def generator_module(weights: str | os.PathLike | None = None):
     """The contract form of the shipped DCGAN generator in torch: z → uint8 NHWC, eval mode."""
     from toolkit import zoo
-    from toolkit.nets.layers import ImageGenerator
-    from toolkit.train import load_weights
+    from toolkit.build.nets.layers import ImageGenerator
+    from toolkit.build.train import load_weights
 
     g = zoo.DCGAN.build()
     if weights is not None:
@@ -329,7 +330,8 @@ def export_generator(out: str | os.PathLike, weights=None, precision: str = "fp3
     fixed latents); fp16 / int8 variants are gated on PSNR against fp32 on the same latents."""
     import torch
 
-    from toolkit import quantize, zoo
+    from toolkit import zoo
+    from toolkit.core import quantize
 
     spec = zoo.DCGAN
     out = Path(out)
@@ -397,7 +399,7 @@ def export_model(model: str, precision: str = "fp32", weights=None, out=None, da
     from toolkit import zoo
 
     if model in TRANSFORM_MODELS:
-        from toolkit.transforms import export_transform
+        from toolkit.core.transforms import export_transform
         if precision != "fp32":
             raise ExportError("transforms are exported in fp32")
         if size is not None and len(size) != 2:

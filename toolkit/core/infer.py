@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.data import ImageError, load_image, resize
-from toolkit.runtime import Model, ModelError, softmax, topk
+from toolkit.core.data import ImageError, load_image, resize
+from toolkit.core.sessions import Model, ModelError, softmax, topk
 
 
 def require_task(model: Model, task: str) -> None:

@@ -1,6 +1,6 @@
 """Spectral layers: FFT low-pass, FFT log-magnitude spectrum and Walsh–Hadamard compression.
 
-The ops are defined in GUIDE §1; their float64 numpy reference lives in `toolkit.transforms`.
+The ops are defined in GUIDE §1; their float64 numpy reference lives in `toolkit.core.transforms`.
 The op modules take the artifact layout, uint8 [N, H, W, 3] RGB, and return uint8 [N, H, W, 3]
 (`round(clip(255·y))`), except FFTSpectrum, which returns float32 [N, H, W, 3].
 
@@ -17,7 +17,7 @@ sequency-ordered Hadamard matrix. A fast-Walsh–Hadamard butterfly (log2 n add/
 axis, ~200 small nodes) computed walsh-compress 13–17× slower than the MatMul graph at 32×32 and
 ~7× slower at 256×256 in onnxruntime on CPU, so there is no butterfly form.
 
-    from toolkit.nets.spectral import FFTLowpass
+    from toolkit.build.nets.spectral import FFTLowpass
     y = FFTLowpass(0.5, form="matmul", size=(32, 32))(images)   # uint8 NHWC → uint8 NHWC
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolkit.transforms import FORMS, lowpass_mask, sequency_hadamard, walsh_keep
+from toolkit.core.transforms import FORMS, lowpass_mask, sequency_hadamard, walsh_keep
 
 
 def _planar(image: torch.Tensor) -> torch.Tensor:

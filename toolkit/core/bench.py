@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from toolkit import zoo
-from toolkit.runtime import (PROVIDERS, Model, ModelError, ProviderError, node_placement, open_model,
+from toolkit.core.sessions import (PROVIDERS, Model, ModelError, ProviderError, node_placement, open_model,
                              tensorrt_version, usable_providers)
 
 DEFAULT_BATCH_SIZES = (1, 64)
@@ -268,7 +268,7 @@ class InputPool:
 def image_pool(size: tuple[int, int], data: Path | None) -> InputPool:
     """Real images at `size`: the validation part of `data` (fixed split), else the sample images
     in models/samples, else uniform noise — and the report says which."""
-    from toolkit.data import ImageError, list_images, load_image, read_split, resize
+    from toolkit.core.data import ImageError, list_images, load_image, read_split, resize
 
     if data is not None:
         skipped = []
@@ -446,7 +446,7 @@ def _row(model: str, precision: str, provider: str, backend: str, batch_size: in
 def _torch_form(meta: dict):
     """(zoo spec, weights → torch module) for the net behind an ONNX file, in the same contract form
     (uint8 images → logits, or z → uint8 images); None for a net the zoo cannot build."""
-    from toolkit import export
+    from toolkit.build import export
     name = meta.get("toolkit.model")
     if name == zoo.CIFAR_CNN.name:
         return zoo.CIFAR_CNN, lambda weights: export.classifier_module(weights, meta.get("toolkit.preprocess"))

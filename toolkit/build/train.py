@@ -26,8 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from toolkit import __version__, zoo
-from toolkit.data import read_flat_folder, read_labelled, split_indices
-from toolkit.nets.layers import Classifier
+from toolkit.core.data import read_flat_folder, read_labelled, split_indices
+from toolkit.build.nets.layers import Classifier
 
 console = Console(stderr=True)
 
@@ -214,7 +214,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: 
         load_weights(model.net, cfg.init)
     forward = model
     if cfg.preprocess:
-        from toolkit.transforms import parse_preprocess, transform_module
+        from toolkit.core.transforms import parse_preprocess, transform_module
         op, params = parse_preprocess(cfg.preprocess)
         forward = torch.nn.Sequential(transform_module(op, params, "matmul", spec.input_size), model)
     decay = [p for n, p in model.net.named_parameters() if p.ndim > 1]
@@ -341,8 +341,8 @@ def train_gan(cfg: GanConfig, out: str | os.PathLike, checkpoint: str | os.PathL
     """Train the DCGAN on a flat folder of images (any size, resized to 64×64)."""
     import copy
 
-    from toolkit.data import make_grid, save_image
-    from toolkit.nets.dcgan import Discriminator
+    from toolkit.core.data import make_grid, save_image
+    from toolkit.build.nets.dcgan import Discriminator
 
     spec = zoo.DCGAN
     out = Path(out)
