@@ -40,7 +40,7 @@ def fresh_weights(tmp_path_factory) -> Path:
     import torch
 
     from toolkit import zoo
-    from toolkit.build.train import _prefixed, atomic_save_tensors
+    from toolkit.build.checkpoint import atomic_save_tensors, prefixed as _prefixed
 
     torch.manual_seed(0)
     net = zoo.CIFAR_CNN.build()

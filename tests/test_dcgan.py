@@ -23,7 +23,8 @@ def test_generator_and_discriminator_shapes_and_size():
 
 
 def test_training_step_writes_weights_samples_and_resumes(tmp_path):
-    from toolkit.build.train import GanConfig, load_tensors, train_gan
+    from toolkit.build.checkpoint import load_tensors
+    from toolkit.build.train import GanConfig, train_gan
     faces = tmp_path / "faces"
     faces.mkdir()
     rng = np.random.default_rng(0)
@@ -47,7 +48,7 @@ def fresh_generator(tmp_path_factory):
 
     from toolkit import zoo
     from toolkit.build.export import export_generator
-    from toolkit.build.train import _prefixed, atomic_save_tensors
+    from toolkit.build.checkpoint import atomic_save_tensors, prefixed as _prefixed
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("gen")

@@ -178,7 +178,7 @@ def classifier_module(weights: str | os.PathLike | None = None, preprocess: str 
 
     from toolkit import zoo
     from toolkit.build.nets.layers import Classifier
-    from toolkit.build.train import load_weights
+    from toolkit.build.checkpoint import load_weights
 
     spec = zoo.CIFAR_CNN
     net = spec.build()
@@ -307,7 +307,7 @@ def generator_module(weights: str | os.PathLike | None = None):
     """The contract form of the shipped DCGAN generator in torch: z → uint8 NHWC, eval mode."""
     from toolkit import zoo
     from toolkit.build.nets.layers import ImageGenerator
-    from toolkit.build.train import load_weights
+    from toolkit.build.checkpoint import load_weights
 
     g = zoo.DCGAN.build()
     if weights is not None:

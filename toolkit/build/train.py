@@ -22,82 +22,14 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from toolkit import __version__, zoo
 from toolkit.core.data import read_flat_folder, read_labelled, split_indices
+from toolkit.build.checkpoint import (atomic_save_tensors, load_tensors, load_weights, optimizer_tensors, prefixed,
+                                      restore_optimizer, unprefixed)
 from toolkit.build.nets.layers import Classifier
 
 console = Console(stderr=True)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict) -> None:
-    """Write a safetensors file via a temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                  metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a safetensors file (no pickle involved) and its metadata, JSON values decoded."""
-    tensors, meta = {}, {}
-    with safe_open(str(path), framework="pt") as fh:
-        for k in fh.keys():
-            tensors[k] = fh.get_tensor(k)
-        for k, v in (fh.metadata() or {}).items():
-            try:
-                meta[k] = json.loads(v)
-            except json.JSONDecodeError:
-                meta[k] = v
-    return tensors, meta
-
-
-def _prefixed(prefix: str, state: dict) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v for k, v in state.items()}
-
-
-def _unprefixed(prefix: str, tensors: dict) -> dict[str, torch.Tensor]:
-    n = len(prefix) + 1
-    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-
-
-def _optimizer_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict, list]:
-    sd = opt.state_dict()
-    tensors = {}
-    for idx, state in sd["state"].items():
-        for key, value in state.items():
-            tensors[f"optim.{name}.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return tensors, sd["param_groups"]
-
-
-def _restore_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict, param_groups: list) -> None:
-    state: dict[int, dict] = {}
-    prefix = f"optim.{name}."
-    for k, v in tensors.items():
-        if k.startswith(prefix):
-            idx, key = k[len(prefix):].split(".", 1)
-            state.setdefault(int(idx), {})[key] = v
-    opt.load_state_dict({"state": state, "param_groups": param_groups})
-
-
-def load_weights(module: torch.nn.Module, path: str | os.PathLike, prefix: str = "model") -> dict:
-    """Load weights saved by this module (final weights or a checkpoint) into `module`."""
-    tensors, meta = load_tensors(path)
-    state = _unprefixed(prefix, tensors) or tensors
-    module.load_state_dict(state)
-    return meta
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -230,16 +162,16 @@ def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: 
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
         tensors, meta = load_tensors(checkpoint)
-        model.net.load_state_dict(_unprefixed("model", tensors))
-        _restore_optimizer("opt", opt, tensors, meta["param_groups"])
+        model.net.load_state_dict(unprefixed("model", tensors))
+        restore_optimizer("opt", opt, tensors, meta["param_groups"])
         aug_gen.set_state(tensors["rng.augment"])
         torch.set_rng_state(tensors["rng.torch"])
         epoch, step_in_epoch, history, elapsed = meta["epoch"], meta["step_in_epoch"], meta["history"], meta["elapsed_s"]
         console.print(f"resumed from {checkpoint} at epoch {epoch + 1}, step {step_in_epoch}")
 
     def save_ckpt(ep: int, step: int) -> None:
-        opt_tensors, groups = _optimizer_tensors("opt", opt)
-        tensors = {**_prefixed("model", model.net.state_dict()), **opt_tensors,
+        opt_tensors, groups = optimizer_tensors("opt", opt)
+        tensors = {**prefixed("model", model.net.state_dict()), **opt_tensors,
                    "rng.augment": aug_gen.get_state(), "rng.torch": torch.get_rng_state()}
         atomic_save_tensors(tensors, checkpoint, {
             "model": spec.name, "epoch": ep, "step_in_epoch": step, "history": history,
@@ -285,7 +217,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: 
     summary = {"model": spec.name, "val_accuracy": history[-1]["val_accuracy"], "epochs": cfg.epochs,
                "train_seconds": round(elapsed, 1), "history": history, "config": asdict(cfg),
                "toolkit_version": __version__, "torch_version": torch.__version__}
-    atomic_save_tensors(_prefixed("model", model.net.state_dict()), out, summary)
+    atomic_save_tensors(prefixed("model", model.net.state_dict()), out, summary)
     console.print(f"wrote {out} (validation accuracy {summary['val_accuracy']:.2%})")
     return summary
 
@@ -370,11 +302,11 @@ def train_gan(cfg: GanConfig, out: str | os.PathLike, checkpoint: str | os.PathL
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
         tensors, meta = load_tensors(checkpoint)
-        G.load_state_dict(_unprefixed("generator", tensors))
-        D.load_state_dict(_unprefixed("discriminator", tensors))
-        G_ema.load_state_dict(_unprefixed("generator_ema", tensors))
-        _restore_optimizer("g", opt_g, tensors, meta["param_groups_g"])
-        _restore_optimizer("d", opt_d, tensors, meta["param_groups_d"])
+        G.load_state_dict(unprefixed("generator", tensors))
+        D.load_state_dict(unprefixed("discriminator", tensors))
+        G_ema.load_state_dict(unprefixed("generator_ema", tensors))
+        restore_optimizer("g", opt_g, tensors, meta["param_groups_g"])
+        restore_optimizer("d", opt_d, tensors, meta["param_groups_d"])
         for group in opt_g.param_groups + opt_d.param_groups:
             # The command line wins over the checkpoint: resuming with a lower --lr is how a
             # run that oscillates is settled.
@@ -385,10 +317,10 @@ def train_gan(cfg: GanConfig, out: str | os.PathLike, checkpoint: str | os.PathL
         console.print(f"resumed from {checkpoint} at epoch {epoch + 1}, step {step_in_epoch}")
 
     def save_ckpt(ep: int, step: int) -> None:
-        tg, groups_g = _optimizer_tensors("g", opt_g)
-        td, groups_d = _optimizer_tensors("d", opt_d)
-        tensors = {**_prefixed("generator", G.state_dict()), **_prefixed("discriminator", D.state_dict()),
-                   **_prefixed("generator_ema", G_ema.state_dict()), **tg, **td,
+        tg, groups_g = optimizer_tensors("g", opt_g)
+        td, groups_d = optimizer_tensors("d", opt_d)
+        tensors = {**prefixed("generator", G.state_dict()), **prefixed("discriminator", D.state_dict()),
+                   **prefixed("generator_ema", G_ema.state_dict()), **tg, **td,
                    "rng.noise": noise_gen.get_state(), "rng.torch": torch.get_rng_state()}
         atomic_save_tensors(tensors, checkpoint, {
             "model": spec.name, "epoch": ep, "step_in_epoch": step, "history": history, "elapsed_s": elapsed,
@@ -466,6 +398,6 @@ def train_gan(cfg: GanConfig, out: str | os.PathLike, checkpoint: str | os.PathL
                "images_seen": (epoch * steps_per_epoch + step_in_epoch) * cfg.batch_size,
                "train_seconds": round(elapsed, 1), "history": history, "config": asdict(cfg),
                "toolkit_version": __version__, "torch_version": torch.__version__}
-    atomic_save_tensors(_prefixed("model", final.state_dict()), out, summary)
+    atomic_save_tensors(prefixed("model", final.state_dict()), out, summary)
     console.print(f"wrote {out}")
     return summary
