@@ -33,6 +33,7 @@ from PIL import Image
 
 from toolkit.core import bench, transforms
 from toolkit.core.data import class_folder_files, load_image, resize, split_indices
+from toolkit.core.fsio import atomic_write, atomic_write_text
 from toolkit.core.sessions import open_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +106,8 @@ def latency_rows(classifier_path: Path, images: np.ndarray, threads: int, second
         for batch_size in (1, 256):
             batches = [images[i * batch_size % len(images):][:batch_size] for i in range(4)]
             batches = [b for b in batches if len(b) == batch_size] or [images[:batch_size]]
-            timings = bench.time_runs(lambda i: model.run(batches[i % len(batches)]), warmup=5, seconds=seconds)
+            timings = bench.time_runs(lambda i, model=model, batches=batches: model.run(batches[i % len(batches)]),
+                                      warmup=5, seconds=seconds)
             stats = bench.latency_stats(timings, batch_size)
             rows.append({"op": name, "form": form, "batch": batch_size, **stats})
             log(f"  {name} {form} batch {batch_size}: p50 {stats['p50_ms']:.3f} ms")
@@ -120,10 +122,10 @@ def markdown(args, grid: dict, latency: list[dict], n_images: int, wall_s: float
     lines = [
         "# Does the FFT low-pass earn its place?",
         "",
-        f"Made by `benchmarks/robustness.py` ({wall_s / 60:.1f} min). Classifier `{args.model.name}` "
-        f"({clean['none']:.2%} on clean validation images), trained on unfiltered images. {n_images:,} validation "
-        "images (fixed split). Noise: additive Gaussian, σ in units of full scale, seed 0. JPEG: Pillow, 4:2:0. "
-        "Transforms run as their own ONNX graph (matmul form, 32×32) in front of the classifier.",
+        (f"Made by `benchmarks/robustness.py` ({wall_s / 60:.1f} min). Classifier `{args.model.name}` "
+         f"({clean['none']:.2%} on clean validation images), trained on unfiltered images. {n_images:,} validation "
+         "images (fixed split). Noise: additive Gaussian, σ in units of full scale, seed 0. JPEG: Pillow, 4:2:0. "
+         "Transforms run as their own ONNX graph (matmul form, 32×32) in front of the classifier."),
         "",
         *[f"- {line}" for line in bench.machine_lines(bench.machine_info())],
         f"- Load average when the report was written: {os.getloadavg()[0]:.2f} (other jobs slow the latency rows)",
@@ -141,16 +143,16 @@ def markdown(args, grid: dict, latency: list[dict], n_images: int, wall_s: float
               "| input | " + " | ".join(columns[1:]) + " |", "|---|" + "---:|" * (len(columns) - 1)]
     for corruption, row in grid.items():
         lines.append(f"| {corruption} | " + " | ".join(f"{100 * (a - row['none']):+.1f}" for a in list(row.values())[1:]) + " |")
-    lines += ["", f"## CPU latency (onnxruntime, {args.threads} thread{'s' if args.threads > 1 else ''}, "
-              "p50, 32×32 images)", "",
+    lines += ["", (f"## CPU latency (onnxruntime, {args.threads} thread{'s' if args.threads > 1 else ''}, "
+                   "p50, 32×32 images)"), "",
               "| op | form | batch 1 (ms) | batch 256 (ms) | batch 256 (µs/image) |", "|---|---|---:|---:|---:|"]
     for i in range(0, len(latency), 2):
         one, many = latency[i], latency[i + 1]
         lines.append(f"| {one['op']} | {one['form']} | {one['p50_ms']:.3f} | {many['p50_ms']:.2f} | "
                      f"{1e3 * many['p50_ms'] / 256:.1f} |")
-    lines += ["", "The fft-spectrum dft form runs its DFT in float64 (onnxruntime's float32 DFT is not "
-              "accurate enough at sizes that are not powers of two); the matmul forms contain no DFT node and "
-              "run on every provider.", ""]
+    lines += ["", ("The fft-spectrum dft form runs its DFT in float64 (onnxruntime's float32 DFT is not "
+                   "accurate enough at sizes that are not powers of two); the matmul forms contain no DFT node and "
+                   "run on every provider."), ""]
     return "\n".join(lines)
 
 
@@ -175,10 +177,10 @@ def plot(grid: dict, sigmas: list[float], qualities: list[int], path: Path) -> N
     jpeg_ax.legend(fontsize=8)
     fig.suptitle("CIFAR-10 CNN on validation images, with and without a spectral filter in front")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def noise_name(sigma: float) -> str:
@@ -203,7 +205,7 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    log = lambda message: print(message, flush=True)  # noqa: E731
+    log = lambda message: print(message, flush=True)
     images, labels = validation_images(args.data, args.per_class)
     log(f"{len(images)} validation images from {args.data}")
     classifier = open_model(args.model, "cpu", threads=args.threads)
@@ -228,10 +230,8 @@ def main() -> None:
     latency = latency_rows(args.model, images, args.threads, args.seconds, log)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    report = args.out / "robustness.md"
-    tmp = report.with_name(f".{report.name}.tmp")
-    tmp.write_text(markdown(args, grid, latency, len(images), time.perf_counter() - start))
-    tmp.replace(report)
+    report = atomic_write_text(args.out / "robustness.md",
+                               markdown(args, grid, latency, len(images), time.perf_counter() - start))
     plot(grid, sorted(set(args.sigmas) | {0.0}), args.qualities, args.out / "robustness.png")
     log(f"wrote {report} and {args.out / 'robustness.png'}")
 

@@ -101,7 +101,7 @@ def test_infer_refuses_unusable_model(tmp_path, mixed_inputs):
     fake = tmp_path / "fake.onnx"
     fake.write_text("nope")
     result = runner.invoke(app, ["infer", str(good), "--model", str(fake)])
-    assert result.exit_code == 1 and "cannot load model" in result.stderr
+    assert result.exit_code == 1 and "not an ONNX model" in result.stderr
 
 
 def test_infer_does_not_import_torch(fresh_onnx, mixed_inputs):

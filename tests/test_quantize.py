@@ -82,3 +82,117 @@ def test_accuracy_guard_fails_when_it_cannot_hold(tmp_path, trained_weights, cla
     with pytest.raises(quantize.QuantizationError, match="cannot hold"):
         quantize.quantize_int8(fp32, tmp_path / "q.onnx", black, val.images, val.labels, max_drop=0.0,
                                log=lambda *_: None)
+
+
+# ----------------------------------------------------------------------------- toolkit quantize (any contract classifier)
+
+@pytest.fixture(scope="module")
+def trained_onnx(tmp_path_factory, trained_weights, class_tree):
+    from toolkit.build.export import export_classifier
+    out = tmp_path_factory.mktemp("trained_onnx") / "cnn.onnx"
+    export_classifier(out, trained_weights, class_tree, log=lambda *_: None)
+    return out
+
+
+def activation_zero_points(path):
+    from onnx import numpy_helper
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+
+
+def test_tensorrt_scheme_has_symmetric_int8_activations(tmp_path, trained_onnx, class_tree):
+    out = tmp_path / "cnn.trt.int8.onnx"
+    result = runner.invoke(app, ["quantize", str(trained_onnx), "--out", str(out), "--data", str(class_tree),
+                                 "--target", "tensorrt", "--calibration-images", "64"])
+    assert result.exit_code == 0, result.output
+    check_classifier_contract(out, "int8")
+    zero_points = activation_zero_points(out)
+    assert zero_points and all(zp.dtype == np.int8 and not zp.any() for zp in zero_points)
+    model = onnx.load(str(out))
+    # Biases stay float (TensorRT's form): no int32 tensor feeds a DequantizeLinear.
+    int32 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT32}
+    assert not any(n.op_type == "DequantizeLinear" and n.input[0] in int32 for n in model.graph.node)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert '"target":"tensorrt"' in meta["toolkit.calibration"]
+
+
+def test_unlabeled_guard_on_a_flat_folder(tmp_path, trained_onnx, class_tree):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, f in enumerate(sorted(class_tree.rglob("*.jpg"))):
+        (flat / f"{i:05d}.jpg").write_bytes(f.read_bytes())
+    out = tmp_path / "cnn.int8.onnx"
+    result = runner.invoke(app, ["quantize", str(trained_onnx), "--out", str(out), "--data", str(flat),
+                                 "--calibration-images", "64", "--min-agreement", "0.95"])
+    assert result.exit_code == 0, result.output
+    assert "flat folder" in result.output and "agreement with fp32" in result.output
+    check_classifier_contract(out, "int8")
+
+
+def test_agreement_guard_keeps_nodes_in_float_until_it_holds(tmp_path, trained_onnx, class_tree):
+    from toolkit.core import quantize
+    from toolkit.core.data import read_split
+
+    val = read_split(class_tree, "all")
+    black = np.zeros((16, 32, 32, 3), dtype=np.uint8)
+    _, report = quantize.quantize_int8(trained_onnx, tmp_path / "q.onnx", black, val.images, None,
+                                       min_agreement=1.0, log=lambda *_: None)
+    assert report.excluded and report.int8_accuracy == 1.0          # agreement with fp32, all images
+
+
+def test_fp16_of_any_classifier(tmp_path, trained_onnx, class_tree):
+    out = tmp_path / "cnn.fp16.onnx"
+    result = runner.invoke(app, ["quantize", str(trained_onnx), "--out", str(out), "--data", str(class_tree),
+                                 "--precision", "fp16"])
+    assert result.exit_code == 0, result.output
+    check_classifier_contract(out, "fp16")
+
+
+def test_quantize_refuses_what_it_cannot_take(tmp_path, trained_onnx, class_tree):
+    from tests.test_wrap import foreign_classifier
+
+    shipped_int8 = tmp_path / "already.int8.onnx"
+    model = onnx.load(str(trained_onnx))
+    for p in model.metadata_props:
+        if p.key == "toolkit.precision":
+            p.value = "int8"
+    onnx.save(model, str(shipped_int8))
+    cases = [(foreign_classifier(tmp_path / "theirs.onnx"), class_tree, "toolkit wrap"),
+             (shipped_int8, class_tree, "already int8"),
+             (trained_onnx, tmp_path / "none", "not a folder")]
+    for src, data, message in cases:
+        result = runner.invoke(app, ["quantize", str(src), "--out", str(tmp_path / "q.onnx"), "--data", str(data)])
+        assert result.exit_code == 1 and result.output.startswith("error: ") and message in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "q.onnx").exists()
+
+
+# ----------------------------------------------------------------------------- real data
+
+@pytest.fixture(scope="module")
+def wrapped_cnn(tmp_path_factory):
+    from tests.test_wrap import CIFAR_MEAN, CIFAR_STD, DATA, bare_cnn_onnx
+
+    if not DATA.is_dir():
+        pytest.skip("needs data/cifar10-jpeg (make data)")
+    folder = tmp_path_factory.mktemp("wrapped")
+    out = folder / "wrapped.onnx"
+    labels = ",".join(sorted(p.name for p in DATA.iterdir() if p.is_dir()))
+    result = runner.invoke(app, ["wrap", str(bare_cnn_onnx(folder / "bare.onnx")), "--out", str(out), "--mean",
+                                 CIFAR_MEAN, "--std", CIFAR_STD, "--labels", labels, "--images", str(DATA)])
+    assert result.exit_code == 0, result.output
+    return out, DATA
+
+
+@pytest.mark.parametrize("target, max_drop", [("cpu", 0.5), ("tensorrt", 1.0)])
+def test_int8_of_a_wrapped_model_holds_the_guard_on_validation(tmp_path, wrapped_cnn, target, max_drop):
+    from toolkit.core.quantize_classifier import quantize_classifier
+
+    wrapped, data = wrapped_cnn
+    result = quantize_classifier(wrapped, tmp_path / "q.onnx", "int8", data, target=target, max_drop=max_drop,
+                                 log=lambda *_: None)
+    assert result.guard == "accuracy" and result.n_gate == 1000
+    assert result.drop_points <= max_drop, result.describe()
+    if target == "tensorrt":
+        assert all(not zp.any() and zp.dtype == np.int8 for zp in activation_zero_points(tmp_path / "q.onnx"))

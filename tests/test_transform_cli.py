@@ -1,5 +1,6 @@
 """`toolkit transform` end to end on images the tests write: good and bad files, every op,
---compare, option errors, and no torch import once the graphs are built."""
+--compare, option errors, every input on its own (FIFO, 1×1 first, too large), --out onto an
+input, the graph cache (content-hash keys, corrupt files rebuilt, bounded), and no torch import."""
 
 import os
 import subprocess
@@ -10,8 +11,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from toolkit.core import transforms
 from toolkit.cli import app
+from toolkit.core import transforms
 
 runner = CliRunner()
 
@@ -83,8 +84,8 @@ def test_walsh_needs_power_of_two_sizes(tmp_path):
                        "--out", tmp_path / "out")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'odd.png'}: walsh-compress needs a power-of-two height and width, got 20×32 "
-        "(crop or resize it first)"]
+        (f"error: {tmp_path / 'odd.png'}: walsh-compress needs a power-of-two height and width, got 20×32 "
+         "(crop or resize it first)")]
     expected = transforms.reference_walsh_compress(image[None], 0.25)[0]
     assert np.abs(read(tmp_path / "out" / "square.png").astype(int) - expected).max() <= 1
 
@@ -129,12 +130,95 @@ def test_one_output_file_for_several_inputs_is_refused(tmp_path):
     assert result.exit_code == 1 and "give a folder" in result.stderr
 
 
-def test_inference_path_does_not_import_torch(tmp_path, transform_cache):
+def test_building_and_running_graphs_does_not_import_torch(tmp_path):
     write_image(tmp_path / "a.png", (16, 16))
-    args = ["transform", str(tmp_path / "a.png"), "--op", "fft-lowpass", "--out", str(tmp_path / "out")]
-    assert runner.invoke(app, args).exit_code == 0                          # builds the graph if needed
-    code = ("import sys; from typer.testing import CliRunner; from toolkit.cli import app; "
-            f"r = CliRunner().invoke(app, {args!r}); "
-            "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules, 'torch imported'")
-    env = {**os.environ, "TOOLKIT_CACHE": str(transform_cache)}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+    write_image(tmp_path / "b.png", (8, 8))
+    code = ("import sys; from typer.testing import CliRunner; from toolkit.cli import app\n"
+            "for op, form in [('fft-lowpass', 'dft'), ('fft-lowpass', 'matmul'), ('fft-spectrum', 'dft'),\n"
+            "                 ('fft-spectrum', 'matmul'), ('walsh-compress', 'matmul')]:\n"
+            f"    args = ['transform', {str(tmp_path / 'a.png')!r}, {str(tmp_path / 'b.png')!r}, '--op', op,\n"
+            f"            '--form', form, '--out', {str(tmp_path / 'out')!r}]\n"
+            "    r = CliRunner().invoke(app, args); assert r.exit_code == 0, r.output\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "assert not [m for m in sys.modules if m.startswith('toolkit.build')], 'build layer imported'")
+    env = {**os.environ, "TOOLKIT_CACHE": str(tmp_path / "fresh-cache")}    # every graph is built here
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+# ----------------------------------------------------------------------------- every input on its own
+
+def test_a_1x1_image_first_does_not_stop_the_call(tmp_path):
+    tiny = write_image(tmp_path / "a_tiny.png", (1, 1))
+    big = write_image(tmp_path / "b.png", (12, 10))
+    for form in ("dft", "matmul"):
+        result = transform(tmp_path / "a_tiny.png", tmp_path / "b.png", "--op", "fft-lowpass", "--radius", 0.3,
+                           "--form", form, "--out", tmp_path / form)
+        assert result.exit_code == 0, result.stderr
+        for name, image in [("a_tiny", tiny), ("b", big)]:
+            expected = transforms.reference_lowpass(image[None], 0.3)[0]
+            assert np.abs(read(tmp_path / form / f"{name}.png").astype(int) - expected).max() <= 1
+
+
+def test_fifo_too_large_and_bad_inputs_each_get_one_line(tmp_path):
+    write_image(tmp_path / "good.png", (16, 16))
+    write_image(tmp_path / "wide.png", (1, 3000))                          # over the matmul limit
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    result = transform(tmp_path / "pipe.png", "/dev/zero", tmp_path / "wide.png", tmp_path / "bad.png",
+                       tmp_path / "good.png", "--op", "fft-spectrum", "--form", "matmul", "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("error: ") for line in lines), lines
+    assert "pipe.png" in lines[0] and "not a regular file" in lines[0]
+    assert "/dev/zero" in lines[1] and "not a regular file" in lines[1]
+    assert "wide.png" in lines[2] and "limit of 2048 px per side" in lines[2]
+    assert "bad.png" in lines[3]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]
+
+
+def test_a_long_thin_image_is_cheap_in_the_dft_form(tmp_path):
+    image = write_image(tmp_path / "line.png", (1, 10000))
+    result = transform(tmp_path / "line.png", "--op", "fft-lowpass", "--form", "dft", "--out", tmp_path / "o.png")
+    assert result.exit_code == 0, result.stderr
+    expected = transforms.reference_lowpass(image[None], 0.5)[0]
+    assert np.abs(read(tmp_path / "o.png").astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("out", ["a.png", ".", "link.png"])
+def test_out_onto_an_input_is_refused(tmp_path, monkeypatch, out):
+    write_image(tmp_path / "a.png", (16, 16))
+    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")
+    before = (tmp_path / "a.png").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    result = transform("a.png", "--op", "fft-lowpass", "--out", out)
+    assert result.exit_code == 1 and "would overwrite the input" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "a.png").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "link.png"]
+
+
+# ----------------------------------------------------------------------------- cache
+
+def cache_files(cache):
+    return sorted((cache / "transforms").glob("*.onnx"))
+
+
+def test_cache_is_content_keyed_rebuilds_corrupt_files_and_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "cache"))
+    first = transforms.cached_transform("fft-lowpass", {"radius": 0.5}, "matmul", (8, 8))
+    assert transforms.cached_transform("fft-lowpass", {"radius": 0.5}, "matmul", (8, 8)) == first
+    # A change in the code that builds graphs gives a new key: the old graph is not reused.
+    monkeypatch.setattr(transforms, "_builder_digest", lambda: "other code")
+    second = transforms.cached_transform("fft-lowpass", {"radius": 0.5}, "matmul", (8, 8))
+    assert second != first and second.is_file()
+    # A corrupt file (its bytes no longer match the hash in its name) is deleted and rebuilt.
+    second.write_bytes(second.read_bytes()[:100])
+    rebuilt = transforms.cached_transform("fft-lowpass", {"radius": 0.5}, "matmul", (8, 8))
+    assert rebuilt == second and transforms._digest(rebuilt.read_bytes()) == rebuilt.stem.rsplit("_", 1)[-1]
+    # Bounded: the least recently used files go first.
+    monkeypatch.setattr(transforms, "CACHE_MAX_FILES", 3)
+    for side in (2, 4, 16):
+        transforms.cached_transform("fft-lowpass", {"radius": 0.5}, "matmul", (side, side))
+    names = [p.name for p in cache_files(tmp_path / "cache")]
+    assert len(names) == 3 and first.name not in names
+    assert not [p for p in (tmp_path / "cache" / "transforms").iterdir() if p.suffix != ".onnx"]

@@ -12,7 +12,19 @@ from pathlib import Path
 
 from toolkit.core.data import CIFAR10_LABELS
 
-MODELS_DIR = Path(os.environ.get("TOOLKIT_MODELS", Path(__file__).resolve().parent.parent / "models"))
+def _models_dir() -> Path:
+    """Where the shipped models are: $TOOLKIT_MODELS if set; else the checkout's models/ when the
+    package runs from a source tree (editable install); else the copy an installed wheel carries
+    in toolkit/models (package data, filled by `make models` before the wheel is built)."""
+    if os.environ.get("TOOLKIT_MODELS"):
+        return Path(os.environ["TOOLKIT_MODELS"])
+    package = Path(__file__).resolve().parent
+    if (package.parent / "pyproject.toml").is_file() and (package.parent / "models").is_dir():
+        return package.parent / "models"
+    return package / "models"
+
+
+MODELS_DIR = _models_dir()
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,9 @@ class ModelSpec:
         if self.name == "cifar-cnn":
             from toolkit.build.nets.cifar_cnn import CifarCNN
             return CifarCNN(num_classes=len(self.labels))
+        if self.name == "cifar-resnet":
+            from toolkit.build.nets.resnet import CifarResNet
+            return CifarResNet(num_classes=len(self.labels))
         if self.name == "dcgan":
             from toolkit.build.nets.dcgan import Generator
             return Generator(latent_dim=self.latent_dim)
@@ -51,9 +66,13 @@ CIFAR_CNN = ModelSpec(
     # Per-channel statistics of the CIFAR-10 training set; applied inside the exported graph.
     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
 )
+CIFAR_RESNET = ModelSpec(
+    name="cifar-resnet", task="classify", file_stem="cifar_resnet", input_size=(32, 32),
+    labels=list(CIFAR10_LABELS), mean=CIFAR_CNN.mean, std=CIFAR_CNN.std,
+)
 DCGAN = ModelSpec(name="dcgan", task="generate", file_stem="dcgan", input_size=(64, 64), latent_dim=100)
 
-REGISTRY = {spec.name: spec for spec in (CIFAR_CNN, DCGAN)}
+REGISTRY = {spec.name: spec for spec in (CIFAR_CNN, CIFAR_RESNET, DCGAN)}
 
 
 def get(name: str) -> ModelSpec:

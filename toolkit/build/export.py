@@ -1,195 +1,124 @@
-"""torch → ONNX under the artifact contract (GUIDE §1), with a parity gate.
+"""Export from torch under the artifact contract (GUIDE §1), per task, each gated on parity.
 
-Every file written here is a single self-describing ONNX file: opset ≥ 17, no external data,
-`toolkit.*` metadata, checked with `onnx.checker.check_model(full_check=True)`, written to a
-temp file in the target folder and renamed only after every check has passed.
+    classifier  any classify model of zoo.REGISTRY: uint8 NHWC → logits, optionally a transform fused
+                in front (`preprocess`) and/or flip averaging inside the graph (`tta`); fp32 is gated
+                on PyTorch, fp16/int8 variants are made by core.quantize_classifier from that fp32 file
+    generator   the DCGAN: z → uint8 NHWC; fp32 gated on PyTorch, fp16/int8 on PSNR against fp32
+    transform   core.transforms.export_transform (no torch)
+
+Contract checks, metadata and the atomic, gated write live in core.contract; the torch → ONNX step
+and its graph clean-ups in onnx_export.py. Every public export returns an `Exported`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import tempfile
-import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
-from toolkit import __version__
+from toolkit import zoo
+from toolkit.build.onnx_export import torch_to_onnx
+from toolkit.core.contract import (ExportError, Parity, compare_outputs, read_metadata, replace_metadata,
+                                   run_onnx, set_metadata, write_model)
 
-OPSET = 18
+__all__ = ["DEFAULT_DATA", "Exported", "ExportError", "classifier_module", "default_output", "export_classifier",
+           "export_classifier_variant", "export_generator", "export_model", "generator_module"]
 
+# Relative to the working directory: `make models` and the README's commands run from the checkout.
+DEFAULT_DATA = Path("data") / "cifar10-jpeg" / "train"
+FP32_TOLERANCE = 1e-3                           # max |Δlogit| between PyTorch and onnxruntime fp32
+FP16_MIN_AGREEMENT, FP16_MAX_DIFF = 0.99, 0.1   # fp16 vs fp32 logits when no real images are at hand
+GENERATOR_MAX_PIXEL_DIFF = 1                    # fp32 generator: PyTorch vs onnxruntime
+TRANSFORM_MODELS = ("fft-lowpass", "fft-spectrum", "walsh-compress")
+PRECISIONS = ("fp32", "fp16", "int8")
 
-class ExportError(RuntimeError):
-    """Export or its parity gate failed; nothing was written at the output path."""
+Log = Callable[[str], object]
 
-
-# ----------------------------------------------------------------------------- contract helpers
-
-def set_metadata(proto: onnx.ModelProto, task: str, model: str, precision: str, **extra: str) -> onnx.ModelProto:
-    meta = {"toolkit.task": task, "toolkit.model": model, "toolkit.precision": precision,
-            "toolkit.version": __version__}
-    meta.update({f"toolkit.{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items()})
-    return replace_metadata(proto, {**read_metadata(proto), **meta})
-
-
-def replace_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> onnx.ModelProto:
-    """Make `meta` the model's whole metadata (a converted variant takes its source's metadata)."""
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        proto.metadata_props.add(key=k, value=v)
-    return proto
-
-
-def read_metadata(proto_or_path) -> dict[str, str]:
-    proto = proto_or_path if isinstance(proto_or_path, onnx.ModelProto) else onnx.load(str(proto_or_path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def prune_opsets(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop opset imports no node uses (graph optimisers add a list of them)."""
-    used = {n.domain or "" for n in proto.graph.node} | {""}
-    keep = [o for o in proto.opset_import if (o.domain or "") in used or o.domain == "ai.onnx"]
-    del proto.opset_import[:]
-    proto.opset_import.extend(keep)
-    return proto
-
-
-def check_contract(proto: onnx.ModelProto) -> None:
-    """The checks every toolkit ONNX file must pass (raises ExportError)."""
-    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if opset < 17:
-        raise ExportError(f"opset {opset} < 17")
-    for t in proto.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            raise ExportError(f"initializer {t.name} uses external data")
-    meta = read_metadata(proto)
-    for key in ("toolkit.task", "toolkit.model", "toolkit.precision", "toolkit.version"):
-        if key not in meta:
-            raise ExportError(f"metadata {key} missing")
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:
-        raise ExportError(f"onnx checker: {str(exc).splitlines()[0]}") from None
-
-
-def write_model(proto: onnx.ModelProto, path: str | os.PathLike, gate=None) -> Path:
-    """Check `proto`, write it to a temp file beside `path`, run `gate(temp_path)` (which raises
-    on failure) and only then rename it into place. On any failure no file is left at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prune_opsets(proto)
-    check_contract(proto)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
-    try:
-        onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        if gate is not None:
-            gate(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def torch_to_onnx(module, example_inputs: tuple, input_names: list[str], output_names: list[str],
-                  dynamic_batch: bool = True, dynamic_dims: dict | None = None) -> onnx.ModelProto:
-    """Export with the dynamo exporter (it lowers torch.fft to ONNX DFT; the old one cannot)."""
-    import torch
-
-    # The exporter logs about optional torchvision ops and deprecated pytree types; not the user's concern.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    logging.getLogger("torch._export").setLevel(logging.ERROR)
-    dynamic_shapes = None
-    if dynamic_batch or dynamic_dims:
-        batch = torch.export.Dim("N")
-        shapes = []
-        for name in input_names:
-            dims = {0: batch} if dynamic_batch else {}
-            dims.update((dynamic_dims or {}).get(name, {}))
-            shapes.append(dims)
-        # Positional, not keyed by name: the module's forward() argument may be called anything
-        # (nn.Sequential's is `input`), while input_names is what the ONNX graph shows.
-        dynamic_shapes = tuple(shapes)
-    module.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, example_inputs, dynamo=True, input_names=input_names,
-                                    output_names=output_names, dynamic_shapes=dynamic_shapes,
-                                    opset_version=OPSET, external_data=False, verbose=False, optimize=True)
-    proto = program.model_proto
-    proto.producer_name = "toolkit"
-    proto.producer_version = __version__
-    return proto
-
-
-# ----------------------------------------------------------------------------- parity
 
 @dataclass
-class Parity:
-    n: int
-    max_abs_diff: float
-    top1_agreement: float | None = None
+class Exported:
+    """What an export wrote and what its gate measured."""
+    path: Path
+    precision: str
+    summary: str                                  # one line for the user
+    facts: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
-        s = f"parity on {self.n} inputs: max |Δ| {self.max_abs_diff:.2e}"
-        if self.top1_agreement is not None:
-            s += f", top-1 agreement {self.top1_agreement:.2%}"
-        return s
+        return self.summary
 
 
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray, classify: bool) -> Parity:
-    diff = float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64)))) if reference.size else 0.0
-    agree = float(np.mean(reference.argmax(1) == candidate.argmax(1))) if classify else None
-    return Parity(n=len(reference), max_abs_diff=diff, top1_agreement=agree)
+def _spec(model: str, task: str | None = None) -> zoo.ModelSpec:
+    known = [*zoo.REGISTRY, *TRANSFORM_MODELS]
+    if model not in zoo.REGISTRY:
+        raise ExportError(f"unknown model {model} (known: {', '.join(known)})")
+    spec = zoo.REGISTRY[model]
+    if task is not None and spec.task != task:
+        raise ExportError(f"{model} is a {spec.task} model, not {task}")
+    return spec
 
 
-def run_onnx(path, feed: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    from toolkit.core.sessions import open_model
-    model = open_model(path, "cpu")
-    return np.concatenate([model.run(feed[i:i + batch_size]) for i in range(0, len(feed), batch_size)])
+def _size(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.2f} MB"
+
+
+def default_output(spec: zoo.ModelSpec, precision: str = "fp32", preprocess: str | None = None,
+                   tta: bool = False) -> Path:
+    """models/<stem>[.<preprocess op>][.tta][.<precision>].onnx"""
+    parts = [spec.file_stem]
+    if preprocess:
+        parts.append(preprocess.split(":")[0].replace("-", "_"))
+    if tta:
+        parts.append("tta")
+    if precision != "fp32":
+        parts.append(precision)
+    return zoo.MODELS_DIR / (".".join(parts) + ".onnx")
 
 
 # ----------------------------------------------------------------------------- classifier
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "cifar10-jpeg" / "train"
-FP32_TOLERANCE = 1e-3     # max |Δlogit| between PyTorch and onnxruntime fp32
-
-
-def validation_images(data: str | os.PathLike | None, n: int, size=(32, 32), log=print) -> np.ndarray:
-    """`n` real validation images (the fixed split) for parity checks and calibration-free
-    comparisons. Without data, random images are used, and the user is told so."""
+def validation_images(data: str | os.PathLike | None, n: int, size: tuple[int, int] = (32, 32),
+                      log: Log = print) -> np.ndarray:
+    """`n` real validation images (the fixed split) for the parity gate. Without data, seeded
+    random images are used, and the user is told so."""
     from toolkit.core.data import read_split
     root = Path(data) if data else DEFAULT_DATA
     if root.exists():
         return read_split(root, "val", size, limit=n).images
     if data:
         raise ExportError(f"{root}: parity data not found")
-    log(f"warning: {root} not found; parity is measured on {n} random images, not real ones (pass --data)")
+    log(f"note: {root} not found; parity is measured on {n} random images, not real ones (pass --data)")
     return np.random.default_rng(0).integers(0, 256, (n, *size, 3), dtype=np.uint8)
 
 
-def classifier_module(weights: str | os.PathLike | None = None, preprocess: str | None = None):
-    """The contract form of the shipped CNN in torch: uint8 NHWC → logits, eval mode.
-    With `preprocess` ('fft-lowpass:0.5', 'walsh-compress:0.5') the transform runs first."""
+def classifier_module(weights: str | os.PathLike | None = None, preprocess: str | None = None,
+                      model: str = "cifar-cnn", tta: bool = False):
+    """The contract form of a zoo classifier in torch: uint8 NHWC → logits, eval mode.
+    `preprocess` ('fft-lowpass:0.5', 'walsh-compress:0.5') runs a transform first; `tta` averages
+    the logits of the image and its mirror."""
     import torch
 
-    from toolkit import zoo
-    from toolkit.build.nets.layers import Classifier
     from toolkit.build.checkpoint import load_weights
+    from toolkit.build.nets.layers import Classifier, FlipAveraged
 
-    spec = zoo.CIFAR_CNN
+    spec = _spec(model, "classify")
     net = spec.build()
     if weights is not None:
         load_weights(net, weights)
-    model = Classifier(net, spec.mean, spec.std)
+    module: torch.nn.Module = Classifier(net, spec.mean, spec.std)
     if preprocess:
-        from toolkit.core.transforms import parse_preprocess, transform_module
+        from toolkit.build.nets.spectral import transform_module
+        from toolkit.core.ops import parse_preprocess
         op, params = parse_preprocess(preprocess)
-        model = torch.nn.Sequential(transform_module(op, params, "matmul", spec.input_size), model)
-    return model.eval()
+        module = torch.nn.Sequential(transform_module(op, params, "matmul", spec.input_size), module)
+    if tta:
+        module = FlipAveraged(module)
+    return module.eval()
 
 
 def torch_logits(module, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
@@ -199,115 +128,98 @@ def torch_logits(module, images: np.ndarray, batch_size: int = 500) -> np.ndarra
                                for i in range(0, len(images), batch_size)])
 
 
-def export_classifier(out: str | os.PathLike, weights: str | os.PathLike | None = None,
-                      data: str | os.PathLike | None = None, preprocess: str | None = None,
-                      parity_images: int = 256, log=print) -> Parity:
-    """Export the CIFAR CNN (fp32) under the classifier contract, gated on PyTorch/onnxruntime
-    parity over real validation images: top-1 agreement must be 100% and max |Δlogit| ≤ 1e-3."""
-    import torch
-
-    from toolkit import zoo
-
-    spec = zoo.CIFAR_CNN
-    out = Path(out)
-    module = classifier_module(weights, preprocess)
-    example = torch.zeros((2, *spec.input_size, 3), dtype=torch.uint8)
-    proto = torch_to_onnx(module, (example,), ["image"], ["logits"])
-    extra = {"labels": spec.labels}
-    if preprocess:
-        extra["preprocess"] = preprocess
-    set_metadata(proto, "classify", spec.name, "fp32", **extra)
-    images = validation_images(data, parity_images, spec.input_size, log)
-    reference = torch_logits(module, images)
-    result: list[Parity] = []
-    write_model(proto, out, _logit_gate(reference, images, 1.0, FP32_TOLERANCE, result, "PyTorch"))
-    log(f"fp32 export {'passed' if out.name.startswith('.') else f'wrote {out}'}; {result[0].describe()} vs PyTorch")
-    return result[0]
-
-
-# ----------------------------------------------------------------------------- precisions
-
-FP16_MIN_AGREEMENT, FP16_MAX_DIFF = 0.99, 0.1      # fp16 vs fp32 logits
-INT8_MIN_AGREEMENT = 0.97                          # int8 vs fp32 top-1
-GENERATOR_MAX_PIXEL_DIFF = 1                       # fp32 generator: PyTorch vs onnxruntime
-
-
 def _logit_gate(reference: np.ndarray, images: np.ndarray, min_agreement: float, max_diff: float | None,
-                result: list, against: str = "fp32"):
+                result: list[Parity], against: str) -> Callable[[Path], None]:
     """A write_model gate: the candidate's logits on `images` against `reference` logits."""
-    def gate(tmp_path):
+    def gate(tmp_path: Path) -> None:
         parity = compare_outputs(reference, run_onnx(tmp_path, images), classify=True)
         result.append(parity)
-        if parity.top1_agreement < min_agreement or (max_diff is not None and parity.max_abs_diff > max_diff):
+        if (parity.top1_agreement or 0.0) < min_agreement or (max_diff is not None and parity.max_abs_diff > max_diff):
             limit = f"≥ {min_agreement:.0%} agreement" + (f" and ≤ {max_diff:g}" if max_diff is not None else "")
             raise ExportError(f"parity gate failed against {against}: {parity.describe()} (need {limit})")
     return gate
 
 
-def export_classifier_variant(out: Path, precision: str, weights, data, calibration_images: int,
-                              calibration_method: str, max_drop: float, dynamic: bool, log=print,
-                              progress=None) -> dict:
-    """fp16 or int8 classifier: export fp32 (gated against PyTorch) to a temp file, convert, gate
-    against fp32 on ≥ 1,000 validation images and, for int8, hold the accuracy guard."""
-    from toolkit import zoo
-    from toolkit.core import quantize
-    from toolkit.core.data import read_split
+def export_classifier(out: str | os.PathLike, weights: str | os.PathLike | None = None,
+                      data: str | os.PathLike | None = None, preprocess: str | None = None,
+                      parity_images: int = 256, log: Log = print, *, model: str = "cifar-cnn",
+                      tta: bool = False) -> Exported:
+    """Export a zoo classifier (fp32) under the classifier contract, gated on PyTorch/onnxruntime
+    parity over real validation images: top-1 agreement must be 100% and max |Δlogit| ≤ 1e-3."""
+    import torch
 
-    spec = zoo.CIFAR_CNN
+    spec = _spec(model, "classify")
     out = Path(out)
-    fp32_tmp = out.with_name(f".{out.stem}.fp32.{os.getpid()}.onnx")
-    try:
-        export_classifier(fp32_tmp, weights, data, log=log)
-        fp32 = onnx.load(str(fp32_tmp))
-        meta = read_metadata(fp32)
-        root = Path(data) if data else DEFAULT_DATA
-        if not root.exists():
-            raise ExportError(f"{root}: {precision} needs real validation images (pass --data)")
-        val = read_split(root, "val", spec.input_size)
-        labels_idx = np.asarray([spec.labels.index(c) for c in val.class_names])[val.labels]
-        parity_set = val.images[np.linspace(0, len(val) - 1, min(len(val), 1000)).astype(int)]
-        reference = run_onnx(fp32_tmp, parity_set)
-        parity: list[Parity] = []
-        info: dict = {"precision": precision}
-        if precision == "fp16":
-            proto = quantize.convert_fp16(fp32)
-            gate = _logit_gate(reference, parity_set, FP16_MIN_AGREEMENT, FP16_MAX_DIFF, parity)
-        elif precision == "int8":
-            if dynamic:
-                quantize.refuse_dynamic(fp32)
-            calibration = read_split(root, "train", spec.input_size, limit=calibration_images).images
-            proto, guard = quantize.quantize_int8(fp32_tmp, out.with_name(f".{out.stem}.q.{os.getpid()}.onnx"),
-                                                  calibration, val.images, labels_idx, calibration_method,
-                                                  max_drop, log=log, progress=progress)
-            meta["toolkit.calibration"] = json_dumps({"method": calibration_method, "images": len(calibration),
-                                              "excluded_nodes": guard.excluded})
-            info.update(fp32_accuracy=guard.fp32_accuracy, int8_accuracy=guard.int8_accuracy,
-                        excluded=guard.excluded)
-            gate = _logit_gate(reference, parity_set, INT8_MIN_AGREEMENT, None, parity)
-        else:
-            raise ExportError(f"unknown precision {precision!r} (fp32, fp16, int8)")
-        replace_metadata(proto, meta)
-        set_metadata(proto, "classify", spec.name, precision)
-        write_model(proto, out, gate)
-        log(f"wrote {out} ({os.path.getsize(out) / 1e6:.2f} MB); {parity[0].describe()} vs fp32")
-        info["parity"] = parity[0].__dict__
-        return info
-    finally:
-        fp32_tmp.unlink(missing_ok=True)
-        out.with_name(f".{out.stem}.q.{os.getpid()}.onnx").unlink(missing_ok=True)
+    module = classifier_module(weights, preprocess, model, tta)
+    example = torch.zeros((2, *spec.input_size, 3), dtype=torch.uint8)
+    proto = torch_to_onnx(module, (example,), ["image"], ["logits"], log=log)
+    extra: dict[str, object] = {"labels": spec.labels}
+    if preprocess:
+        extra["preprocess"] = preprocess
+    if tta:
+        extra["tta"] = "1"
+    set_metadata(proto, "classify", spec.name, "fp32", **extra)
+    images = validation_images(data, parity_images, spec.input_size, log)
+    parity: list[Parity] = []
+    write_model(proto, out, _logit_gate(torch_logits(module, images), images, 1.0, FP32_TOLERANCE, parity, "PyTorch"))
+    gate = f"{parity[0].describe()} vs PyTorch"
+    return Exported(out, "fp32", f"wrote {out} (fp32, {_size(out)}); {gate}", {"gate": gate, **parity[0].__dict__})
 
 
-def json_dumps(obj) -> str:
-    return json.dumps(obj, separators=(",", ":"))
+def _fp16_on_random_images(fp32_path: Path, out: Path, log: Log) -> Exported:
+    """fp16 without real images: the logit gate against fp32 runs on seeded random images."""
+    from toolkit.core import quantize
+
+    fp32 = onnx.load(str(fp32_path))
+    size = tuple(d.dim_value for d in fp32.graph.input[0].type.tensor_type.shape.dim[1:3])
+    log(f"note: {DEFAULT_DATA} not found; the fp16 gate runs on 1000 random images (pass --data for real ones)")
+    images = np.random.default_rng(0).integers(0, 256, (1000, *size, 3), dtype=np.uint8)
+    proto = quantize.convert_fp16(fp32)
+    replace_metadata(proto, {**read_metadata(fp32), "toolkit.precision": "fp16"})
+    parity: list[Parity] = []
+    write_model(proto, out, _logit_gate(run_onnx(fp32_path, images), images, FP16_MIN_AGREEMENT, FP16_MAX_DIFF,
+                                        parity, "fp32"))
+    gate = f"{parity[0].describe()} vs fp32"
+    return Exported(out, "fp16", f"wrote {out} (fp16, {_size(out)}); {gate}", {"gate": gate, **parity[0].__dict__})
+
+
+def export_classifier_variant(out: str | os.PathLike, precision: str, weights: str | os.PathLike | None = None,
+                              data: str | os.PathLike | None = None, calibration_images: int = 500,
+                              calibration_method: str = "minmax", max_drop: float = 0.5, dynamic: bool = False,
+                              log: Log = print, progress=None, *, model: str = "cifar-cnn",
+                              tta: bool = False) -> Exported:
+    """fp16 or int8 classifier: export fp32 (gated against PyTorch) to a temp file, then let
+    core.quantize_classifier make the variant with its guard and its gate against fp32."""
+    from toolkit.core import quantize
+    from toolkit.core.quantize_classifier import QuantizeError, quantize_classifier
+
+    out = Path(out)
+    root = Path(data) if data else (DEFAULT_DATA if DEFAULT_DATA.exists() else None)
+    if root is None and precision == "int8":
+        raise ExportError(f"{DEFAULT_DATA} not found: int8 needs real images for calibration and its guard (pass --data)")
+    with tempfile.TemporaryDirectory(prefix="toolkit-export-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        inner = export_classifier(fp32, weights, root, log=log, model=model, tta=tta)
+        log(f"fp32 step: {inner.facts['gate']}")
+        if root is None:
+            return _fp16_on_random_images(fp32, out, log)
+        try:
+            result = quantize_classifier(fp32, out, precision, data=root, calibration_images=calibration_images,
+                                         calibration_method=calibration_method, max_drop=max_drop, dynamic=dynamic,
+                                         log=log, progress=progress)
+        except (QuantizeError, quantize.QuantizationError) as exc:
+            raise ExportError(str(exc)) from None
+    return Exported(result.path, precision, result.describe(),
+                    {"excluded": result.excluded, "fp32_score": result.fp32_score, "score": result.score,
+                     "agreement": result.agreement, "max_abs_diff": result.max_abs_diff})
 
 
 # ----------------------------------------------------------------------------- generator
 
 def generator_module(weights: str | os.PathLike | None = None):
     """The contract form of the shipped DCGAN generator in torch: z → uint8 NHWC, eval mode."""
-    from toolkit import zoo
-    from toolkit.build.nets.layers import ImageGenerator
     from toolkit.build.checkpoint import load_weights
+    from toolkit.build.nets.layers import ImageGenerator
 
     g = zoo.DCGAN.build()
     if weights is not None:
@@ -321,146 +233,98 @@ def fixed_latents(n: int = 256, latent_dim: int = 100, seed: int = 1234) -> np.n
 
 def psnr(reference: np.ndarray, candidate: np.ndarray) -> float:
     mse = float(np.mean((reference.astype(np.float64) - candidate.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
-def export_generator(out: str | os.PathLike, weights=None, precision: str = "fp32", min_psnr: float = 30.0,
-                     log=print) -> dict:
+def export_generator(out: str | os.PathLike, weights: str | os.PathLike | None = None, precision: str = "fp32",
+                     min_psnr: float = 30.0, log: Log = print) -> Exported:
     """Export the DCGAN generator. fp32 is gated on PyTorch parity (max pixel difference ≤ 1 on
     fixed latents); fp16 / int8 variants are gated on PSNR against fp32 on the same latents."""
     import torch
 
-    from toolkit import zoo
     from toolkit.core import quantize
 
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision} (choose from {', '.join(PRECISIONS)})")
     spec = zoo.DCGAN
     out = Path(out)
     module = generator_module(weights)
     z = fixed_latents(256, spec.latent_dim)
     with torch.no_grad():
         reference = module(torch.from_numpy(z)).numpy()
-    proto = torch_to_onnx(module, (torch.from_numpy(z[:2]),), ["z"], ["image"])
+    proto = torch_to_onnx(module, (torch.from_numpy(z[:2]),), ["z"], ["image"], log=log)
     set_metadata(proto, "generate", spec.name, "fp32", latent_dim=str(spec.latent_dim))
-    info: dict = {"precision": precision}
+    facts: dict[str, Any] = {}
 
-    def fp32_gate(tmp_path):
+    def fp32_gate(tmp_path: Path) -> None:
         diff = int(np.max(np.abs(run_onnx(tmp_path, z).astype(np.int16) - reference.astype(np.int16))))
-        info["max_pixel_diff"] = diff
+        facts["max_pixel_diff"] = diff
         if diff > GENERATOR_MAX_PIXEL_DIFF:
             raise ExportError(f"parity gate failed: max pixel difference {diff} > {GENERATOR_MAX_PIXEL_DIFF}")
 
     if precision == "fp32":
         write_model(proto, out, fp32_gate)
-        log(f"wrote {out}; parity on {len(z)} latents: max pixel difference {info['max_pixel_diff']}")
-        return info
+        return Exported(out, precision, f"wrote {out} (fp32, {_size(out)}); parity on {len(z)} latents: max pixel "
+                                        f"difference {facts['max_pixel_diff']} vs PyTorch", facts)
 
-    fp32_tmp = out.with_name(f".{out.stem}.fp32.{os.getpid()}.onnx")
-    q_tmp = out.with_name(f".{out.stem}.q.{os.getpid()}.onnx")
-    try:
-        write_model(proto, fp32_tmp, fp32_gate)
-        fp32_images = run_onnx(fp32_tmp, z)
+    with tempfile.TemporaryDirectory(prefix="toolkit-export-") as tmp:
+        fp32_path, q_path = Path(tmp) / "fp32.onnx", Path(tmp) / "q.onnx"
+        write_model(proto, fp32_path, fp32_gate)
+        fp32_images = run_onnx(fp32_path, z)
         if precision == "fp16":
-            variant = quantize.convert_fp16(onnx.load(str(fp32_tmp)))
-        elif precision == "int8":
-            with tempfile.TemporaryDirectory() as tmp:
-                pre = Path(tmp) / "pre.onnx"
-                quantize.preprocess_for_quantization(fp32_tmp, pre)
-                calibration = fixed_latents(512, spec.latent_dim, seed=99)
-                variant = quantize.quantize_int8_static(pre, q_tmp, calibration, "minmax")
+            variant = quantize.convert_fp16(onnx.load(str(fp32_path)))
         else:
-            raise ExportError(f"unknown precision {precision!r} (fp32, fp16, int8)")
+            pre = Path(tmp) / "pre.onnx"
+            quantize.preprocess_for_quantization(fp32_path, pre)
+            variant = quantize.quantize_int8_static(pre, q_path, fixed_latents(512, spec.latent_dim, seed=99), "minmax")
         replace_metadata(variant, read_metadata(proto))
         set_metadata(variant, "generate", spec.name, precision, latent_dim=str(spec.latent_dim))
 
-        def variant_gate(tmp_path):
-            info["psnr_db"] = round(psnr(fp32_images, run_onnx(tmp_path, z)), 2)
-            if info["psnr_db"] < min_psnr:
-                raise ExportError(f"{precision} generator loses the pictures: PSNR {info['psnr_db']:.1f} dB "
+        def variant_gate(tmp_path: Path) -> None:
+            facts["psnr_db"] = round(psnr(fp32_images, run_onnx(tmp_path, z)), 2)
+            if facts["psnr_db"] < min_psnr:
+                raise ExportError(f"{precision} generator loses the pictures: PSNR {facts['psnr_db']:.1f} dB "
                                   f"vs fp32 < {min_psnr:g} dB; not written")
 
         write_model(variant, out, variant_gate)
-        log(f"wrote {out}; PSNR vs fp32 on {len(z)} latents: {info['psnr_db']:.1f} dB")
-        return info
-    finally:
-        fp32_tmp.unlink(missing_ok=True)
-        q_tmp.unlink(missing_ok=True)
+    return Exported(out, precision, f"wrote {out} ({precision}, {_size(out)}); PSNR vs fp32 on {len(z)} latents: "
+                                    f"{facts['psnr_db']:.1f} dB", facts)
 
 
 # ----------------------------------------------------------------------------- the export command
 
-TRANSFORM_MODELS = ("fft-lowpass", "fft-spectrum", "walsh-compress")
-
-
-def export_model(model: str, precision: str = "fp32", weights=None, out=None, data=None, preprocess=None,
-                 calibration_images: int = 500, calibration_method: str = "minmax", max_drop: float = 0.5,
-                 dynamic: bool = False, radius: float = 0.5, keep: float = 0.5, size=None, form: str = "matmul",
-                 log=print, progress=None):
-    """What `toolkit export` does: dispatch on the model's task."""
-    from toolkit import zoo
-
+def export_model(model: str, precision: str = "fp32", weights: str | os.PathLike | None = None,
+                 out: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
+                 preprocess: str | None = None, calibration_images: int = 500, calibration_method: str = "minmax",
+                 max_drop: float = 0.5, dynamic: bool = False, radius: float = 0.5, keep: float = 0.5,
+                 size: list[int] | tuple[int, ...] | None = None, form: str = "matmul", tta: bool = False,
+                 log: Log = print, progress=None) -> Exported:
+    """What `toolkit export` does: validate the request, then dispatch on the model's task."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision} (choose from {', '.join(PRECISIONS)})")
     if model in TRANSFORM_MODELS:
         from toolkit.core.transforms import export_transform
-        if precision != "fp32":
-            raise ExportError("transforms are exported in fp32")
+        if precision != "fp32" or tta or preprocess:
+            raise ExportError("transforms are exported in fp32, without --tta or --preprocess")
         if size is not None and len(size) != 2:
             raise ExportError("--size takes two values: --size H --size W")
         params = {"fft-lowpass": {"radius": radius}, "walsh-compress": {"keep": keep}}.get(model, {})
-        out = out or zoo.MODELS_DIR / f"{model.replace('-', '_')}.onnx"
-        return export_transform(model, params, form, tuple(size) if size else (32, 32), out)
-    spec = zoo.get(model)
+        target = Path(out) if out else zoo.MODELS_DIR / f"{model.replace('-', '_')}.onnx"
+        path = export_transform(model, params, form, (int(size[0]), int(size[1])) if size else (32, 32), target)
+        return Exported(path, "fp32", f"wrote {path} ({_size(path)}); matches the float64 reference "
+                                      f"(transform {model}, {form} form)")
+    spec = _spec(model)
     weights = Path(weights) if weights else spec.weights_path
     if not weights.is_file():
         raise ExportError(f"{weights}: weights not found (train first, or pass --weights)")
-    if preprocess and (spec.task != "classify" or precision != "fp32"):
-        raise ExportError("--preprocess applies to the fp32 classifier only")
     if spec.task == "generate":
+        if preprocess or tta:
+            raise ExportError("--preprocess and --tta apply to classifiers only")
         return export_generator(out or spec.onnx_path(precision), weights, precision, log=log)
+    if preprocess and precision != "fp32":
+        raise ExportError("--preprocess applies to the fp32 classifier only")
+    target = Path(out) if out else default_output(spec, precision, preprocess, tta)
     if precision == "fp32":
-        default = spec.onnx_path() if not preprocess else \
-            zoo.MODELS_DIR / f"{spec.file_stem}.{preprocess.split(':')[0].replace('-', '_')}.onnx"
-        return export_classifier(out or default, weights, data, preprocess, log=log)
-    return export_classifier_variant(out or spec.onnx_path(precision), precision, weights, data,
-                                     calibration_images, calibration_method, max_drop, dynamic, log, progress)
-
-
-# ----------------------------------------------------------------------------- info
-
-def describe_model(path: str | os.PathLike):
-    """A rich renderable describing an ONNX file: I/O, metadata, opset, op counts, size."""
-    from collections import Counter
-
-    from rich.console import Group
-    from rich.table import Table
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ValueError(f"{path}: not an ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-
-    def shape(value_info) -> str:
-        t = value_info.type.tensor_type
-        dims = [d.dim_param or str(d.dim_value) if (d.dim_param or d.HasField("dim_value")) else "?" for d in t.shape.dim]
-        return f"{onnx.TensorProto.DataType.Name(t.elem_type).lower()} [{', '.join(dims)}]"
-
-    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
-    io = Table(title=f"{path.name} — {path.stat().st_size / 1e6:.2f} MB, opset {opsets}")
-    io.add_column("")
-    io.add_column("name")
-    io.add_column("type and shape")
-    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
-        for v in values:
-            io.add_row(kind, v.name, shape(v))
-    meta = Table(title="metadata")
-    meta.add_column("key")
-    meta.add_column("value", overflow="fold")
-    for p in proto.metadata_props:
-        meta.add_row(p.key, p.value)
-    ops = Table(title=f"ops ({len(proto.graph.node)} nodes, {len(proto.graph.initializer)} initializers)")
-    ops.add_column("op type")
-    ops.add_column("count", justify="right")
-    for op, count in sorted(Counter(n.op_type for n in proto.graph.node).items(), key=lambda t: (-t[1], t[0])):
-        ops.add_row(op, str(count))
-    return Group(io, meta, ops)
+        return export_classifier(target, weights, data, preprocess, log=log, model=spec.name, tta=tta)
+    return export_classifier_variant(target, precision, weights, data, calibration_images, calibration_method,
+                                     max_drop, dynamic, log, progress, model=spec.name, tta=tta)

@@ -146,7 +146,8 @@ def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: 
         load_weights(model.net, cfg.init)
     forward = model
     if cfg.preprocess:
-        from toolkit.core.transforms import parse_preprocess, transform_module
+        from toolkit.build.nets.spectral import transform_module
+        from toolkit.core.ops import parse_preprocess
         op, params = parse_preprocess(cfg.preprocess)
         forward = torch.nn.Sequential(transform_module(op, params, "matmul", spec.input_size), model)
     decay = [p for n, p in model.net.named_parameters() if p.ndim > 1]

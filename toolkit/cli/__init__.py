@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from toolkit.cli import build, run  # noqa: F401  (registers the commands)
+from toolkit.cli import build, byom, run  # noqa: F401  (registers the commands)
 from toolkit.cli.common import _one_line, app
 
 __all__ = ["app", "main"]

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 
-from toolkit.cli.common import _one_line, _progress_factory, app, fail, train_app
+from toolkit.cli.common import _one_line, _progress_factory, app, fail, require_train_extra, train_app
 
 
 # ----------------------------------------------------------------------------- export
 
 @app.command()
 def export(
-    model: str = typer.Option(..., help="cifar-cnn | dcgan | fft-lowpass | walsh-compress | fft-spectrum."),
+    model: Optional[str] = typer.Option(None, help="cifar-cnn | dcgan | fft-lowpass | walsh-compress | fft-spectrum."),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (cifar-cnn, dcgan)."),
     weights: Optional[Path] = typer.Option(None, help="Trained weights (safetensors); default: the shipped ones."),
     out: Optional[Path] = typer.Option(None, help="Output .onnx (default: models/<name>[.precision].onnx)."),
@@ -29,18 +29,52 @@ def export(
     keep: float = typer.Option(0.5, help="walsh-compress: fraction of coefficients kept per side, in (0, 1]."),
     size: Optional[List[int]] = typer.Option(None, help="Transforms: image size H W (repeat: --size 32 --size 32)."),
     form: str = typer.Option("matmul", help="Transforms: dft | matmul."),
+    tta: bool = typer.Option(False, "--tta", help="Classifiers: average the logits of each image and its mirror "
+                                                   "inside the graph (default out: models/<name>.tta.onnx)."),
+    module: Optional[str] = typer.Option(None, help="Your classifier instead of --model: FILE.py:NAME or "
+                                                    "package.module:NAME (a class or factory taking no arguments)."),
+    input_size: Optional[Tuple[int, int]] = typer.Option(None, help="--module: the net's input H W."),
+    labels: Optional[str] = typer.Option(None, help="--module: label file (one per line) or a,b,c."),
+    mean: str = typer.Option("0,0,0", help="--module: per-channel mean R,G,B of pixels scaled to [0, 1]."),
+    std: str = typer.Option("1,1,1", help="--module: per-channel std R,G,B."),
 ):
     """Export a model to a self-describing ONNX file, gated on parity with PyTorch."""
-    from toolkit.build.export import export_model
+    if (model is None) == (module is None):
+        fail("give either --model NAME or --module FILE.py:NAME")
+    from toolkit.build.export import TRANSFORM_MODELS, export_model
+    if model not in TRANSFORM_MODELS:          # transforms are built without torch
+        require_train_extra()
+    if module is not None:
+        _export_module(module, weights, input_size, out, labels, mean, std, data, precision, calibration_images,
+                       calibration_method, max_drop)
+        return
     try:
-        export_model(model=model, precision=precision, weights=weights, out=out, data=data,
-                                 preprocess=preprocess, calibration_images=calibration_images,
-                                 calibration_method=calibration_method, max_drop=max_drop, dynamic=dynamic,
-                                 radius=radius, keep=keep, size=size, form=form, log=typer.echo,
-                     progress=_progress_factory())
+        result = export_model(model=model, precision=precision, weights=weights, out=out, data=data,
+                              preprocess=preprocess, calibration_images=calibration_images,
+                              calibration_method=calibration_method, max_drop=max_drop, dynamic=dynamic,
+                              radius=radius, keep=keep, size=size, form=form, tta=tta, log=typer.echo,
+                              progress=_progress_factory())
     except Exception as exc:  # every failure here has a one-line message meant for the user
         fail(_one_line(exc))
+    typer.echo(result.describe())
 
+
+
+def _export_module(module: str, weights: Optional[Path], input_size, out: Optional[Path], labels: Optional[str],
+                   mean: str, std: str, data: Optional[Path], precision: str, calibration_images: int,
+                   calibration_method: str, max_drop: float) -> None:
+    if weights is None or input_size is None or out is None:
+        fail("--module needs --weights, --input-size H W and --out")
+    from toolkit.build.module_export import export_module
+    from toolkit.core.wrap import parse_labels, parse_triple
+    options = {} if precision == "fp32" else {"calibration_images": calibration_images,
+                                              "calibration_method": calibration_method, "max_drop": max_drop}
+    try:
+        export_module(module, weights, tuple(input_size), out, parse_labels(labels) if labels else None,
+                      parse_triple(mean, "--mean"), parse_triple(std, "--std", positive=True), data,
+                      precision=precision, log=typer.echo, **options)
+    except Exception as exc:  # every failure here has a one-line message meant for the user
+        fail(_one_line(exc))
 
 
 # ----------------------------------------------------------------------------- train
@@ -65,6 +99,7 @@ def train_cifar_cnn(
     resume: bool = typer.Option(False, help="Continue from the checkpoint."),
 ):
     """Train the paper's CIFAR-10 CNN; validation accuracy is reported after every epoch."""
+    require_train_extra()
     from toolkit.build.train import ClassifierConfig, Interrupted, train_classifier
     cfg = ClassifierConfig(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                            warmup=warmup, label_smoothing=label_smoothing, flip=flip, translate=translate,
@@ -95,6 +130,7 @@ def train_dcgan(
     resume: bool = typer.Option(False, help="Continue from the checkpoint."),
 ):
     """Train the DCGAN generator and discriminator; a sample grid is written every epoch."""
+    require_train_extra()
     from toolkit.build.train import GanConfig, Interrupted, train_gan
     cfg = GanConfig(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr, beta1=beta1, ema=ema,
                     holdout=holdout, seed=seed, threads=threads, samples_dir=str(samples_dir))

@@ -21,6 +21,18 @@ def fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
+# What the build commands (train, export from torch) need beyond the runtime install.
+TRAIN_EXTRA_MODULES = ("torch", "onnxscript", "safetensors")
+
+
+def require_train_extra() -> None:
+    """Fail in one line, before any work, when the `train` extra is not installed."""
+    import importlib.util
+    missing = [name for name in TRAIN_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        fail(f"this command needs the train extra ({', '.join(missing)} missing): pip install 'toolkit[train]'")
+
+
 
 def _progress_factory():
     """A callback (description, total) → advance(k), drawing a rich progress bar on stderr."""

@@ -150,13 +150,14 @@ def generate(
 
 @app.command()
 def info(model: Path = typer.Argument(..., help="An .onnx file.")):
-    """Inputs, outputs, metadata, opset, op-type counts and size of an ONNX file."""
+    """Inputs, outputs, metadata, opset, op-type counts, size (external data included) of an ONNX file."""
     from rich.console import Console
 
-    from toolkit.build.export import describe_model
+    from toolkit.core.contract import ModelFileError
+    from toolkit.core.info import describe_model
     try:
         Console().print(describe_model(model))
-    except (FileNotFoundError, ValueError) as exc:
+    except ModelFileError as exc:
         fail(_one_line(exc))
 
 
@@ -245,7 +246,7 @@ def transform(
     provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt (no silent fallback)."),
 ):
     """Filter or transform images in the frequency domain (Fourier or Walsh–Hadamard) with ONNX."""
-    from toolkit.build.export import ExportError
+    from toolkit.core.fsio import shown
     from toolkit.core.sessions import ModelError, ProviderError
     from toolkit.core.transforms import OPS, TransformError, run_transform
 
@@ -259,13 +260,13 @@ def transform(
     params = {name: 0.5 if given[name] is None else given[name]} if name else {}
 
     def on_written(written) -> None:
-        extra = f" (and {written.compare})" if written.compare else ""
-        typer.echo(f"{written.source} → {written.output}{extra}")
+        extra = f" (and {shown(written.compare)})" if written.compare else ""
+        typer.echo(f"{shown(written.source)} → {shown(written.output)}{extra}")
 
     try:
         failed = run_transform(inputs, op, params, out, form=form, compare=compare, provider=provider,
                                on_written=on_written, on_error=lambda message: typer.echo(f"error: {message}", err=True))
-    except (TransformError, ExportError, ProviderError, ModelError) as exc:
+    except (TransformError, ProviderError, ModelError) as exc:
         fail(_one_line(exc))
     if failed:
         raise typer.Exit(1)

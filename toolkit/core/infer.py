@@ -90,9 +90,14 @@ def match_labels(model_labels: list[str], class_names: list[str], source: str) -
 
 
 def predict(model: Model, images: np.ndarray, batch_size: int = 256, advance=None) -> np.ndarray:
+    """Top-1 class indices; images of another size than the model's H×W are resized batch by batch."""
+    hw = model.input_hw
     preds = []
     for i in range(0, len(images), batch_size):
-        preds.append(model.run(images[i:i + batch_size]).argmax(1))
+        batch = images[i:i + batch_size]
+        if hw is not None and batch.shape[1:3] != hw:
+            batch = np.stack([resize(img, *hw) for img in batch])
+        preds.append(model.run(batch).argmax(1))
         if advance:
             advance(min(batch_size, len(images) - i))
     return np.concatenate(preds)

@@ -1,20 +1,24 @@
 """fp16 and int8 variants of an exported fp32 ONNX model, with parity gates and an accuracy guard.
 
 int8 is onnxruntime's static quantization in QDQ format: `quant_pre_process` first, per-channel
-int8 weights, uint8 activations (the U8S8 pair x86 VNNI kernels are fastest with), calibrated
-on real training images. The uint8 preprocessing head (Cast, Transpose, Sub, Mul) is never
-quantized: it is exact arithmetic on pixel values and costs nothing.
+symmetric int8 weights, calibrated on real training images. Two activation schemes (`target`):
+- `cpu`: asymmetric uint8 activations, the U8S8 pair x86 VNNI kernels are fastest with;
+- `tensorrt`: symmetric signed int8 activations with zero point 0 and float biases — the only Q/DQ
+  form TensorRT takes (it rejects uint8 or non-zero zero points, which would split the graph).
+The uint8 preprocessing head (Cast, Transpose, Sub, Mul) is never quantized: it is exact
+arithmetic on pixel values and costs nothing.
 
-The accuracy guard measures fp32 and int8 top-1 on the validation split; while the drop exceeds
-`max_drop`, the node whose quantization introduces the most error (lowest signal-to-quantization-
-noise ratio, from onnxruntime's QDQ debugging tools) is kept in float and quantization is redone.
+The accuracy guard measures fp32 and int8 top-1 on the validation split (or, without labels, the
+int8 model's top-1 agreement with fp32); while the drop exceeds `max_drop`, the node whose
+quantization introduces the most error (lowest signal-to-quantization-noise ratio, from
+onnxruntime's QDQ debugging tools) is kept in float and quantization is redone.
+`quantize_classifier.py` applies all this to any contract classifier file.
 
 Only this module and export.py touch onnxruntime.quantization; nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +27,15 @@ import numpy as np
 import onnx
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-PREPROCESS_OPS = {"Cast", "Transpose", "Sub", "Mul", "Div"}
+TARGETS = ("cpu", "tensorrt")
+PREPROCESS_OPS = {"Cast", "Transpose", "Sub", "Mul", "Div", "Slice"}
+WRAP_PREFIX = "toolkit_wrap/"      # the head `toolkit wrap` puts in front of a foreign model
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# Ops that may sit between quantized compute nodes; anything else (the uint8 head, a generator's
-# tanh → uint8 tail, batch norm) stays float so pixel arithmetic is exact.
-PASS_THROUGH_OPS = ("Relu", "LeakyRelu", "MaxPool", "Reshape", "Flatten")
+# Ops that may sit between quantized compute nodes (residual adds and pooling of foreign nets
+# included, so onnxruntime fuses them into int8 kernels); anything else (the uint8 head, a
+# generator's tanh → uint8 tail, batch norm) stays float so pixel arithmetic is exact.
+PASS_THROUGH_OPS = ("Relu", "LeakyRelu", "MaxPool", "Reshape", "Flatten", "Add", "GlobalAveragePool",
+                    "AveragePool")
 
 
 class QuantizationError(RuntimeError):
@@ -77,13 +85,15 @@ def has_convolutions(model: onnx.ModelProto) -> bool:
 
 
 def preprocess_head(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes that run before the first compute node: the uint8 input head."""
+    """Names of the nodes that run before the first compute node (the uint8 input head), and every
+    node of a wrapped model's head wherever the optimiser put it."""
     names = []
     for node in model.graph.node:
         if node.op_type in QUANTIZABLE_OPS:
             break
         if node.op_type in PREPROCESS_OPS:
             names.append(node.name)
+    names += [n.name for n in model.graph.node if n.name.startswith(WRAP_PREFIX) and n.name not in names]
     return names
 
 
@@ -109,22 +119,28 @@ def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> onnx.ModelPr
 
 
 def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray, method: str = "minmax",
-                         exclude: list[str] = (), advance=None) -> onnx.ModelProto:
+                         exclude: list[str] = (), advance=None, target: str = "cpu") -> onnx.ModelProto:
     """One static QDQ quantization pass of an already pre-processed fp32 model."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if method not in CALIBRATION_METHODS:
         raise QuantizationError(f"unknown calibration method {method!r} (choose from {', '.join(CALIBRATION_METHODS)})")
+    if target not in TARGETS:
+        raise QuantizationError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
     model = onnx.load(str(pre_path))
     input_name = model.graph.input[0].name
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
-    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    tensorrt = target == "tensorrt"
+    extra = {"ActivationSymmetric": tensorrt, "WeightSymmetric": True}
+    if tensorrt:
+        # TensorRT computes biases itself in float; an int32 bias DequantizeLinear is not its form.
+        extra["QuantizeBias"] = False
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
     quantize_static(str(pre_path), str(out_path), _reader(input_name, calibration, advance=advance),
                     quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                     op_types_to_quantize=list(QUANTIZABLE_OPS + PASS_THROUGH_OPS),
                     nodes_to_exclude=preprocess_head(model) + list(exclude),
                     calibrate_method=calibrate, extra_options=extra)
@@ -167,12 +183,20 @@ def accuracy(path: Path, images: np.ndarray, labels: np.ndarray) -> tuple[float,
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, val_images: np.ndarray,
-                  val_labels: np.ndarray, method: str = "minmax", max_drop: float = 0.5,
-                  log=print, progress=None) -> tuple[onnx.ModelProto, GuardReport]:
-    """Static int8 QDQ with the accuracy guard. `val_labels` index the model's logits.
+                  val_labels: np.ndarray | None, method: str = "minmax", max_drop: float = 0.5,
+                  log=print, progress=None, target: str = "cpu",
+                  min_agreement: float = 0.98) -> tuple[onnx.ModelProto, GuardReport]:
+    """Static int8 QDQ with the accuracy guard. `val_labels` index the model's logits; without
+    them (None) the guard holds top-1 agreement with fp32 ≥ `min_agreement` instead.
     Returns the quantized proto (metadata not yet set) and the guard's report."""
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    fp32_acc, _ = accuracy(fp32_path, val_images, val_labels)
+    if val_labels is None:
+        # Agreement mode: fp32 agrees with itself, so the "drop" is the disagreement in points.
+        _, reference = accuracy(fp32_path, val_images, np.zeros(len(val_images), dtype=np.int64))
+        fp32_acc, val_labels, max_drop, what = 1.0, reference, (1.0 - min_agreement) * 100, "agreement with fp32"
+    else:
+        fp32_acc, _ = accuracy(fp32_path, val_images, val_labels)
+        what = "validation accuracy"
     with tempfile.TemporaryDirectory() as tmp:
         pre_path, qdq_path = Path(tmp) / "pre.onnx", Path(tmp) / "qdq.onnx"
         pre = preprocess_for_quantization(fp32_path, pre_path)
@@ -182,11 +206,11 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, val_
         ranking: list[tuple[str, float]] | None = None
         while True:
             advance = progress("calibrating", len(calibration)) if progress else None
-            proto = quantize_int8_static(pre_path, qdq_path, calibration, method, excluded, advance)
+            proto = quantize_int8_static(pre_path, qdq_path, calibration, method, excluded, advance, target)
             acc, _ = accuracy(qdq_path, val_images, val_labels)
             report.int8_accuracy = acc
             report.attempts.append({"excluded": list(excluded), "accuracy": acc})
-            log(f"int8 ({method}, {len(excluded)} node(s) kept in float): validation accuracy {acc:.2%} "
+            log(f"int8 ({method}, {target}, {len(excluded)} node(s) kept in float): {what} {acc:.2%} "
                 f"vs fp32 {fp32_acc:.2%} (drop {report.drop_points:.2f} pt, limit {max_drop:g})")
             if report.drop_points <= max_drop:
                 report.excluded = excluded

@@ -27,6 +27,8 @@ PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
+    # Not an onnxruntime provider: the OpenVINO runtime behind the same Model interface (openvino.py).
+    "openvino": "OpenVINO",
 }
 DEFAULT_CACHE = Path(os.environ.get("TOOLKIT_CACHE", Path.home() / ".cache" / "toolkit"))
 
@@ -155,12 +157,21 @@ def provider_options(provider: str, model_path: Path, trt_fp16: bool = False, tr
 
 def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
                trt_fp16: bool = False, trt_int8: bool = False, cache_dir: Path | None = None,
-               profile: bool = False) -> Model:
-    """Create a session on `provider` or raise ProviderError / ModelError with a one-line message."""
+               profile: bool = False, precision_hint: str | None = None) -> Model:
+    """Create a session on `provider` or raise ProviderError / ModelError with a one-line message.
+    `precision_hint` (f32 | bf16) applies to openvino, which computes float models in f32 unless asked."""
     ort = _ort()
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
+    from toolkit.core.contract import ModelFileError, check_model_file
+    try:  # the contract is enforced when reading too: one file, external data only inside the folder
+        check_model_file(path)
+    except ModelFileError as exc:
+        raise ModelError(str(exc)) from None
+    if provider == "openvino":
+        from toolkit.core.openvino import open_openvino
+        return open_openvino(path, threads=threads, precision_hint=precision_hint, cache_dir=cache_dir)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:

@@ -4,197 +4,71 @@
     toolkit transform a.png b.png --op walsh-compress --keep 0.25 --out out/
     toolkit transform photo.jpg --op fft-spectrum --out spectrum.png
 
-This module holds
-- the float64 numpy reference of each op, exactly as GUIDE §1 defines it (tests and the export
-  parity gate compare against it);
-- `transform_module` (the torch module, for fusing a transform in front of a classifier) and
-  `export_transform` (a transform ONNX file under the artifact contract);
-- `run_transform`, what the CLI calls: it runs the ONNX form of an op on image files of any
-  size. A matmul-form graph is built for each image size on first use and cached under
-  $TOOLKIT_CACHE/transforms (default ~/.cache/toolkit/transforms); building needs torch,
-  running does not, and nothing at module level imports it.
+The op math and its float64 reference live in `toolkit.core.ops`, the ONNX graphs in
+`toolkit.core.spectral_graphs` (onnx.helper, no torch). This module holds
+- `export_transform`: a transform ONNX file under the artifact contract, gated against the
+  float64 reference before it is renamed into place;
+- `cached_transform`: the graph an op needs for an image size, built on first use and cached
+  under $TOOLKIT_CACHE/transforms (default ~/.cache/toolkit/transforms). The file name carries a
+  hash of the request and of the code that builds graphs (a code change never reuses a stale
+  graph) and a hash of the file's bytes (a corrupt file is detected and rebuilt); the cache keeps
+  at most CACHE_MAX_FILES files and CACHE_MAX_BYTES bytes, least recently used evicted;
+- `run_transform`, what the CLI calls: every input on its own, one error line per bad one.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
-import math
 import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
+import onnx
 
-OPS = {"fft-lowpass": "radius", "fft-spectrum": None, "walsh-compress": "keep"}   # op → its parameter
-PREPROCESS_OPS = ("fft-lowpass", "walsh-compress")    # the ops that map an image to an image
-FORMS = ("dft", "matmul")
-INPUT_NAME = "image"
-# ONNX names are single-assignment, so the output cannot share the input's name.
-OUTPUT_NAME = "transformed"
+from toolkit.core import contract, ops, spectral_graphs
+from toolkit.core.contract import ExportError, run_onnx
+from toolkit.core.fsio import InputError, read_regular_file, shown
+from toolkit.core.ops import (  # noqa: F401  (the public API of the transform stage)
+    FORMS,
+    MAX_DFT_PIXELS,
+    MAX_MATMUL_SIDE,
+    OPS,
+    PREPROCESS_OPS,
+    TransformError,
+    check_op,
+    check_size,
+    describe,
+    is_power_of_two,
+    lowpass_mask,
+    parse_preprocess,
+    reference,
+    reference_inverse_walsh,
+    reference_lowpass,
+    reference_spectrum,
+    reference_walsh,
+    reference_walsh_compress,
+    sequency_hadamard,
+    walsh_keep,
+)
+from toolkit.core.spectral_graphs import INPUT_NAME, OUTPUT_NAME  # noqa: F401
 
-
-class TransformError(ValueError):
-    """A transform request that cannot be carried out; the message is one line for the user."""
-
-
-# ----------------------------------------------------------------------------- definitions (float64)
-
-def lowpass_mask(height: int, width: int, radius: float, onesided: bool = True) -> np.ndarray:
-    """Bins kept by fft-lowpass: sqrt(fy² + fx²) ≤ radius · 0.5 cycles per pixel.
-
-    Bool [H, W//2 + 1] in rfft2 layout, or [H, W] in fft2 layout with onesided=False."""
-    fy = np.fft.fftfreq(height)
-    fx = np.fft.rfftfreq(width) if onesided else np.fft.fftfreq(width)
-    return np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2) <= radius * 0.5
-
-
-def is_power_of_two(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
-
-
-def sequency_hadamard(n: int) -> np.ndarray:
-    """The n×n Sylvester Hadamard matrix, rows sorted by sequency (sign changes), divided by √n.
-
-    Orthonormal: S · Sᵀ = I. Row k changes sign exactly k times."""
-    if not is_power_of_two(n):
-        raise ValueError(f"the Walsh–Hadamard transform needs a power-of-two size, got {n}")
-    h = np.ones((1, 1))
-    while len(h) < n:
-        h = np.block([[h, h], [h, -h]])
-    sign_changes = np.count_nonzero(np.diff(h, axis=1), axis=1)
-    return h[np.argsort(sign_changes, kind="stable")] / np.sqrt(n)
+CACHE_MAX_FILES = 64
+CACHE_MAX_BYTES = 256 * 2**20
+OPEN_SESSIONS = 4            # matmul graphs are per size; keep only a few sessions alive at once
+GATE_SMALL_PIXELS = 512 * 512
+# The dft graph serves every size; besides the size asked for, it is gated at a non-square size
+# and at 48×40, where radius 0.3 puts bins exactly on the cut-off circle (6/40, 3/20 … cycles/px).
+DFT_GATE_SIZES = ((35, 38), (48, 40))
 
 
-def walsh_keep(n: int, keep: float) -> int:
-    """How many sequencies walsh-compress keeps along an axis of length n: ceil(keep · n)."""
-    return math.ceil(keep * n)
-
-
-def _unit(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected uint8 [N, H, W, 3] images, got {images.dtype} {list(images.shape)}")
-    return images.astype(np.float64) / 255.0
-
-
-def _quantize(y: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(255.0 * y, 0.0, 255.0)).astype(np.uint8)
-
-
-def reference_lowpass(images: np.ndarray, radius: float) -> np.ndarray:
-    """fft-lowpass on uint8 [N, H, W, 3] → uint8, in float64."""
-    x = _unit(images)
-    h, w = x.shape[1:3]
-    spectrum = np.fft.rfft2(x, axes=(1, 2), norm="ortho")
-    mask = lowpass_mask(h, w, radius)[None, :, :, None]
-    return _quantize(np.fft.irfft2(spectrum * mask, s=(h, w), axes=(1, 2), norm="ortho"))
-
-
-def reference_spectrum(images: np.ndarray) -> np.ndarray:
-    """fft-spectrum on uint8 [N, H, W, 3] → float64 log1p(|fftshift(fft2)|)."""
-    spectrum = np.fft.fft2(_unit(images), axes=(1, 2), norm="ortho")
-    return np.log1p(np.abs(np.fft.fftshift(spectrum, axes=(1, 2))))
-
-
-def reference_walsh(x: np.ndarray) -> np.ndarray:
-    """Forward 2-D sequency-ordered Walsh–Hadamard transform over axes (1, 2) of [N, H, W, C]."""
-    s_h, s_w = sequency_hadamard(x.shape[1]), sequency_hadamard(x.shape[2])
-    return np.einsum("ha,nawc,bw->nhbc", s_h, x, s_w)
-
-
-def reference_inverse_walsh(y: np.ndarray) -> np.ndarray:
-    s_h, s_w = sequency_hadamard(y.shape[1]), sequency_hadamard(y.shape[2])
-    return np.einsum("ha,nhbc,bw->nawc", s_h, y, s_w)
-
-
-def reference_walsh_compress(images: np.ndarray, keep: float) -> np.ndarray:
-    """walsh-compress on uint8 [N, H, W, 3] → uint8, in float64."""
-    coefficients = reference_walsh(_unit(images))
-    h, w = coefficients.shape[1:3]
-    kept = np.zeros_like(coefficients)
-    kh, kw = walsh_keep(h, keep), walsh_keep(w, keep)
-    kept[:, :kh, :kw] = coefficients[:, :kh, :kw]
-    return _quantize(reference_inverse_walsh(kept))
-
-
-def reference(op: str, params: dict, images: np.ndarray) -> np.ndarray:
-    """The float64 reference of any op."""
-    if op == "fft-lowpass":
-        return reference_lowpass(images, params["radius"])
-    if op == "fft-spectrum":
-        return reference_spectrum(images)
-    if op == "walsh-compress":
-        return reference_walsh_compress(images, params["keep"])
-    raise ValueError(f"unknown op {op!r}")
-
-
-# ----------------------------------------------------------------------------- parameters
-
-def check_op(op: str, params: dict, form: str = "matmul", size: tuple[int, int] | None = None) -> dict:
-    """Validate an op request; returns the params normalised to floats. Raises TransformError."""
-    if op not in OPS:
-        raise TransformError(f"unknown op {op!r} (choose from {', '.join(OPS)})")
-    if form not in FORMS:
-        raise TransformError(f"unknown form {form!r} (choose from {', '.join(FORMS)})")
-    name = OPS[op]
-    expected = {name} if name else set()
-    if set(params) != expected:
-        wanted = f"'{name}'" if name else "no parameters"
-        raise TransformError(f"{op} takes {wanted}, got {sorted(params) or 'none'}")
-    if name:
-        value = float(params[name])
-        if not 0.0 < value <= 1.0:
-            raise TransformError(f"{op}: {name} must be in (0, 1], got {params[name]}")
-        params = {name: value}
-    if op == "walsh-compress" and form != "matmul":
-        raise TransformError("walsh-compress has only the matmul form")
-    if size is not None:
-        h, w = size
-        if h < 1 or w < 1:
-            raise TransformError(f"size must be positive, got {h}×{w}")
-        if op == "walsh-compress" and not (is_power_of_two(h) and is_power_of_two(w)):
-            raise TransformError(f"walsh-compress needs a power-of-two height and width, got {h}×{w}")
-    return params
-
-
-def parse_preprocess(spec: str) -> tuple[str, dict]:
-    """'fft-lowpass:0.5' → ('fft-lowpass', {'radius': 0.5}); 'walsh-compress:0.5' → (…, {'keep': 0.5}).
-
-    Only the ops that map an image to an image qualify: they go in front of a classifier."""
-    op, sep, value = spec.partition(":")
-    if op not in PREPROCESS_OPS or not sep:
-        raise ValueError(f"--preprocess expects fft-lowpass:RADIUS or walsh-compress:KEEP, got {spec!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"--preprocess {spec!r}: {value!r} is not a number") from None
-    try:
-        return op, check_op(op, {OPS[op]: number})
-    except TransformError as exc:
-        raise ValueError(f"--preprocess {spec!r}: {exc}") from None
-
-
-def describe(op: str, params: dict) -> str:
-    return op + "".join(f" {k}={v:g}" for k, v in sorted(params.items()))
-
-
-# ----------------------------------------------------------------------------- torch module and export
-
-def transform_module(op: str, params: dict, form: str = "matmul", size: tuple[int, int] | None = None):
-    """The torch module of an op: uint8 [N, H, W, 3] → uint8 [N, H, W, 3] (fft-spectrum: float32).
-
-    form 'matmul' is built for `size` = (H, W); form 'dft' takes any size (`size` is ignored).
-    Fusion in front of a classifier: nn.Sequential(transform_module(...), classifier)."""
-    from toolkit.build.nets import spectral
-
-    params = check_op(op, params, form, size)
-    if op == "fft-lowpass":
-        return spectral.FFTLowpass(params["radius"], form, size)
-    if op == "fft-spectrum":
-        return spectral.FFTSpectrum(form, size)
-    return spectral.WalshCompress(params["keep"], size)
-
+# ----------------------------------------------------------------------------- parity gate
 
 def parity_images(size: tuple[int, int], n: int = 4, seed: int = 0) -> np.ndarray:
     """Test images for the parity gate: uniform noise (every frequency present) plus smooth
@@ -205,6 +79,14 @@ def parity_images(size: tuple[int, int], n: int = 4, seed: int = 0) -> np.ndarra
     ramp = np.linspace(0, 255, h * w * 3).reshape(1, h, w, 3)
     ramps = np.concatenate([ramp, 255 - ramp]).round().astype(np.uint8)
     return np.concatenate([noise, ramps])
+
+
+def gate_images(size: tuple[int, int]) -> np.ndarray:
+    """What the gate runs at `size`: four noise images and both ramps, or one noise image and
+    one ramp above 512×512 px, so that gating a 2048² graph stays within a few hundred MB."""
+    if size[0] * size[1] <= GATE_SMALL_PIXELS:
+        return parity_images(size)
+    return parity_images(size, n=1)[:2]
 
 
 def parity_error(op: str, params: dict, output: np.ndarray, images: np.ndarray) -> float:
@@ -221,66 +103,132 @@ def parity_error(op: str, params: dict, output: np.ndarray, images: np.ndarray) 
 PARITY_LIMIT = {"fft-lowpass": 1.0, "walsh-compress": 1.0, "fft-spectrum": 1e-4}
 
 
-def export_transform(op: str, params: dict, form: str, size: tuple[int, int], out: str | os.PathLike) -> Path:
-    """Write the ONNX file of an op under the transform contract and gate it against the
-    float64 reference (≤ 1 grey level; spectrum ≤ 1e-4 relative). Raises TransformError for a
-    bad request, toolkit.build.export.ExportError when the gate fails (no file is left at `out`).
+# ----------------------------------------------------------------------------- building and writing
 
-    form 'matmul': input uint8 [N, H, W, 3] with H×W = `size`, no DFT node.
-    form 'dft': input uint8 [N, H, W, 3] with any H, W; `size` is the size it is exported and
-    gated at (it is also gated at a second, non-square size)."""
-    import torch
-
-    from toolkit.build.export import ExportError, run_onnx, set_metadata, torch_to_onnx, write_model
-
-    size = (int(size[0]), int(size[1]))
+def transform_graph(op: str, params: dict, form: str, size: tuple[int, int]) -> onnx.ModelProto:
+    """The contract model of an op (graph + metadata), not yet gated."""
     params = check_op(op, params, form, size)
-    module = transform_module(op, params, form, size)
-    example = torch.from_numpy(parity_images(size, n=2))
-    dynamic_dims = None
-    if form == "dft":
-        dynamic_dims = {INPUT_NAME: {1: torch.export.Dim("H", min=2), 2: torch.export.Dim("W", min=2)}}
-    proto = torch_to_onnx(module, (example,), [INPUT_NAME], [OUTPUT_NAME], dynamic_dims=dynamic_dims)
-    set_metadata(proto, task="transform", model=op, precision="fp32", op=op,
+    proto = spectral_graphs.build_graph(op, params, form, size)
+    contract.set_metadata(proto, task="transform", model=op, precision="fp32", op=op,
                  params=json.dumps(params, sort_keys=True), form=form,
                  size="any" if form == "dft" else f"{size[0]}x{size[1]}")
+    contract.check_contract(proto)
+    return proto
 
-    gate_sizes = [size] if form == "matmul" else [size, (size[0] + 3, size[1] + 6)]
+
+def _gate(op: str, params: dict, form: str, size: tuple[int, int]) -> Callable[[Path], None]:
+    sizes = [size] if form == "matmul" else [size, *DFT_GATE_SIZES]
 
     def gate(path: Path) -> None:
-        for gate_size in gate_sizes:
-            images = parity_images(gate_size)
+        for gate_size in sizes:
+            images = gate_images(gate_size)
             error = parity_error(op, params, run_onnx(path, images), images)
             if not error <= PARITY_LIMIT[op]:
                 raise ExportError(f"{describe(op, params)} ({form}) differs from the float64 reference "
-                                  f"by {error:.3g} at {gate_size[0]}×{gate_size[1]} (limit {PARITY_LIMIT[op]:g})")
+                                     f"by {error:.3g} at {gate_size[0]}×{gate_size[1]} "
+                                     f"(limit {PARITY_LIMIT[op]:g})")
+    return gate
 
-    return write_model(proto, out, gate=gate)
+
+def export_transform(op: str, params: dict, form: str, size: tuple[int, int], out: str | os.PathLike) -> Path:
+    """Write the ONNX file of an op under the transform contract and gate it against the
+    float64 reference (≤ 1 grey level; spectrum ≤ 1e-4 relative). Raises TransformError for a
+    bad request, contract.ExportError for a failed gate (no file is left at `out` then).
+
+    form 'matmul': input uint8 [N, H, W, 3] with H×W = `size`, no DFT node.
+    form 'dft': input uint8 [N, H, W, 3] with any H, W; gated at `size` and DFT_GATE_SIZES."""
+    size = (int(size[0]), int(size[1]))
+    params = check_op(op, params, form, size)
+    return contract.write_model(transform_graph(op, params, form, size), out, gate=_gate(op, params, form, size))
 
 
-# ----------------------------------------------------------------------------- running on files
+# ----------------------------------------------------------------------------- cache
 
 def cache_dir() -> Path:
     root = os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "toolkit"
     return Path(root) / "transforms"
 
 
-def cached_transform(op: str, params: dict, form: str, size: tuple[int, int]) -> Path:
-    """The ONNX file for an op, built and gated on first use. The dft form serves every size."""
+@functools.cache
+def _builder_digest() -> str:
+    """A hash of everything that decides a graph's bytes: the code that builds it and writes its
+    metadata, the package and onnx versions."""
     from toolkit import __version__
+    h = hashlib.sha256(f"{__version__} onnx {onnx.__version__}".encode())
+    for file in (ops.__file__, spectral_graphs.__file__, __file__, contract.__file__):
+        h.update(Path(file).read_bytes())
+    return h.hexdigest()
 
-    params = check_op(op, params, form, size)
-    shape = "any" if form == "dft" else f"{size[0]}x{size[1]}"
-    values = "".join(f"_{k}{v:g}" for k, v in sorted(params.items()))
-    path = cache_dir() / f"{op}{values}_{form}_{shape}_v{__version__}.onnx"
-    if not path.is_file():
+
+def cache_key(op: str, params: dict, form: str, size: tuple[int, int]) -> str:
+    """The content-hash key of a cached graph (the dft form serves every size: no size in it)."""
+    request = {"op": op, "params": params, "form": form,
+               "size": "any" if form == "dft" else [int(size[0]), int(size[1])], "builder": _builder_digest()}
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _cached_file(prefix: str) -> Path | None:
+    """The intact cache file whose name starts with `prefix`; files whose bytes do not match the
+    hash in their name (truncated, overwritten, half-copied) are deleted."""
+    for path in sorted(cache_dir().glob(f"{prefix}_*.onnx")):
         try:
-            export_transform(op, params, form, size, path)
-        except ImportError:
-            raise TransformError(f"building the {form} form of {op} for {shape} needs PyTorch, "
-                                 "which is not installed here") from None
+            data = read_regular_file(path, CACHE_MAX_BYTES)
+        except InputError:
+            data = b""
+        if path.stem.rsplit("_", 1)[-1] == _digest(data):
+            os.utime(path)                                  # recently used: evicted last
+            return path
+        path.unlink(missing_ok=True)
+    return None
+
+
+def evict(keep: Path | None = None) -> None:
+    """Delete the least recently used graphs until the cache holds ≤ CACHE_MAX_FILES files and
+    ≤ CACHE_MAX_BYTES bytes, and temp files that a killed process left behind an hour ago."""
+    now = time.time()
+    entries = []
+    for path in cache_dir().iterdir() if cache_dir().is_dir() else []:
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        if path.name.startswith(".") and path.name.endswith(".tmp") and now - info.st_mtime > 3600:
+            path.unlink(missing_ok=True)
+        elif path.suffix == ".onnx" and path.is_file() and path != keep:
+            entries.append((info.st_mtime, info.st_size, path))
+    total = sum(size for _, size, _ in entries) + (keep.stat().st_size if keep and keep.is_file() else 0)
+    count = len(entries) + (1 if keep and keep.is_file() else 0)
+    for _, size, path in sorted(entries):
+        if count <= CACHE_MAX_FILES and total <= CACHE_MAX_BYTES:
+            break
+        path.unlink(missing_ok=True)
+        count, total = count - 1, total - size
+
+
+def cached_transform(op: str, params: dict, form: str, size: tuple[int, int]) -> Path:
+    """The ONNX file for an op at `size`, built and gated on first use. The dft form serves
+    every size (it is built and gated once, at 32×32 and DFT_GATE_SIZES)."""
+    size = (int(size[0]), int(size[1]))
+    params = check_op(op, params, form, size)
+    if form == "dft":
+        size = (32, 32)
+    shape = "any" if form == "dft" else f"{size[0]}x{size[1]}"
+    prefix = f"{op}_{form}_{shape}_{cache_key(op, params, form, size)}"
+    path = _cached_file(prefix)
+    if path is None:
+        proto = contract.prune_opsets(transform_graph(op, params, form, size))
+        # write_model serialises the same message, so the file's bytes hash to the name's digest.
+        path = cache_dir() / f"{prefix}_{_digest(proto.SerializeToString())}.onnx"
+        contract.write_model(proto, path, gate=_gate(op, params, form, size))
+        evict(keep=path)
     return path
 
+
+# ----------------------------------------------------------------------------- running on files
 
 def default_form(op: str, provider: str) -> str:
     """DFT on CPU for the Fourier ops (one graph for every size, O(n log n)); MatMul elsewhere,
@@ -312,26 +260,84 @@ class Written:
     compare: Path | None = None
 
 
-def output_paths(sources: list[Path], out: Path) -> list[Path]:
+def compare_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}.compare.png")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)                       # hard links, bind mounts
+    except OSError:
+        return False
+
+
+def output_paths(sources: list[Path], out: Path, compare: bool = False) -> list[Path]:
     """One input and an image-file name: that file. Otherwise `out` is a folder receiving
-    <stem>.png (PNG: lossless, so the result is not re-compressed), de-duplicated by a counter."""
+    <stem>.png (PNG: lossless, so the result is not re-compressed), de-duplicated by a counter.
+    A destination that is (or resolves to) one of the inputs is refused: it would destroy it."""
     from toolkit.core.data import is_image_name
 
     if len(sources) == 1 and is_image_name(out) and not out.is_dir():
-        return [out]
-    if is_image_name(out) and not out.is_dir():
-        raise TransformError(f"--out {out} names one file, but {len(sources)} images were given; "
+        paths = [out]
+    elif is_image_name(out) and not out.is_dir():
+        raise TransformError(f"--out {shown(out)} names one file, but {len(sources)} images were given; "
                              "give a folder")
-    taken: set[str] = set()
-    paths = []
-    for source in sources:
-        name, n = f"{source.stem}.png", 1
-        while name in taken:
-            n += 1
-            name = f"{source.stem}-{n}.png"
-        taken.add(name)
-        paths.append(out / name)
+    else:
+        taken: set[str] = set()
+        paths = []
+        for source in sources:
+            name, n = f"{source.stem}.png", 1
+            while name in taken or (compare and f"{Path(name).stem}.compare.png" in taken):
+                n += 1
+                name = f"{source.stem}-{n}.png"
+            taken.update({name, f"{Path(name).stem}.compare.png"} if compare else {name})
+            paths.append(out / name)
+    written = paths + ([compare_path(p) for p in paths] if compare else [])
+    for destination in written:
+        for source in sources:
+            if _same_file(destination, source):
+                raise TransformError(f"--out would overwrite the input {shown(source)}; "
+                                     "write the results somewhere else")
     return paths
+
+
+class _Sessions:
+    """The sessions of the graphs in use, at most OPEN_SESSIONS at once (least recently used closed)."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.open: OrderedDict[Path, Any] = OrderedDict()
+
+    def get(self, path: Path) -> Any:
+        from toolkit.core.sessions import open_model
+        if path in self.open:
+            self.open.move_to_end(path)
+        else:
+            self.open[path] = open_model(path, self.provider)
+            while len(self.open) > OPEN_SESSIONS:
+                self.open.popitem(last=False)
+        return self.open[path]
+
+
+def _transform_one(source: Path, destination: Path, op: str, params: dict, form: str, compare: bool,
+                   sessions: _Sessions) -> Written:
+    from toolkit.core.data import MAX_FILE_BYTES, decode_image, make_grid, save_image
+
+    # Only regular files, and never more than the byte limit: a FIFO or /dev/zero cannot stall the call.
+    image = decode_image(read_regular_file(source, MAX_FILE_BYTES), shown(source))
+    try:
+        check_size(op, form, image.shape[:2])
+    except TransformError as exc:
+        raise TransformError(f"{shown(source)}: {exc} (crop or resize it first)") from None
+    model = sessions.get(cached_transform(op, params, form, image.shape[:2]))
+    result = model.run(image[None])[0]
+    picture = spectrum_picture(result) if op == "fft-spectrum" else result
+    written = Written(source, save_image(picture, destination))
+    if compare:
+        written.compare = save_image(make_grid(np.stack([image, picture]), ncols=2), compare_path(destination))
+    return written
 
 
 def run_transform(inputs: list[str | os.PathLike], op: str, params: dict, out: str | os.PathLike,
@@ -340,42 +346,33 @@ def run_transform(inputs: list[str | os.PathLike], op: str, params: dict, out: s
                   on_error: Callable[[str], None] | None = None) -> int:
     """Transform image files (folders expanded) and write the results; returns how many failed.
 
-    A bad file is reported through `on_error` (one line) and the rest are still processed.
-    Raises TransformError for a bad request and runtime.ProviderError / ModelError when the
-    provider cannot run the graph."""
-    from toolkit.core.data import ImageError, expand_inputs, load_image, make_grid, save_image
-    from toolkit.core.sessions import open_model
+    Each input is handled on its own: a bad one (unreadable, not a regular file, not an image,
+    over a size limit, or failing in onnxruntime) is reported through `on_error` in one line and
+    the rest are still processed. Raises TransformError for a bad request (before any input is
+    read) and sessions.ProviderError when the provider cannot run here."""
+    from toolkit.core.data import expand_inputs
+    from toolkit.core.sessions import ProviderError
 
     form = form or default_form(op, provider)
     params = check_op(op, params, form)
     sources = expand_inputs(list(inputs))
     if not sources:
         raise TransformError("no input images")
-    destinations = output_paths(sources, Path(out))
-    sessions: dict[Path, object] = {}
+    destinations = output_paths(sources, Path(out), compare)
+    sessions = _Sessions(provider)
     failed = 0
     for source, destination in zip(sources, destinations):
         try:
-            image = load_image(source)
-            size = image.shape[:2]
-            try:
-                check_op(op, params, form, size)
-            except TransformError as exc:
-                raise ImageError(f"{source}: {exc} (crop or resize it first)") from None
-            model_path = cached_transform(op, params, form, size)
-            if model_path not in sessions:
-                sessions[model_path] = open_model(model_path, provider)
-            result = sessions[model_path].run(image[None])[0]
-            picture = spectrum_picture(result) if op == "fft-spectrum" else result
-            save_image(picture, destination)
-            written = Written(source, destination)
-            if compare:
-                written.compare = save_image(make_grid(np.stack([image, picture]), ncols=2),
-                                             destination.with_name(f"{destination.stem}.compare.png"))
-        except (ImageError, OSError) as exc:
+            written = _transform_one(source, destination, op, params, form, compare, sessions)
+        except ProviderError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types; the failure is this input's)
             failed += 1
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if shown(source) not in message:
+                message = f"{shown(source)}: {message}"
             if on_error is not None:
-                on_error(str(exc) if isinstance(exc, ImageError) else f"{source}: {exc}")
+                on_error(message)
             continue
         if on_written is not None:
             on_written(written)

@@ -46,3 +46,17 @@ class ImageGenerator(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = (self.generator(z) + 1.0) * 127.5
         return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class FlipAveraged(nn.Module):
+    """Test-time augmentation inside the graph: the mean of a contract classifier's logits on the
+    image and on its horizontal mirror. Same uint8 NHWC input and logits output as the classifier;
+    the mirrored images ride in the same batch, so the network runs once."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits = self.classifier(torch.cat([image, image.flip(2)]))
+        return logits.view(2, image.shape[0], -1).mean(0)

@@ -1,6 +1,9 @@
 """Spectral layers: FFT low-pass, FFT log-magnitude spectrum and Walsh–Hadamard compression.
 
-The ops are defined in GUIDE §1; their float64 numpy reference lives in `toolkit.core.transforms`.
+The ops are defined in GUIDE §1; their math (masks, bases) and float64 numpy reference live in
+`toolkit.core.ops`, the leaf module this file shares with the torch-free ONNX graph builders of
+`toolkit.core.spectral_graphs` (which `toolkit transform` runs). These modules exist to fuse a
+transform in front of a classifier for training and export.
 The op modules take the artifact layout, uint8 [N, H, W, 3] RGB, and return uint8 [N, H, W, 3]
 (`round(clip(255·y))`), except FFTSpectrum, which returns float32 [N, H, W, 3].
 
@@ -27,7 +30,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolkit.core.transforms import FORMS, lowpass_mask, sequency_hadamard, walsh_keep
+from toolkit.core.ops import (
+    FORMS,
+    check_op,
+    fourier_matrices,
+    hartley_matrix,
+    lowpass_mask,
+    lowpass_threshold,
+    sequency_hadamard,
+    walsh_projection,
+)
+
+__all__ = ["FFTLowpass", "FFTSpectrum", "InverseWalshHadamard2d", "WalshCompress", "WalshHadamard2d",
+           "fourier_matrices", "hartley_matrix", "transform_module"]
 
 
 def _planar(image: torch.Tensor) -> torch.Tensor:
@@ -70,19 +85,6 @@ def _fftshift(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((x[..., w - w // 2:], x[..., : w - w // 2]), dim=-1)
 
 
-def hartley_matrix(n: int) -> np.ndarray:
-    """The orthonormal discrete Hartley basis cas(2πjk/n)/√n (float64, symmetric, its own inverse)."""
-    angle = 2.0 * np.pi * (np.outer(np.arange(n), np.arange(n)) % n) / n
-    return (np.cos(angle) + np.sin(angle)) / np.sqrt(n)
-
-
-def fourier_matrices(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin parts of the orthonormal DFT matrix F = C − iS (float64), rows in fftshift order."""
-    rows = np.fft.fftshift(np.arange(n))
-    angle = 2.0 * np.pi * (np.outer(rows, np.arange(n)) % n) / n
-    return np.cos(angle) / np.sqrt(n), np.sin(angle) / np.sqrt(n)
-
-
 class FFTLowpass(nn.Module):
     """fft-lowpass(radius): keep the Fourier bins with sqrt(fy² + fx²) ≤ radius/2 cycles per pixel.
 
@@ -91,6 +93,10 @@ class FFTLowpass(nn.Module):
     y = K_H (mask ⊙ (K_H x K_W)) K_W, with K = cas(2πjk/n)/√n real, symmetric and self-inverse —
     four real MatMuls and no complex arithmetic.
     """
+
+    k_h: torch.Tensor
+    k_w: torch.Tensor
+    mask: torch.Tensor
 
     def __init__(self, radius: float, form: str = "dft", size: tuple[int, int] | None = None):
         super().__init__()
@@ -116,7 +122,10 @@ class FFTLowpass(nn.Module):
         fy = _frequencies(h, ky)
         fx = _frequencies(w, torch.arange(w // 2 + 1, dtype=torch.float64))
         radius2 = (fy * fy)[:, None] + (fx * fx)[None, :]
-        mask = (torch.sqrt(radius2) <= self.radius * 0.5).to(torch.float32)
+        # A float64 tensor, not a Python float: the exporter would make the scalar float32
+        # (0.15000001 for radius 0.3) and keep bins lying exactly on the circle.
+        threshold = torch.tensor(lowpass_threshold(self.radius), dtype=torch.float64)
+        mask = (torch.sqrt(radius2) <= threshold).to(torch.float32)
         spectrum = torch.fft.rfft2(x, norm="ortho")
         return _to_uint8(torch.fft.irfft2(spectrum * mask, s=(h, w), norm="ortho"))
 
@@ -127,6 +136,9 @@ class FFTSpectrum(nn.Module):
     The matmul form computes Re and Im with the cos/sin halves of the DFT matrix, their rows
     already in fftshift order: [C_H; S_H] x [C_Wᵀ | S_Wᵀ] gives the four products in two MatMuls.
     """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
 
     def __init__(self, form: str = "dft", size: tuple[int, int] | None = None):
         super().__init__()
@@ -143,6 +155,7 @@ class FFTSpectrum(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = _planar(image)
         if self.form == "matmul":
+            assert self.size is not None
             h, w = self.size
             p = self.rows @ x @ self.cols                     # [[CxCᵀ, CxSᵀ], [SxCᵀ, SxSᵀ]]
             real = p[..., :h, :w] - p[..., h:, w:]
@@ -160,6 +173,9 @@ class WalshHadamard2d(nn.Module):
     """Forward 2-D Walsh–Hadamard transform over the last two axes: Y = S_H · x · S_Wᵀ, with
     S_n the sequency-ordered, orthonormal Hadamard matrix. float tensors [..., H, W] in and out."""
 
+    s_h: torch.Tensor
+    s_w_t: torch.Tensor
+
     def __init__(self, size: tuple[int, int]):
         super().__init__()
         h, w = size
@@ -172,6 +188,9 @@ class WalshHadamard2d(nn.Module):
 
 class InverseWalshHadamard2d(nn.Module):
     """Inverse 2-D Walsh–Hadamard transform: x = S_Hᵀ · Y · S_W (S is orthonormal)."""
+
+    s_h_t: torch.Tensor
+    s_w: torch.Tensor
 
     def __init__(self, size: tuple[int, int]):
         super().__init__()
@@ -192,6 +211,9 @@ class WalshCompress(nn.Module):
     instead of four plus a mask.
     """
 
+    p_h: torch.Tensor
+    p_w: torch.Tensor
+
     def __init__(self, keep: float, size: tuple[int, int]):
         super().__init__()
         if not 0.0 < keep <= 1.0:
@@ -204,9 +226,22 @@ class WalshCompress(nn.Module):
 
     @staticmethod
     def projection(n: int, keep: float) -> np.ndarray:
-        basis = sequency_hadamard(n)
-        kept = basis[: walsh_keep(n, keep)]
-        return kept.T @ kept
+        return walsh_projection(n, keep)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return _to_uint8(self.p_h @ _planar(image) @ self.p_w)
+
+
+def transform_module(op: str, params: dict, form: str = "matmul", size: tuple[int, int] | None = None) -> nn.Module:
+    """The torch module of an op: uint8 [N, H, W, 3] → uint8 [N, H, W, 3] (fft-spectrum: float32).
+
+    form 'matmul' is built for `size` = (H, W); form 'dft' takes any size (`size` is ignored).
+    Fusion in front of a classifier: nn.Sequential(transform_module(...), classifier).
+    Raises core.ops.TransformError for a bad request."""
+    params = check_op(op, params, form, size if form == "matmul" else None)
+    if op == "fft-lowpass":
+        return FFTLowpass(params["radius"], form, size)
+    if op == "fft-spectrum":
+        return FFTSpectrum(form, size)
+    assert size is not None
+    return WalshCompress(params["keep"], size)

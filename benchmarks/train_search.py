@@ -1,0 +1,204 @@
+"""Recipe search for the two CIFAR-10 classifiers, several runs at once on one GPU (or the CPU).
+
+    python benchmarks/train_search.py --data data/cifar10-jpeg/train --out runs/search --device cuda
+
+Every run is `toolkit.build.train_classifier.train_classifier` with one candidate's overrides of
+the command's defaults (ResNetConfig / ClassifierConfig), i.e. exactly what `toolkit train` runs.
+cifar-resnet: a grid on seed 0, then seeds 1 and 2 of the best candidate. cifar-cnn (5 epochs,
+architecture fixed): every candidate on seeds 0, 1, 2. Results go to OUT/search.json as they
+arrive (mean ± std per candidate); the seed-0 weights of the best candidate of each model are
+copied to OUT. A deadline stops starting runs so the file is complete before an outside limit.
+Needs torch, numpy, Pillow, safetensors and rich only (what a bare GPU machine has).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+RESNET_GRID: dict[str, dict[str, Any]] = {      # in order of priority: the deadline may cut the tail
+    "default": {},
+    "ep40": {"epochs": 40},
+    "w384-ep40": {"widths": [64, 256, 384], "epochs": 40},
+    "ep60": {"epochs": 60},
+    "w384-ep60": {"widths": [64, 256, 384], "epochs": 60},
+    "lr0.8-ep40": {"lr": 0.8, "epochs": 40},
+    "lr0.2-ep40": {"lr": 0.2, "epochs": 40},
+}
+CNN_GRID: dict[str, dict[str, Any]] = {
+    "shipped": {},
+    "t2": {"translate": 2},
+    "t2-ls": {"translate": 2, "label_smoothing": 0.1},
+    "t4-ls": {"translate": 4, "label_smoothing": 0.1},
+    "t2-ls-ema": {"translate": 2, "label_smoothing": 0.1, "ema": 0.999},
+    "t2-ls-lr1e-3": {"translate": 2, "label_smoothing": 0.1, "lr": 1e-3},
+    "t2-ls-lr4e-3": {"translate": 2, "label_smoothing": 0.1, "lr": 4e-3},
+    "t2-ls-b64": {"translate": 2, "label_smoothing": 0.1, "batch_size": 64, "lr": 3e-3},
+    "t2-ls-b128": {"translate": 2, "label_smoothing": 0.1, "batch_size": 128, "lr": 4e-3},
+    "t2-ls-linear": {"translate": 2, "label_smoothing": 0.1, "schedule": "linear", "warmup": 0.1},
+}
+SEEDS = (0, 1, 2)
+
+
+def decode_all(root: str, workers: int) -> str:
+    """Decode the image tree once (in parallel) into an .npz the runs share."""
+    import numpy as np
+
+    from toolkit.core.data import class_folder_files, load_image
+    files, labels, classes = class_folder_files(root)
+    with mp.get_context("spawn").Pool(workers) as pool:
+        images = pool.map(load_image, files, chunksize=256)
+    path = "/tmp/train_search_data.npz"
+    np.savez(path, images=np.stack(images), labels=labels, classes=np.array(classes))
+    return path
+
+
+def worker(jobs: Any, results: Any, data_path: str, device: str, run_dir: str, deadline: float, tiny: bool) -> None:
+    import numpy as np
+    import torch
+
+    from toolkit.build.config import ClassifierConfig, ResNetConfig
+    from toolkit.build.nets import resnet
+    from toolkit.build.train_classifier import train_classifier
+    from toolkit.core.data import LabelledImages
+
+    torch.set_num_threads(2)
+    npz = np.load(data_path)
+    data = LabelledImages(npz["images"], npz["labels"], [str(c) for c in npz["classes"]])
+    defaults = resnet.CifarResNet.__init__.__defaults__
+    while True:
+        job = jobs.get()
+        if job is None or time.time() > deadline:
+            results.put(None)
+            return
+        model, name, overrides, seed = job
+        overrides = dict(overrides)
+        widths = overrides.pop("widths", None)
+        # Width is the network's, not the recipe's: varied here only to see what it buys.
+        resnet.CifarResNet.__init__.__defaults__ = (10, tuple(widths), 24, 8.0) if widths else defaults
+        cls = ResNetConfig if model == "cifar-resnet" else ClassifierConfig
+        cfg = cls(data="-", seed=seed, device=device, **overrides)
+        if tiny:
+            cfg.epochs = 1
+        out = Path(run_dir) / f"{model}.{name}.s{seed}.safetensors"
+        t0 = time.time()
+        try:
+            summary = train_classifier(cfg, out, data=data, quiet=True)
+            results.put({"model": model, "candidate": name, "seed": seed, "overrides": job[2],
+                         "val_accuracy": summary["val_accuracy"], "history": summary["history"],
+                         "train_seconds": summary["train_seconds"], "wall_s": round(time.time() - t0, 1),
+                         "weights": str(out)})
+        except Exception as exc:  # noqa: BLE001  (a failed candidate is a result too)
+            results.put({"model": model, "candidate": name, "seed": seed, "error": repr(exc)})
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for r in results:
+        if "val_accuracy" in r:
+            table.setdefault(f"{r['model']}/{r['candidate']}", []).append(r["val_accuracy"])
+    return {k: {"n": len(v), "mean": round(statistics.mean(v), 4),
+                "std": round(statistics.stdev(v), 4) if len(v) > 1 else None, "runs": v}
+            for k, v in sorted(table.items())}
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="CIFAR-10 class-per-folder tree")
+    ap.add_argument("--out", required=True, help="folder for search.json and the chosen weights")
+    ap.add_argument("--device", default="cuda", help="cuda | cpu")
+    ap.add_argument("--budget", type=float, default=420, help="seconds after which no run is started")
+    ap.add_argument("--cnn-workers", type=int, default=2, help="processes running cifar-cnn candidates")
+    ap.add_argument("--tiny", action="store_true", help="1 epoch per run, 2 candidates each: a smoke test")
+    args = ap.parse_args()
+    t_start = time.time()
+    deadline = t_start + args.budget
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir = Path("/tmp/train_search_runs")
+    run_dir.mkdir(exist_ok=True)
+    data_path = decode_all(args.data, os.cpu_count() or 2)
+    print(f"decoded in {time.time() - t_start:.0f} s", flush=True)
+
+    import torch
+    info = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+            "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    resnet_grid = dict(list(RESNET_GRID.items())[:2]) if args.tiny else RESNET_GRID
+    cnn_grid = dict(list(CNN_GRID.items())[:2]) if args.tiny else CNN_GRID
+
+    ctx = mp.get_context("spawn")
+    results_q = ctx.Queue()
+    resnet_q, cnn_q = ctx.Queue(), ctx.Queue()
+    for name, overrides in resnet_grid.items():
+        resnet_q.put(("cifar-resnet", name, overrides, 0))
+    for seed in SEEDS:                    # seed-major: every candidate gets seed 0 before any gets seed 2
+        for name, overrides in cnn_grid.items():
+            cnn_q.put(("cifar-cnn", name, overrides, seed))
+    for _ in range(args.cnn_workers):
+        cnn_q.put(None)
+    procs = [ctx.Process(target=worker, args=(resnet_q, results_q, data_path, args.device, str(run_dir),
+                                              deadline, args.tiny))]
+    procs += [ctx.Process(target=worker, args=(cnn_q, results_q, data_path, args.device, str(run_dir),
+                                               deadline, args.tiny)) for _ in range(args.cnn_workers)]
+    for p in procs:
+        p.start()
+
+    results: list[dict[str, Any]] = []
+    resnet_seed0_left, running = len(resnet_grid), len(procs)
+    while running:
+        r = results_q.get()
+        if r is None:
+            running -= 1
+            continue
+        results.append(r)
+        print(json.dumps({k: v for k, v in r.items() if k not in ("history", "overrides")}), flush=True)
+        if r["model"] == "cifar-resnet" and r["seed"] == 0:
+            resnet_seed0_left -= 1
+            if resnet_seed0_left == 0:
+                # The grid is done: the best candidate's other seeds, then the worker stops.
+                ok = [x for x in results if x["model"] == "cifar-resnet" and "val_accuracy" in x]
+                best = max(ok, key=lambda x: x["val_accuracy"]) if ok else None
+                if best:
+                    for seed in SEEDS[1:]:
+                        resnet_q.put(("cifar-resnet", best["candidate"], best["overrides"], seed))
+                resnet_q.put(None)
+        write_json(out / "search.json", {**info, "elapsed_s": round(time.time() - t_start, 1),
+                                         "summary": summarise(results), "results": results})
+    for p in procs:
+        p.join()
+
+    summary = summarise(results)
+    for model in ("cifar-resnet", "cifar-cnn"):
+        means = {k.split("/", 1)[1]: v["mean"] for k, v in summary.items() if k.startswith(model + "/")}
+        if not means:
+            continue
+        best = max(means, key=lambda k: means[k])
+        src = run_dir / f"{model}.{best}.s0.safetensors"
+        if src.is_file():
+            shutil.copy(src, out / f"{model}.{best}.s0.safetensors")
+    if "cifar-resnet/default" in summary and (run_dir / "cifar-resnet.default.s0.safetensors").is_file():
+        shutil.copy(run_dir / "cifar-resnet.default.s0.safetensors", out / "cifar-resnet.default.s0.safetensors")
+    write_json(out / "search.json", {**info, "elapsed_s": round(time.time() - t_start, 1),
+                                     "summary": summary, "results": results})
+    print(json.dumps(summary, indent=1))
+    print(f"total {time.time() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The build layer: torch. May import toolkit.core; toolkit.core never imports it."""

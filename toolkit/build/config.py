@@ -1,0 +1,140 @@
+"""Training configurations: every option's default and help text, declared once.
+
+The `toolkit train` commands are generated from these dataclasses (toolkit/cli/build.py), so a
+default lives here and nowhere else. No torch here: the CLI imports this module at start-up.
+`validate()` checks every value before any data is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def option(default: Any, help: str) -> Any:
+    """A dataclass field whose default and help text become the CLI option's."""
+    return field(default=default, metadata={"help": help})
+
+
+def help_text(cls: type, name: str) -> str:
+    """The help of a field; a subclass that only changes a default inherits its base's text."""
+    for base in cls.__mro__:
+        f = getattr(base, "__dataclass_fields__", {}).get(name)
+        if f is not None and "help" in f.metadata:
+            return str(f.metadata["help"])
+    raise KeyError(name)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class ClassifierConfig:
+    """The paper's CNN (`cifar-cnn`) and its shipped recipe: AdamW, batch 32, 5 epochs."""
+
+    data: str = option("", "Class-per-folder image tree or cifar-10-batches-py folder.")
+    epochs: int = option(5, "Epochs over the training part.")
+    batch_size: int = option(32, "Mini-batch size.")
+    optimizer: str = option("adamw", "adamw | sgd (Nesterov, with --momentum).")
+    lr: float = option(2e-3, "Peak learning rate.")
+    momentum: float = option(0.9, "SGD momentum (sgd only).")
+    weight_decay: float = option(5e-4, "Weight decay (conv and linear weights only, not biases or norms).")
+    warmup: float = option(0.25, "Fraction of the steps spent warming the learning rate up.")
+    schedule: str = option("cosine", "Decay after the warm-up: cosine | linear.")
+    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy.")
+    flip: bool = option(True, "Random horizontal flips.")
+    translate: int = option(0, "Random shifts of up to this many pixels (reflect padding).")
+    ema: float = option(0.0, "Evaluate and ship an exponential moving average of the weights with this "
+                             "decay per step (0: off).")
+    seed: int = option(0, "Seed for initialisation, shuffling and augmentation.")
+    device: str = option("cpu", "cpu | cuda (data and augmentation then live on the GPU).")
+    bf16: bool = option(False, "bfloat16 autocast for the training steps (validation stays fp32).")
+    threads: int = option(0, "Torch CPU threads (0: torch's default).")
+    preprocess: str = option("", "Train on transformed images, e.g. fft-lowpass:0.5 (to fuse at export).")
+    init: str = option("", "Start from these weights (fine-tuning) instead of a fresh net.")
+
+    model = "cifar-cnn"               # class attribute, not a field: the command names the model
+
+    def validate(self) -> None:
+        _check(bool(self.data), "--data is required")
+        _check(Path(self.data).is_dir(), f"{self.data}: not a folder")
+        _check(self.epochs >= 1, f"--epochs must be ≥ 1, got {self.epochs}")
+        _check(self.batch_size >= 2, f"--batch-size must be ≥ 2, got {self.batch_size}")
+        _check(self.optimizer in ("adamw", "sgd"), f"--optimizer must be adamw or sgd, got {self.optimizer}")
+        _check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"--weight-decay must be ≥ 0, got {self.weight_decay}")
+        _check(0 <= self.warmup < 1, f"--warmup must be in [0, 1), got {self.warmup}")
+        _check(self.schedule in ("cosine", "linear"), f"--schedule must be cosine or linear, got {self.schedule}")
+        _check(0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(0 <= self.translate <= 8, f"--translate must be in 0..8, got {self.translate}")
+        _check(0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}")
+        _check(self.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got {self.device}")
+        _check(self.threads >= 0, f"--threads must be ≥ 0, got {self.threads}")
+        _check(not self.init or Path(self.init).is_file(), f"{self.init}: weights not found")
+
+
+@dataclass
+class ResNetConfig(ClassifierConfig):
+    """cifar-resnet: SGD-Nesterov, batch 512, label smoothing, flip + translate, bf16 autocast."""
+
+    epochs: int = 24
+    batch_size: int = 512
+    optimizer: str = "sgd"
+    lr: float = 0.4
+    weight_decay: float = 5e-4
+    warmup: float = 0.2
+    schedule: str = "linear"
+    label_smoothing: float = 0.2
+    translate: int = 2
+    bf16: bool = True
+
+    model = "cifar-resnet"
+
+
+@dataclass
+class GanConfig:
+    data: str = option("", "Flat folder of images (any size; resized to 64×64).")
+    epochs: int = option(10, "Epochs over the training faces.")
+    batch_size: int = option(64, "Mini-batch size.")
+    lr: float = option(2e-4, "Adam learning rate (both networks).")
+    beta1: float = option(0.5, "Adam β1.")
+    # 0.999 scored far worse on the quality measure here (models/README.md).
+    ema: float = option(0.0, "Ship an average of the generator's weights with this decay instead of the "
+                             "generator as trained (0: off).")
+    bn_batches: int = option(50, "Batches of 128 latents that re-estimate the average's batch-norm statistics.")
+    holdout: int = option(2000, "Last N images (by name) kept out of training for the quality measure.")
+    seed: int = option(0, "Seed for initialisation, shuffling and latents.")
+    threads: int = option(0, "Torch CPU threads (0: torch's default).")
+    samples_dir: str = option("runs/dcgan", "Where the per-epoch sample grids go.")
+
+    model = "dcgan"
+
+    def validate(self) -> None:
+        _check(bool(self.data), "--data is required")
+        _check(Path(self.data).is_dir(), f"{self.data}: not a folder")
+        _check(self.epochs >= 1, f"--epochs must be ≥ 1, got {self.epochs}")
+        _check(self.batch_size >= 2, f"--batch-size must be ≥ 2, got {self.batch_size}")
+        _check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        _check(0 <= self.beta1 < 1, f"--beta1 must be in [0, 1), got {self.beta1}")
+        _check(0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}")
+        _check(self.bn_batches >= 1, f"--bn-batches must be ≥ 1, got {self.bn_batches}")
+        _check(self.holdout >= 0, f"--holdout must be ≥ 0, got {self.holdout}")
+        _check(self.threads >= 0, f"--threads must be ≥ 0, got {self.threads}")
+        _check(not Path(self.samples_dir).is_file(), f"{self.samples_dir}: is a file, not a folder")
+
+
+def check_outputs(out: str | Path, checkpoint: str | Path | None, resume: bool) -> tuple[Path, Path]:
+    """The output and checkpoint paths, refused before any work if they cannot be written."""
+    out = Path(out)
+    ckpt = Path(checkpoint) if checkpoint else out.with_suffix(".ckpt.safetensors")
+    for path, what in ((out, "--out"), (ckpt, "--checkpoint")):
+        _check(not path.is_dir(), f"{what} {path}: is a folder; give a file name")
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        _check(parent is not None and parent.is_dir(), f"{what} {path}: its folder cannot be created")
+    _check(out.absolute() != ckpt.absolute(), "--checkpoint must differ from --out")
+    _check(not resume or ckpt.is_file(), f"{ckpt}: no checkpoint to resume from")
+    return out, ckpt

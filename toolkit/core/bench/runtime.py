@@ -1,0 +1,75 @@
+"""One inference call per runtime, the same for every row: onnxruntime's `run`, onnxruntime with
+IO binding (GPU rows: data stays on the device), or an OpenVINO infer request — plus where the
+nodes ran. Never imports torch."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from toolkit.core.sessions import Model
+
+Feeds = dict[str, np.ndarray]
+
+
+def backend(model: Model) -> str:
+    """The runtime behind a model: `openvino` or `onnxruntime`."""
+    return "openvino" if model.provider == "openvino" else "onnxruntime"
+
+
+def run_feeds(model: Model) -> Callable[[Feeds], list]:
+    """A function feeds → every output, for any runtime behind `model`."""
+    run = getattr(model, "run_feeds", None)
+    if run is not None:
+        return run
+    session = model.session
+    outputs = [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
+    return lambda feeds: session.run(outputs, feeds)  # type: ignore[attr-defined]
+
+
+def step(model: Model, feeds: list[Feeds], device: bool) -> Callable[[int], object]:
+    """One inference per call, cycling through `feeds`. With `device` (onnxruntime on CUDA or
+    TensorRT), inputs are copied to the GPU once and outputs stay there (IO binding), so only the
+    inference itself is timed."""
+    if not device:
+        run = run_feeds(model)
+        return lambda i: run(feeds[i % len(feeds)])
+    import onnxruntime as ort
+
+    session = model.session
+    outputs = [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
+    bindings = []
+    for feed in feeds:
+        binding = session.io_binding()  # type: ignore[attr-defined]
+        for name, array in feed.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        for output in outputs:
+            binding.bind_output(output, "cuda", 0)
+        bindings.append(binding)
+    # run_with_iobinding synchronises the device before returning, so the wall time is complete.
+    return lambda i: session.run_with_iobinding(bindings[i % len(bindings)])  # type: ignore[attr-defined]
+
+
+def placement(model: Model, feeds: Feeds) -> dict[str, int]:
+    """How many graph nodes each provider ran. onnxruntime: read from one profiled run (the model
+    must have been opened with profile=True); OpenVINO: the compiled graph's nodes per element type
+    they compute in (`CPU u8`, `CPU f32`, …), which is where its precision choices show."""
+    runtime_precisions = getattr(model, "runtime_precisions", None)
+    if runtime_precisions is not None:
+        return {f"CPU {kind}": n for kind, n in sorted(runtime_precisions().items())}
+    run_feeds(model)(feeds)
+    profile_path = model.session.end_profiling()  # type: ignore[attr-defined]
+    try:
+        events = json.loads(Path(profile_path).read_text())
+    finally:
+        Path(profile_path).unlink(missing_ok=True)
+    nodes: dict[str, str] = {}
+    for ev in events:
+        args = ev.get("args") or {}
+        if ev.get("cat") == "Node" and "provider" in args:
+            nodes[args.get("op_name", "") + ":" + ev["name"].removesuffix("_kernel_time")] = args["provider"]
+    return dict(Counter(p.replace("ExecutionProvider", "") for p in nodes.values()))

@@ -1,0 +1,233 @@
+"""Bring a foreign ONNX image classifier into the artifact contract (issue #10), once.
+
+    toolkit wrap theirs.onnx --out mine.onnx --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --labels labels.txt
+
+The foreign model takes float input in its own layout, channel order and normalisation. The
+wrapped model takes `image` uint8 [N, H, W, 3] RGB and returns `logits` float32 [N, K], with the
+contract's metadata. The preprocessing becomes ONNX nodes in front of the untouched original graph
+and the post-processing nodes behind it, joined with `onnx.compose.merge_models`:
+
+    x = pixels, channels reversed if the model wants BGR, transposed if it wants NCHW
+    x = (x / scale − mean) / std         (computed as (x − scale·mean) · 1/(scale·std))
+    logits = output, or log(max(output, 1e-38)) when the model returns probabilities
+
+The parity gate runs the original model on the same real images preprocessed in numpy (float64,
+the formula above) and the wrapped one on the uint8 pixels: max |Δ| ≤ 1e-4 and identical top-1, or
+nothing is written. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from toolkit.core.fsio import atomic_write, read_regular_file, shown
+from toolkit.core.wrap_graph import (FLOAT_TYPES, PROTOBUF_LIMIT, TINY, Interface, WrapError, WrapSpec,
+                                     build_wrapped, interface, load_foreign)
+
+__all__ = ["WrapError", "WrapResult", "WrapSpec", "parse_labels", "parse_triple", "wrap"]
+
+LAYOUTS = ("nchw", "nhwc")
+CHANNELS = ("rgb", "bgr")
+OUTPUT_KINDS = ("logits", "probabilities")
+PARITY_MAX_DIFF = 1e-4
+PARITY_IMAGES = 64
+
+
+@dataclass
+class WrapResult:
+    path: Path
+    name: str
+    layout: str
+    input_size: tuple[int, int]
+    labels: list[str]
+    precision: str
+    max_abs_diff: float
+    n_images: int
+
+    def describe(self) -> str:
+        return (f"wrote {self.path}: {self.name}, {self.precision}, uint8 [N, {self.input_size[0]}, "
+                f"{self.input_size[1]}, 3] → logits [N, {len(self.labels)}] (source layout "
+                f"{self.layout.upper()}); parity on {self.n_images} images: max |Δ| {self.max_abs_diff:.1e}, "
+                f"top-1 identical")
+
+
+# ----------------------------------------------------------------------------- option parsing
+
+def parse_labels(text: str) -> list[str]:
+    """`--labels`: a file with one label per line, or a comma-separated list."""
+    path = Path(text)
+    if path.is_file():
+        lines = read_regular_file(path, 16 * 2**20).decode("utf-8", "replace").splitlines()
+        labels = [line.strip() for line in lines if line.strip()]
+    else:
+        labels = [part.strip() for part in text.split(",")]
+    if not labels or any(not label for label in labels):
+        raise WrapError(f"--labels {shown(text)}: empty label (give a file with one label per line, or a,b,c)")
+    return labels
+
+
+def parse_triple(text: str, option: str, positive: bool = False) -> tuple[float, float, float]:
+    """`--mean` / `--std`: R,G,B (or one value for all three channels)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise WrapError(f"{option} {text!r}: expected numbers R,G,B") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or not all(np.isfinite(values)) or (positive and min(values) <= 0):
+        raise WrapError(f"{option} {text!r}: expected three finite{' positive' if positive else ''} numbers R,G,B")
+    return values[0], values[1], values[2]
+
+
+# ----------------------------------------------------------------------------- parity
+
+def load_images(source: str | os.PathLike, size: tuple[int, int], limit: int = PARITY_IMAGES) -> np.ndarray:
+    """Up to `limit` real images (evenly spaced over the files of a folder, searched recursively),
+    decoded and resized to `size`: uint8 [n, H, W, 3]."""
+    from toolkit.core.data import ImageError, expand_inputs, is_image_name, load_image, resize
+
+    files = [f for f in expand_inputs([source]) if is_image_name(f)]
+    if len(files) > limit:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).astype(int)]
+    images = []
+    for f in files:
+        try:
+            images.append(resize(load_image(f), *size))
+        except ImageError:
+            continue
+    if not images:
+        raise WrapError(f"{shown(source)}: no readable images for the parity check")
+    return np.stack(images)
+
+
+def reference_input(images: np.ndarray, spec: WrapSpec, io: Interface) -> np.ndarray:
+    """The documented preprocessing in numpy (float64), as the user's own pipeline would feed it."""
+    x = images.astype(np.float64)
+    if spec.channels == "bgr":
+        x = x[..., ::-1]
+    x = (x / spec.scale - np.asarray(spec.mean)) / np.asarray(spec.std)
+    if io.layout == "nchw":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x.astype(FLOAT_TYPES[io.dtype]))
+
+
+def as_logits(output: np.ndarray, spec: WrapSpec) -> np.ndarray:
+    """The post-processing in numpy: [N, K] float32, log-probabilities for a probability output."""
+    out = output.reshape(len(output), -1).astype(np.float32)
+    return np.log(np.maximum(out, np.float32(TINY))) if spec.outputs == "probabilities" else out
+
+
+def _session(model: str):
+    from toolkit.core.sessions import _ort
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _run(session, name: str, feed: np.ndarray, batch: int | None, output: str | None = None) -> np.ndarray:
+    """Run in chunks; a model whose batch is fixed at B gets chunks of exactly B (the last padded)."""
+    step = batch or 32
+    outs = []
+    for i in range(0, len(feed), step):
+        chunk = feed[i:i + step]
+        n = len(chunk)
+        if batch and n < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        outs.append(session.run([output] if output else None, {name: chunk})[0][:n])
+    return np.concatenate(outs)
+
+
+def reference_logits(source: Path, images: np.ndarray, spec: WrapSpec, io: Interface) -> np.ndarray:
+    """The original model on numpy-preprocessed images, post-processed in numpy."""
+    try:
+        session = _session(str(source))
+        out = _run(session, io.input, reference_input(images, spec, io), io.static_batch, io.output)
+    except Exception as exc:
+        raise WrapError(f"{shown(source)}: onnxruntime cannot run the model as given: {_first_line(exc)}") from None
+    return as_logits(out, spec)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _check_spec(spec: WrapSpec) -> None:
+    for value, choices, option in ((spec.layout, LAYOUTS, "--layout"), (spec.channels, CHANNELS, "--channels"),
+                                   (spec.outputs, OUTPUT_KINDS, "--outputs")):
+        if value is not None and value not in choices:
+            raise WrapError(f"{option} {value!r}: choose from {', '.join(choices)}")
+    if not (np.isfinite(spec.scale) and spec.scale > 0):
+        raise WrapError(f"--scale {spec.scale}: must be a positive number")
+    if min(spec.std) <= 0:
+        raise WrapError(f"--std {','.join(map(str, spec.std))}: must be positive")
+    if spec.size is not None and (len(spec.size) != 2 or min(spec.size) < 1):
+        raise WrapError("--size takes two positive numbers: H W")
+
+
+# ----------------------------------------------------------------------------- wrap
+
+def wrap(source: str | os.PathLike, out: str | os.PathLike, spec: WrapSpec | None = None,
+         images: np.ndarray | str | os.PathLike | None = None, log=print) -> WrapResult:
+    """Wrap the foreign classifier `source` into a contract model at `out`, gated on parity with
+    the original on `images` (uint8 [n, h, w, 3], or a folder of real images)."""
+    from toolkit.core.data import resize
+
+    source, out = Path(source), Path(out)
+    spec = spec or WrapSpec()
+    _check_spec(spec)
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise WrapError(f"--out {shown(out)} is the input model; choose another file")
+    model = load_foreign(source)
+    io = interface(model, spec)
+    size = (io.height, io.width)
+    if images is None:
+        raise WrapError("the parity check needs real images (a folder of images)")
+    if isinstance(images, np.ndarray):
+        pixels = np.stack([resize(img, *size) for img in images])
+    else:
+        pixels = load_images(images, size)
+    reference = reference_logits(source, pixels, spec, io)
+    classes = reference.shape[1]
+    if spec.labels is not None and len(spec.labels) != classes:
+        raise WrapError(f"{len(spec.labels)} labels given but the model outputs {classes} classes")
+    if not np.all(np.isfinite(reference)):
+        raise WrapError("the original model gives non-finite outputs on the parity images")
+    labels = spec.labels or [str(i) for i in range(classes)]
+    if spec.labels is None:
+        log(f"note: no --labels; the {classes} classes are named 0…{classes - 1}")
+    io.classes = classes
+    name = spec.name or source.stem
+    proto = build_wrapped(model, replace(spec, labels=labels), name, io)
+    if proto.ByteSize() > PROTOBUF_LIMIT:
+        raise WrapError("the wrapped model exceeds protobuf's 2 GB limit for one ONNX file")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise WrapError(f"the wrapped model fails the ONNX checker: {_first_line(exc)}") from None
+    diffs: list[float] = []
+
+    def write_and_gate(tmp: Path) -> None:
+        onnx.save_model(proto, str(tmp))
+        try:
+            got = _run(_session(str(tmp)), "image", pixels, None)
+        except Exception as exc:
+            raise WrapError(f"the wrapped model does not run with a batch of {min(len(pixels), 32)} images "
+                            f"({_first_line(exc)}); export the model with a dynamic batch dimension") from None
+        diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
+        diffs.append(diff)
+        same_top1 = bool(np.all(got.argmax(1) == reference.argmax(1)))
+        if not (diff <= PARITY_MAX_DIFF and same_top1):
+            raise WrapError(f"parity gate failed: max |Δ| {diff:.2e} (limit {PARITY_MAX_DIFF:g}), top-1 "
+                            f"{'identical' if same_top1 else 'differs'} on {len(pixels)} images; nothing written")
+
+    atomic_write(out, write_and_gate)
+    precision = {p.key: p.value for p in proto.metadata_props}["toolkit.precision"]
+    return WrapResult(path=out, name=name, layout=io.layout, input_size=size, labels=labels,
+                      precision=precision, max_abs_diff=diffs[0], n_images=len(pixels))
