@@ -5,18 +5,58 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATASETS ?= ../shared/datasets
 
-.PHONY: install data demo test bench robustness clean
+.PHONY: install models clean-models wheel data demo test bench robustness clean
 
 install: $(STAMP)
 
-# torch is pinned here, not in pyproject: on the dev machine torch==2.13.0 is a local CPU wheel,
-# while an unpinned torch would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# Everything: the runtime package, the `train` extra and the `dev` tools. torch is pinned here, not
+# in pyproject: on the dev machine torch==2.13.0 is a local CPU wheel, while an unpinned torch would
+# pull a multi-GB CUDA build; naming the pin again with the extras keeps pip from picking another.
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet torch==2.13.0 -e '.[train,dev,openvino]'
+	$(BIN)/python -m toolkit.core.bench --build-only    # the roof probe (C, system compiler; says so if none)
 	touch $@
+
+# Every shipped ONNX file except the int8 classifiers (their calibration needs the data set) is
+# built here from the tracked weights: deterministic, parity-gated, about a minute, no data needed
+# (gates use seeded random images when data/ is absent). A file is rebuilt when its weights or the
+# package version change; `make -B models` rebuilds all. ZOO_STEMS: zoo models with tracked weights
+# (models/<stem>.safetensors → <stem>.onnx and <stem>.fp16.onnx; the model is the stem with - for _).
+ZOO_STEMS   := cifar_cnn dcgan
+MODEL_FILES := $(foreach s,$(ZOO_STEMS),models/$(s).onnx models/$(s).fp16.onnx) models/dcgan.int8.onnx \
+               models/cifar_cnn.fft_lowpass.onnx models/fft_lowpass.onnx models/walsh_compress.onnx
+EXPORT      := $(BIN)/toolkit export
+MODEL_DEPS  := toolkit/__init__.py | $(STAMP)
+
+models: $(MODEL_FILES)
+
+models/%.fp16.onnx: models/%.safetensors $(MODEL_DEPS)
+	$(EXPORT) --model $(subst _,-,$*) --precision fp16 --out $@
+
+models/%.onnx: models/%.safetensors $(MODEL_DEPS)
+	$(EXPORT) --model $(subst _,-,$*) --out $@
+
+models/dcgan.int8.onnx: models/dcgan.safetensors $(MODEL_DEPS)
+	$(EXPORT) --model dcgan --precision int8 --out $@
+
+models/cifar_cnn.fft_lowpass.onnx: models/cifar_cnn_lowpass.safetensors $(MODEL_DEPS)
+	$(EXPORT) --model cifar-cnn --weights $< --preprocess fft-lowpass:0.5 --out $@
+
+models/fft_lowpass.onnx: $(MODEL_DEPS)
+	$(EXPORT) --model fft-lowpass --radius 0.5 --size 32 --size 32 --form matmul --out $@
+
+models/walsh_compress.onnx: $(MODEL_DEPS)
+	$(EXPORT) --model walsh-compress --keep 0.5 --size 32 --size 32 --form matmul --out $@
+
+clean-models:
+	rm -f $(MODEL_FILES)
+
+# A wheel of the runtime package with the shipped models inside (pip install dist/toolkit-*.whl).
+wheel: models
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
 
 data: data/cifar10-jpeg/train data/anime-faces-64/faces
 
@@ -26,7 +66,7 @@ data/cifar10-jpeg/train:
 data/anime-faces-64/faces:
 	mkdir -p data && tar -xzf $(DATASETS)/anime-faces-64.tar.gz -C data
 
-demo: install
+demo: install models
 	@echo "== classify the sample images (top-3) with the shipped CIFAR-10 CNN"
 	$(BIN)/toolkit infer models/samples --top-k 3
 	@echo "== the same with the int8 model"
@@ -39,11 +79,12 @@ demo: install
 	@echo "== a short benchmark of every shipped model (make bench for the full matrix)"
 	$(BIN)/toolkit bench --torch --seconds 0.5
 
-test: install
+test: install models
 	$(BIN)/pytest
 
-# The full matrix on this machine → benchmarks/results/<machine>.{json,md,png}; run it on a quiet machine.
-bench: install
+# The full matrix on this machine, interleaved, with its measured roof → benchmarks/results/<machine>.{json,md,png}
+# (per-run timings in <machine>.timings.json, not committed); run it on a quiet machine.
+bench: install models
 	$(BIN)/python benchmarks/run_bench.py
 
 # Classifier accuracy under noise and JPEG, with and without the low-pass → benchmarks/results/robustness.*
@@ -51,4 +92,4 @@ robustness: install data
 	$(BIN)/python benchmarks/robustness.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache demo
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo

@@ -6,8 +6,8 @@ Every run is `toolkit.build.train_classifier.train_classifier` with one candidat
 the command's defaults (ResNetConfig / ClassifierConfig), i.e. exactly what `toolkit train` runs.
 cifar-resnet: a grid on seed 0, then seeds 1 and 2 of the best candidate. cifar-cnn (5 epochs,
 architecture fixed): every candidate on seeds 0, 1, 2. Results go to OUT/search.json as they
-arrive (mean ± std per candidate); the seed-0 weights of the best candidate of each model are
-copied to OUT. A deadline stops starting runs so the file is complete before an outside limit.
+arrive (mean ± std per candidate); the seed-0 weights of every cifar-cnn candidate and of the best
+cifar-resnet candidate are copied to OUT as they arrive. A deadline stops starting runs so the file is complete before an outside limit.
 Needs torch, numpy, Pillow, safetensors and rich only (what a bare GPU machine has).
 """
 
@@ -26,26 +26,23 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# Round 1 (lr 0.4/0.8/0.2, 24–60 epochs, widths 256/384, translate 2) topped out at 90.3% and fit the
+# training set (99.8%): round 2 (this grid) adds regularisation and a learned stem.
 RESNET_GRID: dict[str, dict[str, Any]] = {      # in order of priority: the deadline may cut the tail
-    "default": {},
-    "ep40": {"epochs": 40},
-    "w384-ep40": {"widths": [64, 256, 384], "epochs": 40},
-    "ep60": {"epochs": 60},
-    "w384-ep60": {"widths": [64, 256, 384], "epochs": 60},
-    "lr0.8-ep40": {"lr": 0.8, "epochs": 40},
-    "lr0.2-ep40": {"lr": 0.2, "epochs": 40},
+    "t4-c12": {"translate": 4, "cutout": 12},
+    "conv-t4-c12": {"stem": "conv", "translate": 4, "cutout": 12},
+    "eps1e-2-t4-c12": {"whiten_eps": 1e-2, "translate": 4, "cutout": 12},
+    "conv-t2": {"stem": "conv"},
+    "t4": {"translate": 4},
+    "conv-t4-c12-ep60": {"stem": "conv", "translate": 4, "cutout": 12, "epochs": 60},
+    "t2-c12": {"cutout": 12},
+    "conv-t4-c12-lr1.6": {"stem": "conv", "translate": 4, "cutout": 12, "lr": 1.6},
 }
 CNN_GRID: dict[str, dict[str, Any]] = {
-    "shipped": {},
-    "t2": {"translate": 2},
-    "t2-ls": {"translate": 2, "label_smoothing": 0.1},
-    "t4-ls": {"translate": 4, "label_smoothing": 0.1},
-    "t2-ls-ema": {"translate": 2, "label_smoothing": 0.1, "ema": 0.999},
-    "t2-ls-lr1e-3": {"translate": 2, "label_smoothing": 0.1, "lr": 1e-3},
-    "t2-ls-lr4e-3": {"translate": 2, "label_smoothing": 0.1, "lr": 4e-3},
-    "t2-ls-b64": {"translate": 2, "label_smoothing": 0.1, "batch_size": 64, "lr": 3e-3},
-    "t2-ls-b128": {"translate": 2, "label_smoothing": 0.1, "batch_size": 128, "lr": 4e-3},
-    "t2-ls-linear": {"translate": 2, "label_smoothing": 0.1, "schedule": "linear", "warmup": 0.1},
+    "t2-ls-lr7e-4": {"translate": 2, "label_smoothing": 0.1, "lr": 7e-4},
+    "t2-ls-lr5e-4": {"translate": 2, "label_smoothing": 0.1, "lr": 5e-4},
+    "t1-ls-lr1e-3": {"translate": 1, "label_smoothing": 0.1, "lr": 1e-3},
+    "t2-lr1e-3": {"translate": 2, "lr": 1e-3},
 }
 SEEDS = (0, 1, 2)
 
@@ -75,7 +72,6 @@ def worker(jobs: Any, results: Any, data_path: str, device: str, run_dir: str, d
     torch.set_num_threads(2)
     npz = np.load(data_path)
     data = LabelledImages(npz["images"], npz["labels"], [str(c) for c in npz["classes"]])
-    defaults = resnet.CifarResNet.__init__.__defaults__
     while True:
         job = jobs.get()
         if job is None or time.time() > deadline:
@@ -83,9 +79,10 @@ def worker(jobs: Any, results: Any, data_path: str, device: str, run_dir: str, d
             return
         model, name, overrides, seed = job
         overrides = dict(overrides)
-        widths = overrides.pop("widths", None)
-        # Width is the network's, not the recipe's: varied here only to see what it buys.
-        resnet.CifarResNet.__init__.__defaults__ = (10, tuple(widths), 24, 8.0) if widths else defaults
+        # The network's shape is not part of the recipe: varied here only to see what it buys.
+        net = {"widths": resnet.WIDTHS, "stem": resnet.STEM, "whiten_eps": resnet.WHITEN_EPS}
+        net.update({k: overrides.pop(k) for k in list(overrides) if k in net})
+        resnet.CifarResNet.__init__.__defaults__ = (10, tuple(net["widths"]), net["stem"], net["whiten_eps"], 8.0)
         cls = ResNetConfig if model == "cifar-resnet" else ClassifierConfig
         cfg = cls(data="-", seed=seed, device=device, **overrides)
         if tiny:
@@ -125,6 +122,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", help="cuda | cpu")
     ap.add_argument("--budget", type=float, default=420, help="seconds after which no run is started")
     ap.add_argument("--cnn-workers", type=int, default=2, help="processes running cifar-cnn candidates")
+    ap.add_argument("--resnet-workers", type=int, default=2, help="processes running cifar-resnet candidates")
     ap.add_argument("--tiny", action="store_true", help="1 epoch per run, 2 candidates each: a smoke test")
     args = ap.parse_args()
     t_start = time.time()
@@ -153,7 +151,7 @@ def main() -> None:
     for _ in range(args.cnn_workers):
         cnn_q.put(None)
     procs = [ctx.Process(target=worker, args=(resnet_q, results_q, data_path, args.device, str(run_dir),
-                                              deadline, args.tiny))]
+                                              deadline, args.tiny)) for _ in range(args.resnet_workers)]
     procs += [ctx.Process(target=worker, args=(cnn_q, results_q, data_path, args.device, str(run_dir),
                                                deadline, args.tiny)) for _ in range(args.cnn_workers)]
     for p in procs:
@@ -168,6 +166,15 @@ def main() -> None:
             continue
         results.append(r)
         print(json.dumps({k: v for k, v in r.items() if k not in ("history", "overrides")}), flush=True)
+        if r["seed"] == 0 and "weights" in r:
+            # Copied as they come, so that an outside time limit still leaves weights behind:
+            # every cnn candidate's seed 0, and the best resnet so far.
+            best_so_far = max((x for x in results if x["model"] == r["model"] and x["seed"] == 0
+                               and "val_accuracy" in x), key=lambda x: x["val_accuracy"])
+            if r["model"] == "cifar-cnn" or best_so_far is r:
+                for old in out.glob("cifar-resnet.*.safetensors") if r["model"] == "cifar-resnet" else []:
+                    old.unlink()
+                shutil.copy(r["weights"], out / Path(r["weights"]).name)
         if r["model"] == "cifar-resnet" and r["seed"] == 0:
             resnet_seed0_left -= 1
             if resnet_seed0_left == 0:
@@ -177,23 +184,14 @@ def main() -> None:
                 if best:
                     for seed in SEEDS[1:]:
                         resnet_q.put(("cifar-resnet", best["candidate"], best["overrides"], seed))
-                resnet_q.put(None)
+                for _ in range(args.resnet_workers):
+                    resnet_q.put(None)
         write_json(out / "search.json", {**info, "elapsed_s": round(time.time() - t_start, 1),
                                          "summary": summarise(results), "results": results})
     for p in procs:
         p.join()
 
     summary = summarise(results)
-    for model in ("cifar-resnet", "cifar-cnn"):
-        means = {k.split("/", 1)[1]: v["mean"] for k, v in summary.items() if k.startswith(model + "/")}
-        if not means:
-            continue
-        best = max(means, key=lambda k: means[k])
-        src = run_dir / f"{model}.{best}.s0.safetensors"
-        if src.is_file():
-            shutil.copy(src, out / f"{model}.{best}.s0.safetensors")
-    if "cifar-resnet/default" in summary and (run_dir / "cifar-resnet.default.s0.safetensors").is_file():
-        shutil.copy(run_dir / "cifar-resnet.default.s0.safetensors", out / "cifar-resnet.default.s0.safetensors")
     write_json(out / "search.json", {**info, "elapsed_s": round(time.time() - t_start, 1),
                                      "summary": summary, "results": results})
     print(json.dumps(summary, indent=1))

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from toolkit import zoo
 from toolkit.cli import app
 from toolkit.core.data import CIFAR10_LABELS
 
@@ -15,7 +16,6 @@ runner = CliRunner(env={"COLUMNS": "200"})
 
 
 def test_parameter_count_is_the_papers():
-    from toolkit import zoo
     net = zoo.CIFAR_CNN.build()
     assert sum(p.numel() for p in net.parameters()) == 1_250_858
 
@@ -108,9 +108,10 @@ def test_infer_does_not_import_torch(fresh_onnx, mixed_inputs):
     import subprocess
     import sys
     good, _ = mixed_inputs
-    code = ("import sys; from toolkit.cli import main; sys.argv=['toolkit','infer',%r,'--model',%r,'--json'];\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'") % (str(good), str(fresh_onnx))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    code = (f"import sys; from toolkit.cli import main; sys.argv=['toolkit','infer',{str(good)!r},'--model',"
+            f"{str(fresh_onnx)!r},'--json'];\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -144,7 +145,6 @@ SHARED_TRAIN = __import__("tests.conftest", fromlist=["REPO"]).REPO / "data" / "
 @pytest.mark.skipif(not (SHARED_TRAIN.exists()), reason="real data not extracted (make data)")
 def test_shipped_classifier_on_real_validation_images():
     """Integration: the shipped model meets its accuracy on the real validation split."""
-    from toolkit import zoo
     from toolkit.core.data import read_split
     from toolkit.core.infer import evaluate
     from toolkit.core.sessions import open_model
@@ -165,3 +165,95 @@ def test_infer_refuses_a_gpu_provider_it_cannot_use(fresh_onnx, mixed_inputs, pr
     result = runner.invoke(app, ["infer", str(good), "--model", str(fresh_onnx), "--provider", provider, "--json"])
     assert result.exit_code == 1 and provider in result.stderr and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- export options
+
+def test_tta_export_averages_the_image_and_its_mirror(tmp_path, fresh_onnx, fresh_weights, class_tree):
+    from toolkit.build.export import export_classifier
+    from toolkit.core.sessions import open_model
+
+    out = tmp_path / "cnn.tta.onnx"
+    result = export_classifier(out, fresh_weights, class_tree, log=lambda *_: None, tta=True)
+    assert result.path == out and result.precision == "fp32" and result.facts["top1_agreement"] == 1.0
+    check_classifier_contract(out, "fp32")
+    model = onnx.load(str(out))
+    assert {p.key: p.value for p in model.metadata_props}["toolkit.tta"] == "1"
+    assert "Slice" in {n.op_type for n in model.graph.node}          # the mirror is a graph node
+    images = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    plain = open_model(fresh_onnx)
+    expected = (plain.run(images) + plain.run(np.ascontiguousarray(images[:, :, ::-1]))) / 2
+    assert np.abs(open_model(out).run(images) - expected).max() < 1e-4
+
+
+def test_default_output_names():
+    from toolkit.build.export import default_output
+    spec = zoo.CIFAR_CNN
+    assert default_output(spec).name == "cifar_cnn.onnx"
+    assert default_output(spec, "fp16", tta=True).name == "cifar_cnn.tta.fp16.onnx"
+    assert default_output(spec, preprocess="fft-lowpass:0.5").name == "cifar_cnn.fft_lowpass.onnx"
+
+
+def test_export_rejects_unknown_models_and_precisions(tmp_path):
+    for args, needle in ((["--model", "resnet-9000"], "unknown model resnet-9000 (known: cifar-cnn"),
+                         (["--model", "cifar-cnn", "--precision", "bf16"], "precision")):
+        result = runner.invoke(app, ["export", *args, "--out", str(tmp_path / "x.onnx")])
+        assert result.exit_code != 0 and needle in result.output and "'" not in result.stderr.split("(")[0]
+    assert not (tmp_path / "x.onnx").exists()
+
+
+OTHER_ZOO_CLASSIFIERS = [name for name, spec in zoo.REGISTRY.items() if spec.task == "classify" and name != "cifar-cnn"]
+
+
+@pytest.mark.parametrize("model", OTHER_ZOO_CLASSIFIERS)
+def test_every_zoo_classifier_exports_with_batchnorm_folded(tmp_path, model, class_tree):
+    """Registry-driven export: any classifier of the zoo, BatchNorm folded (none left in the graph)."""
+    import torch
+
+    from toolkit.build.checkpoint import atomic_save_tensors, prefixed
+    from toolkit.build.export import export_classifier
+
+    torch.manual_seed(0)
+    net = zoo.REGISTRY[model].build()
+    for m in net.modules():          # trained-looking statistics, positive scales (foldable through a max-pool)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    weights = tmp_path / "net.safetensors"
+    atomic_save_tensors(prefixed("model", net.state_dict()), weights, {"model": model})
+    out = tmp_path / "net.onnx"
+    result = export_classifier(out, weights, class_tree, log=lambda *_: None, model=model)
+    assert result.facts["max_abs_diff"] <= 1e-3
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "BatchNormalization" not in ops and "Conv" in ops
+    assert {p.key: p.value for p in onnx.load(str(out)).metadata_props}["toolkit.model"] == model
+
+
+def test_batchnorm_with_a_negative_scale_after_a_pool_stays():
+    """Max-pooling commutes only with positive scales: a negative one must not be folded."""
+    import torch
+
+    from toolkit.build.onnx_export import torch_to_onnx
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(2), torch.nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():
+        net[2].weight.copy_(torch.tensor([1.0, -1.0, 0.5, 2.0]))
+    notes = []
+    proto = torch_to_onnx(net, (torch.zeros(2, 3, 8, 8),), ["x"], ["y"], log=notes.append)
+    assert "BatchNormalization" in {n.op_type for n in proto.graph.node} and "1 BatchNorm" in notes[0]
+    with torch.no_grad():
+        net[2].weight.abs_()
+    proto = torch_to_onnx(net, (torch.zeros(2, 3, 8, 8),), ["x"], ["y"], log=notes.append)
+    assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}
+    import onnxruntime as ort
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        assert np.abs(got - net(torch.from_numpy(x)).numpy()).max() < 1e-5
+
+
+def test_exported_graph_carries_no_source_paths(fresh_onnx):
+    """Debug metadata (stack traces with the builder's paths) is stripped: builds are location-independent."""
+    text = fresh_onnx.read_bytes()
+    assert b"stack_trace" not in text and b"toolkit/build" not in text and b"pkg.torch" not in text

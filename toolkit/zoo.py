@@ -12,6 +12,7 @@ from pathlib import Path
 
 from toolkit.core.data import CIFAR10_LABELS
 
+
 def _models_dir() -> Path:
     """Where the shipped models are: $TOOLKIT_MODELS if set; else the checkout's models/ when the
     package runs from a source tree (editable install); else the copy an installed wheel carries

@@ -47,6 +47,7 @@ class ClassifierConfig:
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy.")
     flip: bool = option(True, "Random horizontal flips.")
     translate: int = option(0, "Random shifts of up to this many pixels (reflect padding).")
+    cutout: int = option(0, "Paint a random square of this side with the mean colour (0: off).")
     ema: float = option(0.0, "Evaluate and ship an exponential moving average of the weights with this "
                              "decay per step (0: off).")
     seed: int = option(0, "Seed for initialisation, shuffling and augmentation.")
@@ -71,6 +72,7 @@ class ClassifierConfig:
         _check(self.schedule in ("cosine", "linear"), f"--schedule must be cosine or linear, got {self.schedule}")
         _check(0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(0 <= self.translate <= 8, f"--translate must be in 0..8, got {self.translate}")
+        _check(0 <= self.cutout <= 32, f"--cutout must be in 0..32, got {self.cutout}")
         _check(0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}")
         _check(self.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got {self.device}")
         _check(self.threads >= 0, f"--threads must be ≥ 0, got {self.threads}")
@@ -81,10 +83,10 @@ class ClassifierConfig:
 class ResNetConfig(ClassifierConfig):
     """cifar-resnet: SGD-Nesterov, batch 512, label smoothing, flip + translate, bf16 autocast."""
 
-    epochs: int = 24
+    epochs: int = 40
     batch_size: int = 512
     optimizer: str = "sgd"
-    lr: float = 0.4
+    lr: float = 0.8
     weight_decay: float = 5e-4
     warmup: float = 0.2
     schedule: str = "linear"

@@ -24,11 +24,29 @@ import onnx
 
 from toolkit import zoo
 from toolkit.build.onnx_export import torch_to_onnx
-from toolkit.core.contract import (ExportError, Parity, compare_outputs, read_metadata, replace_metadata,
-                                   run_onnx, set_metadata, write_model)
+from toolkit.core.contract import (
+    ExportError,
+    Parity,
+    compare_outputs,
+    read_metadata,
+    replace_metadata,
+    run_onnx,
+    set_metadata,
+    write_model,
+)
 
-__all__ = ["DEFAULT_DATA", "Exported", "ExportError", "classifier_module", "default_output", "export_classifier",
-           "export_classifier_variant", "export_generator", "export_model", "generator_module"]
+__all__ = [
+    "DEFAULT_DATA",
+    "ExportError",
+    "Exported",
+    "classifier_module",
+    "default_output",
+    "export_classifier",
+    "export_classifier_variant",
+    "export_generator",
+    "export_model",
+    "generator_module",
+]
 
 # Relative to the working directory: `make models` and the README's commands run from the checkout.
 DEFAULT_DATA = Path("data") / "cifar10-jpeg" / "train"

@@ -53,6 +53,8 @@ def torch_to_onnx(module, example_inputs: tuple, input_names: list[str], output_
         program = torch.onnx.export(module, example_inputs, dynamo=True, input_names=input_names,
                                     output_names=output_names, dynamic_shapes=dynamic_shapes,
                                     opset_version=OPSET, external_data=False, verbose=False, optimize=True)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
     proto = program.model_proto
     proto.producer_name = "toolkit"
     proto.producer_version = __version__
@@ -156,13 +158,17 @@ def fold_pooled_batchnorm(proto: onnx.ModelProto) -> int:
         if pool is None or (len(pool.output) > 1 and pool.output[1]):
             continue
         conv = g.sole_producer(pool.input[0], "Conv")
-        params = [g.array(name) for name in bn.input[1:5]]
-        weight = g.array(conv.input[1]) if conv is not None else None
-        has_bias = conv is not None and len(conv.input) > 2 and bool(conv.input[2])
-        bias = g.array(conv.input[2]) if has_bias else np.zeros(weight.shape[0] if weight is not None else 0)
-        if conv is None or weight is None or weight.dtype != np.float32 or bias is None or any(p is None for p in params):
+        if conv is None:
             continue
-        gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+        params = [g.array(name) for name in bn.input[1:5]]
+        weight = g.array(conv.input[1])
+        has_bias = len(conv.input) > 2 and bool(conv.input[2])
+        bias = g.array(conv.input[2]) if has_bias else None
+        if weight is None or weight.dtype != np.float32 or (has_bias and bias is None) or any(p is None for p in params):
+            continue
+        if bias is None:
+            bias = np.zeros(weight.shape[0], dtype=np.float32)
+        gamma, beta, mean, var = (np.asarray(p, dtype=np.float64) for p in params)
         scale = gamma / np.sqrt(var + float(_attr(bn, "epsilon", 1e-5)))
         if not np.all(scale > 0):
             kept += 1

@@ -50,13 +50,27 @@ def lr_schedule(step: int, total: int, peak: float, warmup: float = 0.25, shape:
     return low + (peak - low) * fraction
 
 
-def epoch_plan(n: int, seed: int, epoch: int, translate: int) -> dict[str, torch.Tensor]:
+def epoch_plan(n: int, seed: int, epoch: int, translate: int, cutout: int = 0,
+               size: tuple[int, int] = (32, 32)) -> dict[str, torch.Tensor]:
     """The random choices of one epoch, drawn up front from (seed, epoch): the order of the images,
-    a flip bit and a shift per position. Nothing random is left to draw mid-epoch, so a resumed
-    epoch replays exactly, and no step waits for the host to send random numbers."""
+    a flip bit, a shift and a cutout centre per position. Nothing random is left to draw mid-epoch,
+    so a resumed epoch replays exactly, and no step waits for the host to send random numbers."""
     gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-    return {"order": torch.randperm(n, generator=gen), "flip": torch.rand(n, generator=gen) < 0.5,
+    plan = {"order": torch.randperm(n, generator=gen), "flip": torch.rand(n, generator=gen) < 0.5,
             "shift": torch.randint(0, 2 * translate + 1, (2, n), generator=gen)}
+    if cutout:
+        plan["centre"] = torch.stack([torch.randint(0, size[0], (n,), generator=gen),
+                                      torch.randint(0, size[1], (n,), generator=gen)])
+    return plan
+
+
+def cut_out(images: torch.Tensor, centre: torch.Tensor, size: int, fill: torch.Tensor) -> torch.Tensor:
+    """Paint a size×size square (clipped at the borders) centred at `centre` [2, N] with `fill` [3]."""
+    n, h, w, _ = images.shape
+    ys = torch.arange(h, device=images.device)[None, :] - centre[0][:, None] + size // 2     # n, h
+    xs = torch.arange(w, device=images.device)[None, :] - centre[1][:, None] + size // 2     # n, w
+    inside = ((ys >= 0) & (ys < size))[:, :, None] & ((xs >= 0) & (xs < size))[:, None, :]
+    return torch.where(inside[..., None], fill, images)
 
 
 def augment(images: torch.Tensor, flip: torch.Tensor | None, shift: torch.Tensor | None, translate: int) -> torch.Tensor:
@@ -124,7 +138,7 @@ class ClassifierTask:
         torch.manual_seed(cfg.seed)
         net = spec.build()
         self.model = Classifier(net, spec.mean, spec.std)
-        if hasattr(net, "whiten"):
+        if getattr(net, "stem_kind", "") == "whiten":
             from toolkit.build.nets.resnet import init_whitening
             first = self.x_train[:5000].cpu()
             init_whitening(net, self.model.pre(first))
@@ -147,6 +161,8 @@ class ClassifierTask:
             self.opt = torch.optim.AdamW(groups, lr=cfg.lr)
         self.average = copy.deepcopy(self.model.net).requires_grad_(False) if cfg.ema else None
         self.plan: dict[str, torch.Tensor] = {}
+        # Cutout paints the mean colour: zero after normalisation.
+        self.fill = torch.tensor([round(255 * m) for m in spec.mean], dtype=torch.uint8, device=self.device)
 
     # ------------------------------------------------------------------ loop interface
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -163,7 +179,8 @@ class ClassifierTask:
             self.average.load_state_dict(unprefixed("average", tensors))
 
     def begin_epoch(self, epoch: int) -> None:
-        plan = epoch_plan(len(self.y_train), self.cfg.seed, epoch, self.cfg.translate)
+        plan = epoch_plan(len(self.y_train), self.cfg.seed, epoch, self.cfg.translate, self.cfg.cutout,
+                          tuple(self.x_train.shape[1:3]))
         self.plan = {k: v.to(self.device) for k, v in plan.items()}
         self.model.train()
 
@@ -173,6 +190,8 @@ class ClassifierTask:
         idx = self.plan["order"][batch]
         images = augment(self.x_train[idx], self.plan["flip"][batch] if cfg.flip else None,
                          self.plan["shift"][:, batch], cfg.translate)
+        if cfg.cutout:
+            images = cut_out(images, self.plan["centre"][:, batch], cfg.cutout, self.fill)
         lr = lr_schedule(epoch * self.steps_per_epoch + step, self.total_steps, cfg.lr, cfg.warmup, cfg.schedule)
         for group in self.opt.param_groups:
             group["lr"] = lr

@@ -58,10 +58,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 
-def _open(path: Path, provider: str):
+def _open(path: Path, provider: str, precision_hint: str | None = None):
     from toolkit.core.sessions import ModelError, ProviderError, open_model
     try:
-        return open_model(path, provider)
+        return open_model(path, provider, precision_hint=precision_hint)
     except (ModelError, ProviderError) as exc:
         fail(str(exc))
 

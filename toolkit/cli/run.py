@@ -18,7 +18,8 @@ def infer(
     inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     model: Optional[Path] = typer.Option(None, help="Classifier .onnx (default: the shipped models/cifar_cnn.onnx)."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many labels to show per image."),
-    provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt (no silent fallback)."),
+    provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt | openvino (no silent fallback)."),
+    precision_hint: Optional[str] = typer.Option(None, "--precision-hint", help="openvino: f32 (default) | bf16, which OpenVINO's CPU plugin would otherwise pick silently."),
     batch_size: int = typer.Option(64, min=1, help="Images per onnxruntime call."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image on stdout."),
 ):
@@ -29,7 +30,7 @@ def infer(
     from toolkit.core.data import expand_inputs
     from toolkit.core.infer import classify_files
 
-    session = _open(model or zoo.CIFAR_CNN.onnx_path(), provider)
+    session = _open(model or zoo.CIFAR_CNN.onnx_path(), provider, precision_hint)
     files = expand_inputs(inputs)
     if not files:
         fail("no images found in the given paths")
@@ -61,7 +62,8 @@ def evaluate(
     model: List[Path] = typer.Option(..., help="ONNX classifier(s); several give one comparison table."),
     data: Path = typer.Option(..., help="Class-per-folder tree or cifar-10-batches-py folder."),
     split: str = typer.Option("all", help="all | val | train: which part of the fixed split (val = validation)."),
-    provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt (no silent fallback)."),
+    provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt | openvino (no silent fallback)."),
+    precision_hint: Optional[str] = typer.Option(None, "--precision-hint", help="openvino: f32 (default) | bf16, which OpenVINO's CPU plugin would otherwise pick silently."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout (one object per model)."),
     markdown: Optional[Path] = typer.Option(None, help="Also write the table as markdown to this file."),
 ):
@@ -78,7 +80,7 @@ def evaluate(
 
     if split not in ("all", "val", "train"):
         fail(f"--split must be all, val or train, not {split!r}")
-    sessions = [_open(p, provider) for p in model]
+    sessions = [_open(p, provider, precision_hint) for p in model]
     errors: list[str] = []
     size = sessions[0].input_hw or (32, 32)
     try:
@@ -127,14 +129,15 @@ def generate(
     seed: int = typer.Option(0, help="Latent seed: the same seed gives the same picture."),
     out: Optional[Path] = typer.Option(None, help="Grid PNG (default grid.png unless --out-dir is given)."),
     out_dir: Optional[Path] = typer.Option(None, help="Write one PNG per image into this folder instead."),
-    provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt (no silent fallback)."),
+    provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt | openvino (no silent fallback)."),
+    precision_hint: Optional[str] = typer.Option(None, "--precision-hint", help="openvino: f32 (default) | bf16, which OpenVINO's CPU plugin would otherwise pick silently."),
 ):
     """Generate images with an ONNX generator (DCGAN anime faces by default)."""
     from toolkit import zoo
     from toolkit.core.data import make_grid, save_image
     from toolkit.core.infer import generate as run_generate
 
-    session = _open(model or zoo.DCGAN.onnx_path(), provider)
+    session = _open(model or zoo.DCGAN.onnx_path(), provider, precision_hint)
     try:
         images = run_generate(session, n, seed)
         if out_dir is not None:
@@ -166,41 +169,67 @@ def info(model: Path = typer.Argument(..., help="An .onnx file.")):
 
 @app.command()
 def bench(
-    model: Optional[List[Path]] = typer.Option(None, help="ONNX model to measure (repeatable; default: every "
-                                                          "shipped classifier precision and the generator)."),
-    provider: Optional[List[str]] = typer.Option(None, help="cpu | cuda | tensorrt (repeatable; default cpu). "
-                                                            "A provider that cannot run here is an error."),
-    batch_size: Optional[List[int]] = typer.Option(None, min=1, help="Batch size (repeatable; default 1 and 64)."),
-    threads: int = typer.Option(0, min=0, help="Threads for onnxruntime and torch alike (0: one per core)."),
+    model: Optional[List[Path]] = typer.Option(None, help="ONNX model to measure, any ONNX file (repeatable; "
+                                                          "default: every shipped classifier precision and the "
+                                                          "generator)."),
+    provider: Optional[List[str]] = typer.Option(None, help="cpu | cuda | tensorrt | openvino (repeatable; default "
+                                                            "cpu). A provider that cannot run here is an error."),
+    batch_size: Optional[List[int]] = typer.Option(None, min=1, help="Batch size (repeatable; default 1 and 64): "
+                                                                     "fills each input's dynamic first dimension."),
+    shape: Optional[List[str]] = typer.Option(None, help="NAME=DIMS, e.g. input=8x3x224x224 (repeatable): the "
+                                                         "shape of an input with dynamic dimensions."),
+    precision_hint: Optional[List[str]] = typer.Option(None, "--precision-hint", help="openvino rows: f32 | bf16 "
+                                                       "(repeatable: one set of rows per hint, int8 files take the "
+                                                       "first only; default f32)."),
+    threads: int = typer.Option(0, min=0, help="Threads for every runtime alike (0: one per core)."),
     warmup: int = typer.Option(10, min=0, help="Warm-up runs per row, excluded from the statistics."),
     runs: Optional[int] = typer.Option(None, min=1, help="Counted runs per row (default 100)."),
     seconds: Optional[float] = typer.Option(None, min=0.01, help="Measure each row for this long instead of "
                                                                  "--runs (steadier on a noisy machine)."),
-    torch: bool = typer.Option(False, "--torch", help="Add PyTorch eager fp32 rows for the same net and batches."),
+    rounds: int = typer.Option(1, min=1, help="Interleave the rows in this many rounds (each round a slice of "
+                                              "every row), so load changes hit all rows alike."),
+    roof: bool = typer.Option(True, "--roof/--no-roof", help="Measure the roof (issue rates, runtime GEMM) in the "
+                                                             "same run and give each row its share."),
+    torch: bool = typer.Option(False, "--torch", help="Add PyTorch eager fp32 rows for the same net and batches "
+                                                      "(needs the train extra)."),
     data: Optional[Path] = typer.Option(None, help="Class-per-folder tree or CIFAR batches: inputs come from its "
                                                    "validation split and classifier rows get its accuracy."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
-    out: Optional[Path] = typer.Option(None, help="Also write <machine>.json, .md and .png reports here."),
+    out: Optional[Path] = typer.Option(None, help="Also write <machine>.json, .runs.json, .md and .png here."),
     compare: Optional[Path] = typer.Option(None, help="An earlier --json/--out result: print each row's ratio to it."),
     include_copy: bool = typer.Option(False, "--include-copy", help="cuda/tensorrt: time the host↔device copies "
                                                                     "too (default: IO binding, data stays on the GPU)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print node placement, inputs and session times."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print node placement, inputs, session times, roof."),
 ):
-    """Latency, throughput, size and accuracy per model, precision, provider and batch size."""
+    """Latency, throughput, size, accuracy and share of the measured roof per model, precision,
+    runtime and batch size. Takes any ONNX file: inputs are synthesised from its declared types."""
     import json
 
     from rich.console import Console
 
     from toolkit.core import bench as bench_lib
+    from toolkit.core.openvino import PRECISION_HINTS
     from toolkit.core.sessions import ModelError, ProviderError
 
     if runs is not None and seconds is not None:
         fail("--runs and --seconds are exclusive; give one")
+    for hint in precision_hint or []:
+        if hint not in PRECISION_HINTS:
+            fail(f"--precision-hint {hint!r}: choose from {', '.join(PRECISION_HINTS)}")
+    if precision_hint and "openvino" not in (provider or []):
+        fail("--precision-hint applies to --provider openvino only")
+    torch_rows = None
+    if torch:
+        try:
+            from toolkit.build.torch_bench import torch_rows
+        except ImportError:
+            fail("--torch needs PyTorch: pip install 'toolkit[train]'")
     # markup off: paths and shapes such as [N, 32, 32, 3] are text, not rich tags.
     status = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
     def on_row(row: dict) -> None:
-        status.print(f"  {row['model']} {row['precision']} {row['provider']} {row['backend']} batch "
+        hint = f" ({row['compute']})" if row.get("compute") else ""
+        status.print(f"  {row['model']} {row['precision']}{hint} {row['provider']} {row['backend']} batch "
                      f"{row['batch_size']}: p50 {row['p50_ms']:.3f} ms, {row['throughput']:,.0f} img/s")
 
     try:
@@ -208,16 +237,18 @@ def bench(
         cfg = bench_lib.BenchConfig(
             models=list(model) if model else bench_lib.default_models(), providers=list(provider or ["cpu"]),
             batch_sizes=list(batch_size or bench_lib.DEFAULT_BATCH_SIZES), threads=threads or None,
-            warmup=warmup, runs=runs, seconds=seconds, torch=torch, data=data, include_copy=include_copy)
+            warmup=warmup, runs=runs, seconds=seconds, data=data, include_copy=include_copy,
+            shapes=bench_lib.parse_shapes(list(shape or [])), precision_hints=list(precision_hint or ["f32"]),
+            rounds=rounds, roof=roof, torch_rows=torch_rows)
         doc = bench_lib.run_benchmark(cfg, on_row=on_row, log=status.print if verbose else None)
         written = bench_lib.write_reports(doc, out) if out else []
     except (bench_lib.BenchError, ProviderError, ModelError, OSError) as exc:
-        fail(str(exc).strip().splitlines()[0])
+        fail(_one_line(exc))
     comparison = bench_lib.compare_rows(doc, old) if old else None
     if json_output:
         typer.echo(json.dumps({**doc, "compare": comparison} if comparison else doc))
     else:
-        # Piped output has no terminal width; rich would assume 80 columns and squash the 17 columns.
+        # Piped output has no terminal width; rich would assume 80 columns and squash the 16 columns.
         console = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 200)
         bench_lib.print_table(doc, console)
         if verbose:
@@ -243,7 +274,7 @@ def transform(
                                                   "else matmul; walsh-compress is matmul only)."),
     out: Path = typer.Option(..., help="Output image file (one input) or folder (<stem>.png per image)."),
     compare: bool = typer.Option(False, "--compare", help="Also write <out>.compare.png: before | after."),
-    provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt (no silent fallback)."),
+    provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt | openvino (no silent fallback)."),
 ):
     """Filter or transform images in the frequency domain (Fourier or Walsh–Hadamard) with ONNX."""
     from toolkit.core.fsio import shown

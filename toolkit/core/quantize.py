@@ -59,7 +59,18 @@ def _batches(images: np.ndarray, batch_size: int):
         yield images[i:i + batch_size]
 
 
-def _reader(input_name: str, images: np.ndarray, batch_size: int = 32, advance=None):
+CALIBRATION_BATCH = 32
+
+
+def usable_calibration(images: np.ndarray, method: str) -> np.ndarray:
+    """The histogram calibrators (entropy, percentile) stack every batch's outputs into one array,
+    so all batches must have the same size: drop the remainder (minmax takes any)."""
+    if method == "minmax" or len(images) <= CALIBRATION_BATCH:
+        return images
+    return images[:len(images) - len(images) % CALIBRATION_BATCH]
+
+
+def _reader(input_name: str, images: np.ndarray, batch_size: int = CALIBRATION_BATCH, advance=None):
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
@@ -138,6 +149,7 @@ def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray
         extra["QuantizeBias"] = False
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
+    calibration = usable_calibration(calibration, method)
     quantize_static(str(pre_path), str(out_path), _reader(input_name, calibration, advance=advance),
                     quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                     activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8, weight_type=QuantType.QInt8,

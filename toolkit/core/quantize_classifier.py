@@ -222,6 +222,7 @@ def quantize_classifier(source: str | os.PathLike, out: str | os.PathLike, preci
         quantize.refuse_dynamic(fp32)
     labels = json.loads(meta.get("toolkit.labels", "[]"))
     images = read_quantization_data(data, size, labels, split, calibration_images, guard_images, unlabeled, log)
+    images.calibration = quantize.usable_calibration(images.calibration, calibration_method)
     gate_images = images.guard[_evenly(np.arange(len(images.guard)), GATE_IMAGES)]
     reference = _run(source, gate_images)
     result = QuantizeResult(path=out, precision=precision, target=target, guard="logits")

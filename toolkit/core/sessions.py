@@ -172,6 +172,8 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
     if provider == "openvino":
         from toolkit.core.openvino import open_openvino
         return open_openvino(path, threads=threads, precision_hint=precision_hint, cache_dir=cache_dir)
+    if precision_hint is not None:
+        raise ProviderError("a precision hint (f32 | bf16) applies to the openvino provider only")
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:

@@ -8,7 +8,8 @@ contract's metadata. The preprocessing becomes ONNX nodes in front of the untouc
 and the post-processing nodes behind it, joined with `onnx.compose.merge_models`:
 
     x = pixels, channels reversed if the model wants BGR, transposed if it wants NCHW
-    x = (x / scale − mean) / std         (computed as (x − scale·mean) · 1/(scale·std))
+    x = (x / scale − mean) / std         (computed as x · 1/(scale·std) − mean/std in one
+                                          BatchNormalization node for NCHW, Sub and Mul for NHWC)
     logits = output, or log(max(output, 1e-38)) when the model returns probabilities
 
 The parity gate runs the original model on the same real images preprocessed in numpy (float64,

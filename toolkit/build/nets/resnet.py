@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 WIDTHS = (64, 256, 256)
+STEM = "whiten"          # whiten: fixed 2×2 patch whitening | conv: a learned 3×3 conv + BN
+WHITEN_EPS = 5e-4
 
 
 def conv_bn(cin: int, cout: int) -> list[nn.Module]:
@@ -36,12 +38,18 @@ class Stage(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = WIDTHS, whiten_width: int = 24,
-                 temperature: float = 8.0):
+    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = WIDTHS, stem: str = STEM,
+                 whiten_eps: float = WHITEN_EPS, temperature: float = 8.0):
         super().__init__()
-        # 2×2 patch whitening: set once from training patches (init_whitening) and kept fixed.
-        self.whiten = nn.Conv2d(3, whiten_width, 2, padding=0, bias=True)
-        self.stages = nn.Sequential(Stage(whiten_width, widths[0]), Stage(widths[0], widths[1]),
+        self.stem_kind, self.whiten_eps = stem, whiten_eps
+        if stem == "whiten":
+            # 2×2 patch whitening: set once from training patches (init_whitening) and kept fixed.
+            self.stem = nn.Sequential(nn.Conv2d(3, 24, 2, padding=0, bias=True), nn.ReLU(inplace=True))
+            stem_width = 24
+        else:
+            self.stem = nn.Sequential(*conv_bn(3, 32), nn.ReLU(inplace=True))
+            stem_width = 32
+        self.stages = nn.Sequential(Stage(stem_width, widths[0]), Stage(widths[0], widths[1]),
                                     Stage(widths[1], widths[2]))
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(widths[2], num_classes, bias=False)
@@ -49,19 +57,19 @@ class CifarResNet(nn.Module):
         self.temperature = temperature
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.whiten(x))
+        x = self.stem(x)
         x = self.pool(self.stages(x)).flatten(1)
         return self.head(x) / self.temperature
 
 
 @torch.no_grad()
-def init_whitening(net: CifarResNet, images: torch.Tensor, eps: float = 5e-4) -> None:
+def init_whitening(net: CifarResNet, images: torch.Tensor) -> None:
     """Set the first layer to ±the eigenvectors of the 2×2-patch covariance, scaled to unit variance.
 
     `images`: float32 [N, 3, H, W], normalised like the network's input (a few thousand suffice).
     Half the filters are the negated other half, so the ReLU after them keeps both signs.
     """
-    conv = net.whiten
+    conv = net.stem[0]
     half = conv.out_channels // 2
     patches = images.unfold(2, 2, 1).unfold(3, 2, 1)                    # N, 3, H-1, W-1, 2, 2
     patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
@@ -69,7 +77,7 @@ def init_whitening(net: CifarResNet, images: torch.Tensor, eps: float = 5e-4) ->
     cov = patches.T @ patches / len(patches)
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)                 # ascending
     order = eigenvalues.flip(0)[:half], eigenvectors.flip(1)[:, :half]
-    filters = (order[1] / torch.sqrt(order[0] + eps)).T.reshape(half, 3, 2, 2).float()
+    filters = (order[1] / torch.sqrt(order[0] + net.whiten_eps)).T.reshape(half, 3, 2, 2).float()
     conv.weight.copy_(torch.cat([filters, -filters]))
     conv.bias.zero_()
     conv.weight.requires_grad_(False)

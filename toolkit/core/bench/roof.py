@@ -12,7 +12,7 @@
 Each row then gets its share of both: its multiply-adds per second (throughput × the model's
 Conv/MatMul/Gemm multiply-adds per item) over the roof of the precision it computes in.
 
-    python -m toolkit.core.bench.roof        # build the probe (make install does) and print the roof
+    python -m toolkit.core.bench             # build the probe (make install does) and print the roof
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -248,12 +247,13 @@ def roof_lines(roof: dict) -> list[str]:
     return lines
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> None:
+    """`python -m toolkit.core.bench [--build-only]`: build the probe (make install does), print the roof."""
     from toolkit.core.bench.machine import available_cores
     from toolkit.core.openvino import version as openvino_version
 
     binary, how = build_probe()
     print(f"roof probe: {binary or 'not built'} ({how})")
-    if "--build-only" not in sys.argv:
+    if "--build-only" not in argv:
         runtimes = ["onnxruntime"] + (["openvino"] if openvino_version() else [])
         print(json.dumps(measure_roof(available_cores(), runtimes, log=print), indent=1))

@@ -1,0 +1,321 @@
+"""Timing, statistics and rows: every model × provider (× OpenVINO precision hint) × batch size.
+
+Every row is first prepared as a Plan (session open, inputs ready, one call to time); then the
+plans are measured — one after another, or with `rounds` > 1 interleaved: each round gives every
+plan its slice of the counted time in turn, so a noisy neighbour or a clock change hits every row
+alike and the ratios between rows stay fair. Warm-up runs are excluded; every counted run is timed
+and kept. Never imports torch: the PyTorch rows come from a plan maker the build layer injects.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from toolkit import zoo
+from toolkit.core.bench import inputs as inp
+from toolkit.core.bench.inputs import BenchError, InputPool
+from toolkit.core.bench.machine import available_cores, machine_info
+from toolkit.core.bench.roof import measure_roof, shares
+from toolkit.core.bench.runtime import backend, placement, step
+from toolkit.core.sessions import PROVIDERS, ModelError, ProviderError, open_model, usable_providers
+
+DEFAULT_BATCH_SIZES = (1, 64)
+DEFAULT_RUNS = 100
+MIN_TIMED_RUNS = 5                 # `--seconds` still counts at least this many runs, so p50 means something
+ACCURACY_BATCH = 256
+# Rows that match between two runs (for --compare) agree on these keys.
+ROW_KEY = ("model", "precision", "provider", "backend", "batch_size", "compute")
+CPU_SIDE = ("cpu", "openvino")
+
+
+@dataclass
+class Plan:
+    """A row waiting to be measured: its identity and facts, one timed call, its accuracy."""
+    facts: dict
+    call: Callable[[int], object]
+    accuracy: tuple[float, int] | None = None
+    metadata: dict = field(default_factory=dict)
+    timings: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BenchConfig:
+    """What to measure. `runs` and `seconds` are exclusive; with neither, DEFAULT_RUNS runs."""
+    models: list[Path]
+    providers: list[str] = field(default_factory=lambda: ["cpu"])
+    batch_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
+    threads: int | None = None          # None: one per available core, for every runtime alike
+    warmup: int = 10
+    runs: int | None = None
+    seconds: float | None = None
+    data: Path | None = None
+    include_copy: bool = False
+    cache_dir: Path | None = None
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)   # --shape NAME=DIMS
+    precision_hints: list[str] = field(default_factory=lambda: ["f32"])  # OpenVINO rows: one set per hint
+    rounds: int = 1                     # > 1: interleave the rows, each round a slice of every row
+    roof: bool = True                   # measure the roof (issue rates, GEMM) in the same run
+    # The build layer's PyTorch rows (`--torch`): (first ONNX plan of a model, context) → plans.
+    torch_rows: Callable[[Plan, Context], list[Plan]] | None = None
+
+
+@dataclass
+class Context:
+    """What the plans of one run share: the settings, the log, decoded pools and their batches."""
+    cfg: BenchConfig
+    log: Callable[[str], None]
+    pools: dict = field(default_factory=dict)
+    batches: dict = field(default_factory=dict)
+
+    def images(self, size: tuple[int, int]) -> InputPool:
+        key = ("images", tuple(size))
+        if key not in self.pools:
+            self.pools[key] = inp.image_pool(tuple(size), self.cfg.data)
+        return self.pools[key]
+
+    def latents(self, dim: int) -> InputPool:
+        key = ("latent", dim)
+        if key not in self.pools:
+            self.pools[key] = inp.latent_pool(dim)
+        return self.pools[key]
+
+    def rotating(self, pool: InputPool, batch_size: int) -> list[np.ndarray]:
+        """Rotating batches of a pool, made once and shared by every row that feeds on them."""
+        key = (id(pool), batch_size)
+        if key not in self.batches:
+            self.batches[key] = inp.rotating_buffers(pool.items, batch_size)
+        return self.batches[key]
+
+
+def default_models() -> list[Path]:
+    """Every shipped classifier precision that exists, then the generator if it exists."""
+    candidates = [zoo.CIFAR_CNN.onnx_path(p) for p in ("fp32", "fp16", "int8")] + [zoo.DCGAN.onnx_path()]
+    return [p for p in candidates if p.is_file()]
+
+
+# ----------------------------------------------------------------------------- timing and statistics
+
+def time_runs(call: Callable[[int], object], warmup: int, runs: int | None = None,
+              seconds: float | None = None) -> list[float]:
+    """Call call(i) `warmup` times untimed, then time each call: `runs` calls, or as many as fit in
+    `seconds` (at least MIN_TIMED_RUNS). Returns every counted run's wall time in seconds."""
+    for i in range(warmup):
+        call(i)
+    timings = []
+    clock = time.perf_counter
+    if seconds is None:
+        for i in range(runs or DEFAULT_RUNS):
+            start = clock()
+            call(i)
+            timings.append(clock() - start)
+        return timings
+    deadline = clock() + seconds
+    i = 0
+    while clock() < deadline or len(timings) < MIN_TIMED_RUNS:
+        start = clock()
+        call(i)
+        timings.append(clock() - start)
+        i += 1
+    return timings
+
+
+def latency_stats(timings_s: list[float], batch_size: int) -> dict:
+    """p50/p90/p99/mean/min/max/std in ms, and throughput in items per second (batch / mean time,
+    i.e. what a loop of these runs really delivers)."""
+    t = np.asarray(timings_s, dtype=np.float64) * 1e3
+    p50, p90, p99 = np.percentile(t, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(t.mean()),
+            "min_ms": float(t.min()), "max_ms": float(t.max()), "std_ms": float(t.std()),
+            "throughput": float(batch_size * 1e3 / t.mean())}
+
+
+def accuracy_of(predict: Callable[[np.ndarray], np.ndarray], labels: list[str], pool: InputPool,
+                what: str) -> tuple[float, int] | None:
+    """(top-1 accuracy, image count) of `predict` (images → logits) on the pool's labelled images,
+    the data's class names matched to the model's labels by name; None without labels."""
+    if pool.labels is None or not labels or pool.class_names is None:
+        return None
+    index = {name: i for i, name in enumerate(labels)}
+    missing = [name for name in pool.class_names if name not in index]
+    if missing:
+        raise BenchError(f"--data: class {missing[0]!r} is not one of {what}'s labels")
+    truth = np.asarray([index[pool.class_names[c]] for c in pool.labels])
+    predicted = np.concatenate([predict(pool.items[i:i + ACCURACY_BATCH]).argmax(1)
+                                for i in range(0, len(pool.items), ACCURACY_BATCH)])
+    return float(np.mean(predicted == truth)), len(truth)
+
+
+# ----------------------------------------------------------------------------- ONNX plans
+
+def _load(path: Path):
+    import onnx
+
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError for a file that is not ONNX
+        raise ModelError(f"{path}: not an ONNX model ({str(exc).strip().splitlines()[0]})") from None
+
+
+def _pool_for(specs: list[inp.TensorSpec], shapes: dict, meta: dict, ctx: Context) -> InputPool | None:
+    """The real-data pool for a one-input contract-style model: uint8 [N, H, W, 3] images or a
+    generator's float [N, D] latents; None for anything else (its inputs are synthesised)."""
+    if len(specs) != 1:
+        return None
+    spec, shape = specs[0], shapes[specs[0].name]
+    if spec.dtype == "uint8" and len(shape) == 4 and shape[3] == 3:
+        return ctx.images((shape[1], shape[2]))
+    if spec.dtype == "float" and len(shape) == 2 and (meta.get("toolkit.task") == "generate" or isinstance(spec.dims[1], int)):
+        return ctx.latents(shape[1])
+    return None
+
+
+def onnx_plans(path: Path, provider: str, hint: str | None, ctx: Context) -> list[Plan]:
+    """One plan per distinct input shape set (batch sizes a static model cannot take collapse)."""
+    cfg = ctx.cfg
+    proto = _load(path)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    specs = inp.signature(proto)
+    precision = inp.guess_precision(proto)
+    shape_sets: list[dict] = []
+    for batch_size in cfg.batch_sizes:
+        shapes = inp.resolve_shapes(specs, cfg.shapes, batch_size, path.name)
+        if shapes not in shape_sets:
+            shape_sets.append(shapes)
+    start = time.perf_counter()
+    model = open_model(path, provider, threads=cfg.threads, trt_fp16=precision == "fp16", trt_int8=precision == "int8",
+                       cache_dir=cfg.cache_dir, profile=provider != "openvino",
+                       precision_hint=hint if provider == "openvino" else None)
+    create_s = time.perf_counter() - start
+    device = provider not in CPU_SIDE and not cfg.include_copy
+    plans, where, accuracy = [], None, None
+    for shapes in shape_sets:
+        batch_size = inp.batch_of(specs, shapes)
+        pool = _pool_for(specs, shapes, meta, ctx)
+        if pool is not None:
+            feeds = [{specs[0].name: b} for b in ctx.rotating(pool, batch_size)]
+            source = pool.source
+        else:
+            feeds = inp.synthesised_feeds(specs, shapes)
+            source = inp.synthesised_source(specs, shapes)
+        if where is None:
+            # The placement comes from the first (profiled) run; profiling is off for every run after it.
+            where = placement(model, feeds[0])
+            ctx.log(f"{path.name} on {provider}{f' ({hint})' if hint else ''}: session {create_s:.3f} s, nodes "
+                    + ", ".join(f"{k} {v}" for k, v in where.items()) + f"; inputs: {source}")
+            if pool is not None and meta.get("toolkit.task") == "classify":
+                accuracy = accuracy_of(model.run, model.labels, pool, path.name)
+        macs = inp.multiply_adds(proto, shapes)
+        facts = {"model": meta.get("toolkit.model", path.name.split(".")[0]), "precision": precision,
+                 "provider": provider, "backend": backend(model), "batch_size": batch_size,
+                 "compute": "bf16" if hint == "bf16" else None, "file": inp.shown(path),
+                 "file_size_bytes": path.stat().st_size, "session_create_s": create_s, "placement": where,
+                 "io_binding": device, "input": source, "input_buffers": len(feeds),
+                 "shapes": {name: list(s) for name, s in shapes.items()},
+                 "multiply_adds_per_item": round(macs / batch_size) if macs else None}
+        if provider == "openvino":
+            facts["openvino_cache"] = "hit" if getattr(model, "cache_hit", False) else "miss"
+        plans.append(Plan(facts, step(model, feeds, device), accuracy, meta))
+    return plans
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+def check_providers(providers: list[str]) -> None:
+    """Raise ProviderError for the first requested provider that cannot create a session here,
+    before anything is measured."""
+    for name in providers:
+        if name not in PROVIDERS:
+            raise ProviderError(f"unknown provider {name!r} (choose from {', '.join(PROVIDERS)})")
+    usable = usable_providers() if set(providers) - {"cpu"} else ["cpu"]
+    for name in providers:
+        if name not in usable:
+            hint = " (pip install 'toolkit[openvino]')" if name == "openvino" else ""
+            raise ProviderError(f"provider '{name}' was requested but cannot create a session on this "
+                                f"machine{hint}; refusing to fall back")
+
+
+def make_row(plan: Plan, cfg: BenchConfig) -> dict:
+    """One result row: the keys that identify it, the statistics, the settings, then the facts."""
+    facts = dict(plan.facts)
+    head = {k: facts.pop(k) for k in ("model", "precision", "provider", "backend", "batch_size", "compute")}
+    return {**head, **latency_stats(plan.timings, head["batch_size"]),
+            "accuracy": plan.accuracy[0] if plan.accuracy else None,
+            "accuracy_n": plan.accuracy[1] if plan.accuracy else None,
+            "threads": cfg.threads, "warmup_runs": cfg.warmup, "runs": len(plan.timings), "rounds": cfg.rounds,
+            **facts, "timings_ms": [round(t * 1e3, 4) for t in plan.timings]}
+
+
+def _measure(plans: list[Plan], cfg: BenchConfig, done: Callable[[Plan], None]) -> None:
+    """Time every plan; `done(plan)` as soon as a plan's timings are complete."""
+    if cfg.rounds == 1:
+        for plan in plans:
+            plan.timings = time_runs(plan.call, cfg.warmup, cfg.runs, cfg.seconds)
+            done(plan)
+        return
+    for plan in plans:
+        time_runs(plan.call, cfg.warmup, runs=0)
+    runs = math.ceil((cfg.runs or DEFAULT_RUNS) / cfg.rounds) if cfg.seconds is None else None
+    seconds = cfg.seconds / cfg.rounds if cfg.seconds is not None else None
+    for round_index in range(cfg.rounds):
+        for plan in plans:
+            plan.timings += time_runs(plan.call, 0, runs, seconds)
+            if round_index == cfg.rounds - 1:
+                done(plan)
+
+
+def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None,
+                  log: Callable[[str], None] | None = None) -> dict:
+    """Measure every model × provider × batch size (the PyTorch rows last). Returns
+    {"machine", "roof", "rows", "created", "command"}."""
+    if not cfg.models:
+        raise BenchError("no models to measure: none of the shipped models exist in models/ (pass --model)")
+    if cfg.runs is not None and cfg.seconds is not None:
+        raise BenchError("--runs and --seconds are exclusive")
+    if cfg.rounds < 1:
+        raise BenchError("--rounds must be at least 1")
+    cfg = replace(cfg, threads=cfg.threads or available_cores())
+    for path in cfg.models:
+        if not Path(path).is_file():
+            raise ModelError(f"{path}: no such model file")
+    check_providers(cfg.providers)
+    ctx = Context(cfg, log or (lambda message: None))
+    plans: list[Plan] = []
+    for path in cfg.models:
+        for provider in cfg.providers:
+            hints: list[str | None] = list(cfg.precision_hints or ["f32"]) if provider == "openvino" else [None]
+            if provider == "openvino" and inp.guess_precision(_load(Path(path))) == "int8":
+                # An int8 file computes in int8 whatever the hint; one set of rows (the first hint) says it.
+                hints = hints[:1]
+            for hint in hints:
+                plans += onnx_plans(Path(path), provider, hint, ctx)
+    if cfg.torch_rows is not None:
+        first_per_model: dict[str, Plan] = {}
+        for plan in plans:
+            first_per_model.setdefault(plan.facts["model"], plan)
+        for first in list(first_per_model.values()):
+            plans += cfg.torch_rows(first, ctx)
+    runtimes = sorted({p.facts["backend"] for p in plans if p.facts["provider"] in CPU_SIDE} - {"torch"})
+    roof = measure_roof(cfg.threads, runtimes, ctx.log) if cfg.roof and runtimes else None
+    rows = []
+
+    def done(plan: Plan) -> None:
+        row = make_row(plan, cfg)
+        row["isa_roof_share"], row["gemm_roof_share"] = shares(row, roof)
+        rows.append(row)
+        if on_row:
+            on_row(row)
+
+    _measure(plans, cfg, done)
+    return {"machine": machine_info(), "roof": roof, "rows": rows,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
