@@ -27,6 +27,7 @@ import json
 import sys
 import tempfile
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from toolkit import bench, quantize, wrap  # noqa: E402
+from toolkit.core.fsio import atomic_write_text  # noqa: E402
 
 DATA = REPO / "data" / "cifar10-jpeg" / "train"
 RESULTS = REPO / "benchmarks" / "results"
@@ -170,6 +172,30 @@ def report(machine: dict, rows: list[dict], facts: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure_all(work: Path, size: int, batches: list[int], seconds: float, warmup: int,
+                args: argparse.Namespace) -> dict:
+    """Export theirs, wrap, quantize and bench, in `work`; the facts for the report."""
+    original, wrapped = work / "resnet18.onnx", work / "resnet18.wrapped.onnx"
+    int8 = work / "resnet18.wrapped.int8.onnx"
+    parameters = export_theirs(original, size)
+    print(f"their model: {original} ({original.stat().st_size / 1e6:.1f} MB, {parameters:,} parameters)")
+    wrapped_result = wrap(original, wrapped, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="resnet18",
+                          labels=[f"class_{i:03d}" for i in range(1000)], images=DATA, log=print)
+    print(wrapped_result.describe())
+    q = quantize(wrapped, int8, "int8", data=DATA, unlabeled=True, calibration_images=args.calibration_images,
+                 guard_images=args.guard_images, min_agreement=args.min_agreement, log=print)
+    print(q.describe())
+    machine, rows = measure([original, wrapped, int8], batches, args.rounds, seconds, warmup)
+    return {"machine": machine, "rows": rows, "original": original.name, "wrapped": wrapped.name,
+            "int8": int8.name, "size": size, "parameters": parameters, "rounds": args.rounds, "seconds": seconds,
+            "warmup": warmup, "command": " ".join(["python benchmarks/byom.py", *sys.argv[1:]]),
+            "created": datetime.now().isoformat(timespec="seconds"),
+            "wrap_max_diff": wrapped_result.max_abs_diff, "wrap_images": wrapped_result.n_images,
+            "calibration": args.calibration_images, "agreement": q.score, "guard_images": args.guard_images,
+            "min_agreement": args.min_agreement, "excluded": q.excluded,
+            "classes_predicted": classes_predicted(wrapped, size, args.guard_images)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Smoke test: 64×64, short runs, temp output.")
@@ -184,28 +210,12 @@ def main() -> None:
     size, batches, warmup = (64, [1, 8], 2) if args.quick else (224, [1, 64], 3)
     seconds = 0.6 if args.quick else args.seconds
     out_dir = Path(tempfile.mkdtemp(prefix="byom_")) if args.quick else RESULTS
-    work = Path(tempfile.mkdtemp(prefix="byom_models_"))
-    original, wrapped, int8 = work / "resnet18.onnx", work / "resnet18.wrapped.onnx", work / "resnet18.wrapped.int8.onnx"
-    parameters = export_theirs(original, size)
-    print(f"their model: {original} ({original.stat().st_size / 1e6:.1f} MB, {parameters:,} parameters)")
-    wrapped_result = wrap(original, wrapped, mean=IMAGENET_MEAN, std=IMAGENET_STD, name="resnet18",
-                          labels=[f"class_{i:03d}" for i in range(1000)], images=DATA, log=print)
-    print(wrapped_result.describe())
-    q = quantize(wrapped, int8, "int8", data=DATA, unlabeled=True, calibration_images=args.calibration_images,
-                 guard_images=args.guard_images, min_agreement=args.min_agreement, log=print)
-    print(q.describe())
-    machine, rows = measure([original, wrapped, int8], batches, args.rounds, seconds, warmup)
-    facts = {"original": original.name, "wrapped": wrapped.name, "int8": int8.name, "size": size,
-             "parameters": parameters, "rounds": args.rounds, "seconds": seconds, "warmup": warmup,
-             "command": " ".join(["python benchmarks/byom.py", *sys.argv[1:]]),
-             "created": __import__("datetime").datetime.now().isoformat(timespec="seconds"),
-             "wrap_max_diff": wrapped_result.max_abs_diff, "wrap_images": wrapped_result.n_images,
-             "calibration": args.calibration_images, "agreement": q.score, "guard_images": args.guard_images,
-             "min_agreement": args.min_agreement, "excluded": q.excluded,
-             "classes_predicted": classes_predicted(wrapped, size, args.guard_images)}
+    with tempfile.TemporaryDirectory(prefix="byom_models_") as tmp:
+        facts = measure_all(Path(tmp), size, batches, seconds, warmup, args)
+    machine = facts.pop("machine")
+    rows = facts.pop("rows")
     text = report(machine, rows, facts)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from toolkit.core.fsio import atomic_write_text
     atomic_write_text(out_dir / "byom.md", text)
     atomic_write_text(out_dir / "byom.json", json.dumps({"machine": machine, "facts": facts, "rows": rows}, indent=1))
     print(text)

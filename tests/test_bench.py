@@ -21,7 +21,13 @@ from typer.testing import CliRunner
 from toolkit import zoo
 from toolkit.cli import app
 from toolkit.core import bench
-from toolkit.core.sessions import gpu_name, model_hash, provider_options, tensorrt_version, usable_providers
+from toolkit.core.sessions import (
+    gpu_name,
+    model_hash,
+    provider_options,
+    tensorrt_version,
+    usable_providers,
+)
 
 LABELS = ["cat", "dog"]
 REQUIRED_ROW_KEYS = {"model", "precision", "provider", "backend", "batch_size", "compute", "p50_ms", "p90_ms",

@@ -10,11 +10,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from tests.test_bench import tiny_classifier
 from toolkit.cli import app
 from toolkit.core import bench
 from toolkit.core.bench import roof
 from toolkit.core.openvino import version as openvino_version
-from tests.test_bench import tiny_classifier
 
 needs_compiler = pytest.mark.skipif(roof.find_compiler() is None, reason="no C compiler here")
 

@@ -116,7 +116,8 @@ def test_a_pickle_that_needs_full_unpickling_is_refused_unrun(tmp_path, user_net
     marker = tmp_path / "created_by_the_pickle"
     torch.save({"weight": Payload(marker)}, tmp_path / "evil.pt")
     result = runner.invoke(app, ["export", "--module", f"{folder / 'net.py'}:Net", "--weights",
-                                 str(tmp_path / "evil.pt"), "--input-size", "40", "48", "--out", str(tmp_path / "x.onnx")])
+                                 str(tmp_path / "evil.pt"), "--input-size", "40", "48",
+                                 "--out", str(tmp_path / "x.onnx")])
     assert result.exit_code == 1 and "refused" in result.output and "full unpickling" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "x.onnx").exists()
@@ -131,7 +132,8 @@ def test_weights_that_do_not_fit_are_listed(tmp_path, user_net):
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "partial.pt")
     result = runner.invoke(app, ["export", "--module", f"{folder / 'net.py'}:Net", "--weights",
-                                 str(tmp_path / "partial.pt"), "--input-size", "40", "48", "--out", str(tmp_path / "x.onnx")])
+                                 str(tmp_path / "partial.pt"), "--input-size", "40", "48",
+                                 "--out", str(tmp_path / "x.onnx")])
     assert result.exit_code == 1
     assert "missing head.bias" in result.output and "unexpected extra.weight" in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -170,7 +172,8 @@ def test_factory_in_a_package_and_fp16(tmp_path, user_net):
     try:
         result = runner.invoke(app, ["export", "--module", "usernets.models:make_net", "--weights",
                                      str(folder / "net.safetensors"), "--input-size", "40", "48", "--labels",
-                                     "a,b,c,d", "--data", str(folder / "tree"), "--precision", "fp16", "--out", str(out)])
+                                     "a,b,c,d", "--data", str(folder / "tree"), "--precision", "fp16",
+                                     "--out", str(out)])
     finally:
         sys.path.remove(str(tmp_path / "pkgroot"))
         for name in [m for m in sys.modules if m == "usernets" or m.startswith("usernets.")]:

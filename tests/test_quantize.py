@@ -14,9 +14,11 @@ runner = CliRunner(env={"COLUMNS": "200"})
 @pytest.fixture(scope="module")
 def trained_weights(tmp_path_factory, class_tree):
     """A CNN briefly trained on the generated colour-coded tree: confident enough to quantize."""
-    from toolkit.build.train import ClassifierConfig, train_classifier
+    from toolkit.build.config import ClassifierConfig
+    from toolkit.build.train_classifier import train_classifier
     out = tmp_path_factory.mktemp("trained") / "cnn.safetensors"
-    summary = train_classifier(ClassifierConfig(data=str(class_tree), epochs=3, batch_size=16, lr=2e-3, seed=0), out)
+    summary = train_classifier(ClassifierConfig(data=str(class_tree), epochs=3, batch_size=16, lr=2e-3, seed=0,
+                                                translate=0, label_smoothing=0.0), out)
     assert summary["val_accuracy"] >= 0.9
     return out
 
@@ -52,9 +54,9 @@ def test_dynamic_int8_is_refused_for_convolutions(tmp_path, trained_weights, cla
 def test_accuracy_guard_excludes_the_most_sensitive_nodes(tmp_path, trained_weights, class_tree):
     """Calibrating on black images makes every activation range far too narrow, so the fully
     quantized model fails the guard; it must keep nodes in float until the accuracy holds."""
+    from toolkit.build.export import export_classifier
     from toolkit.core import quantize
     from toolkit.core.data import read_split
-    from toolkit.build.export import export_classifier
 
     fp32 = tmp_path / "fp32.onnx"
     export_classifier(fp32, trained_weights, class_tree, log=lambda *_: None)
@@ -70,9 +72,9 @@ def test_accuracy_guard_excludes_the_most_sensitive_nodes(tmp_path, trained_weig
 
 
 def test_accuracy_guard_fails_when_it_cannot_hold(tmp_path, trained_weights, class_tree, monkeypatch):
+    from toolkit.build.export import export_classifier
     from toolkit.core import quantize
     from toolkit.core.data import read_split
-    from toolkit.build.export import export_classifier
 
     fp32 = tmp_path / "fp32.onnx"
     export_classifier(fp32, trained_weights, class_tree, log=lambda *_: None)
@@ -84,7 +86,7 @@ def test_accuracy_guard_fails_when_it_cannot_hold(tmp_path, trained_weights, cla
                                log=lambda *_: None)
 
 
-# ----------------------------------------------------------------------------- toolkit quantize (any contract classifier)
+# ----------------------------------------------------------------------------- quantize any contract classifier
 
 @pytest.fixture(scope="module")
 def trained_onnx(tmp_path_factory, trained_weights, class_tree):

@@ -214,6 +214,14 @@ def test_failing_parity_gate_writes_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs.onnx"]
 
 
+def test_a_model_over_the_protobuf_limit_is_refused_clearly(tmp_path, monkeypatch):
+    from toolkit.core import wrap_graph
+    monkeypatch.setattr(wrap_graph, "PROTOBUF_LIMIT", 1000)      # stands in for 2 GB
+    result = wrap(foreign_classifier(tmp_path / "theirs.onnx"), "--out", tmp_path / "mine.onnx")
+    assert result.exit_code == 1 and "2 GB limit" in result.output
+    assert not (tmp_path / "mine.onnx").exists()
+
+
 def test_224_classifier_classifies_and_evaluates_any_image_size(tmp_path):
     """The resize path: a 224×224 wrapped model on the sample photos and on a 32×32 class tree."""
     src = foreign_classifier(tmp_path / "big.onnx", size=(224, 224), classes=3)
@@ -264,9 +272,9 @@ def bare_cnn_onnx(path, nhwc_bgr=False):
 @pytest.fixture(scope="module")
 def shipped_accuracy(tmp_path_factory):
     from toolkit.build.export import export_classifier
+    from toolkit.core.data import read_split
     from toolkit.core.infer import evaluate
     from toolkit.core.sessions import open_model
-    from toolkit.core.data import read_split
 
     if not DATA.is_dir():
         pytest.skip("needs data/cifar10-jpeg (make data)")

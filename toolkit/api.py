@@ -95,7 +95,8 @@ def open_model(path: PathLike, provider: str = "cpu", threads: int | None = None
 
 
 def _model(model: Model | PathLike) -> Model:
-    return model if hasattr(model, "session") else open_model(model)  # type: ignore[arg-type]
+    from toolkit.core.sessions import Model
+    return model if isinstance(model, Model) else open_model(model)
 
 
 def classify(model: Model | PathLike, images: Sequence[PathLike] | PathLike, k: int = 3) -> list[Prediction]:

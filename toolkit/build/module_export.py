@@ -79,7 +79,7 @@ def load_module(target: str):
             source = importlib.import_module(where)
     except ModuleExportError:
         raise
-    except Exception as exc:  # noqa: BLE001  (user code may raise anything while importing)
+    except Exception as exc:  # (user code may raise anything while importing)
         raise ModuleExportError(f"cannot import {shown(where)}: {_first_line(exc)}") from None
     factory = getattr(source, name, None)
     if factory is None:
@@ -90,7 +90,7 @@ def load_module(target: str):
         raise ModuleExportError(f"{name} is neither an nn.Module class nor a factory function")
     try:
         module = factory()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModuleExportError(f"{name}() failed (it must take no arguments): {_first_line(exc)}") from None
     if not isinstance(module, nn.Module):
         raise ModuleExportError(f"{name}() returned {type(module).__name__}, not an nn.Module")
@@ -113,7 +113,7 @@ def load_state_dict(path: str | os.PathLike) -> dict:
         from safetensors.torch import load_file
         try:
             return load_file(str(path), device="cpu")
-        except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types)
+        except Exception as exc:  # (safetensors raises its own error types)
             raise ModuleExportError(f"{shown(path)}: not a readable safetensors file ({_first_line(exc)})") from None
     try:
         # weights_only=True is explicit, so no environment variable can turn full unpickling back on.
@@ -122,7 +122,7 @@ def load_state_dict(path: str | os.PathLike) -> dict:
         raise ModuleExportError(f"{shown(path)}: refused: it needs full unpickling (it stores Python objects, "
                                 f"not only tensors), which can run code; nothing in it was run. Save "
                                 f"model.state_dict() instead, or use safetensors") from None
-    except Exception as exc:  # noqa: BLE001  (corrupt zip, truncated file, …)
+    except Exception as exc:  # (corrupt zip, truncated file, …)
         raise ModuleExportError(f"{shown(path)}: not a readable torch file ({_first_line(exc)})") from None
     return _tensors_of(obj, path)
 
@@ -152,7 +152,8 @@ def apply_weights(module, state: dict, where: str) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        parts = [f"missing {_listed(missing)}"] * bool(missing) + [f"unexpected {_listed(unexpected)}"] * bool(unexpected)
+        parts = [f"missing {_listed(missing)}"] if missing else []
+        parts += [f"unexpected {_listed(unexpected)}"] if unexpected else []
         raise ModuleExportError(f"{where}: weights do not fit the module: {'; '.join(parts)}")
     wrong = [f"{k} {list(state[k].shape)} vs {list(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
     if wrong:
@@ -197,8 +198,10 @@ def export_module(module: str, weights: str | os.PathLike, input_size: tuple[int
 def _export_fp32(module: str, weights, input_size, out: Path, labels, mean, std, data, name: str, log) -> dict:
     import torch
 
-    from toolkit.build import export
+    from toolkit.build.export import FP32_TOLERANCE, torch_logits
     from toolkit.build.nets.layers import Classifier
+    from toolkit.build.onnx_export import torch_to_onnx
+    from toolkit.core.contract import compare_outputs, run_onnx, set_metadata, write_model
 
     height, width = (int(v) for v in input_size)
     if min(height, width) < 1:
@@ -211,8 +214,9 @@ def _export_fp32(module: str, weights, input_size, out: Path, labels, mean, std,
     with torch.no_grad():
         try:
             probe = net(torch.zeros(2, 3, height, width))
-        except Exception as exc:  # noqa: BLE001  (the user's forward may raise anything)
-            raise ModuleExportError(f"the module fails on a [2, 3, {height}, {width}] input: {_first_line(exc)}") from None
+        except Exception as exc:  # (the user's forward may raise anything)
+            raise ModuleExportError(f"the module fails on a [2, 3, {height}, {width}] input: "
+                                    f"{_first_line(exc)}") from None
     if not torch.is_tensor(probe) or probe.dim() != 2 or probe.shape[0] != 2:
         shape = list(probe.shape) if torch.is_tensor(probe) else type(probe).__name__
         raise ModuleExportError(f"forward() must return class scores [N, K]; it returned {shape}")
@@ -222,27 +226,27 @@ def _export_fp32(module: str, weights, input_size, out: Path, labels, mean, std,
     labels = labels or [str(i) for i in range(classes)]
     head = Classifier(net, mean, std).eval()
     try:
-        proto = export.torch_to_onnx(head, (torch.zeros((2, height, width, 3), dtype=torch.uint8),),
-                                     ["image"], ["logits"])
-    except Exception as exc:  # noqa: BLE001  (the exporter raises many types for unsupported code)
+        proto = torch_to_onnx(head, (torch.zeros((2, height, width, 3), dtype=torch.uint8),),
+                              ["image"], ["logits"], log=log)
+    except Exception as exc:  # (the exporter raises many types for unsupported code)
         raise ModuleExportError(f"torch.onnx.export failed: {_first_line(exc)}") from None
     # File names only: the metadata travels with the model and should not reveal the builder's folders.
     where, _, attr = module.rpartition(":")
     source = {"module": f"{Path(where).name if where.endswith('.py') else where}:{attr}",
               "weights": Path(weights).name, "mean": list(mean), "std": list(std)}
-    export.set_metadata(proto, "classify", name, "fp32", labels=labels, source=json.dumps(source))
+    set_metadata(proto, "classify", name, "fp32", labels=labels, source=json.dumps(source))
     images = _parity_images(data, (height, width), log)
-    reference = export.torch_logits(head, images)
+    reference = torch_logits(head, images)
     result: list = []
 
     def gate(tmp: Path) -> None:
-        parity = export.compare_outputs(reference, export.run_onnx(tmp, images), classify=True)
+        parity = compare_outputs(reference, run_onnx(tmp, images), classify=True)
         result.append(parity)
-        if parity.top1_agreement < 1.0 or parity.max_abs_diff > export.FP32_TOLERANCE:
+        if (parity.top1_agreement or 0.0) < 1.0 or parity.max_abs_diff > FP32_TOLERANCE:
             raise ModuleExportError(f"parity gate failed against PyTorch: {parity.describe()} (need identical "
-                                    f"top-1 and max |Δ| ≤ {export.FP32_TOLERANCE:g}); nothing written")
+                                    f"top-1 and max |Δ| ≤ {FP32_TOLERANCE:g}); nothing written")
 
-    export.write_model(proto, out, gate)
+    write_model(proto, out, gate)
     if not out.name.startswith("."):
         log(f"wrote {out}: uint8 [N, {height}, {width}, 3] → logits [N, {classes}]; {result[0].describe()} vs PyTorch")
     return {"path": str(out), "classes": classes, "parity": result[0].__dict__}

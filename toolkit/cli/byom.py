@@ -75,7 +75,7 @@ def wrap(
         spec = WrapSpec(layout=layout.value if layout else None, channels=channels.value, scale=scale,
                         mean=parse_triple(mean, "--mean"), std=parse_triple(std, "--std", positive=True),
                         labels=parse_labels(labels) if labels is not None else None,
-                        size=tuple(size) if size else None, output=output, outputs=outputs.value, name=name)
+                        size=(size[0], size[1]) if size else None, output=output, outputs=outputs.value, name=name)
         result = run_wrap(source, out, spec, images or zoo.MODELS_DIR / "samples", log=typer.echo)
     except (WrapError, InputError, OSError) as exc:
         fail(_one_line(exc))

@@ -118,7 +118,7 @@ def open_openvino(path: str | Path, threads: int | None = None, precision_hint: 
         raise ModelError(f"{path}: no such model file")
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises its own DecodeError for a file that is not ONNX
+    except Exception as exc:  # noqa: BLE001  (protobuf raises its own DecodeError for a file that is not ONNX)
         raise ModelError(f"{path}: not an ONNX model ({str(exc).strip().splitlines()[0]})") from None
     ov = _ov()
     core = ov.Core()
@@ -128,13 +128,14 @@ def open_openvino(path: str | Path, threads: int | None = None, precision_hint: 
     cache = Path(cache_dir or DEFAULT_CACHE / "openvino")
     cache.mkdir(parents=True, exist_ok=True)
     before = set(cache.iterdir())
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint, "CACHE_DIR": str(cache)}
+    config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint,
+                                    "CACHE_DIR": str(cache)}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     start = time.perf_counter()
     try:
         compiled = core.compile_model(str(path), "CPU", config)
-    except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line reports
+    except Exception as exc:  # noqa: BLE001  (OpenVINO raises several types with multi-line reports)
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise ProviderError(f"openvino: cannot compile {path.name} ({(lines[-1] if lines else type(exc).__name__)[:300]})"
                             ) from None

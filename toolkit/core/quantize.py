@@ -20,6 +20,7 @@ Only this module and export.py touch onnxruntime.quantization; nothing here impo
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> onnx.ModelPr
 
 
 def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray, method: str = "minmax",
-                         exclude: list[str] = (), advance=None, target: str = "cpu") -> onnx.ModelProto:
+                         exclude: Sequence[str] = (), advance=None, target: str = "cpu") -> onnx.ModelProto:
     """One static QDQ quantization pass of an already pre-processed fp32 model."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -143,7 +144,7 @@ def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     tensorrt = target == "tensorrt"
-    extra = {"ActivationSymmetric": tensorrt, "WeightSymmetric": True}
+    extra: dict[str, object] = {"ActivationSymmetric": tensorrt, "WeightSymmetric": True}
     if tensorrt:
         # TensorRT computes biases itself in float; an int32 bias DequantizeLinear is not its form.
         extra["QuantizeBias"] = False
@@ -159,12 +160,16 @@ def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray
     return onnx.load(str(out_path))
 
 
-def rank_nodes_by_error(pre_path: Path, qdq_path: Path, images: np.ndarray, candidates: list[str]) -> list[tuple[str, float]]:
+def rank_nodes_by_error(pre_path: Path, qdq_path: Path, images: np.ndarray,
+                        candidates: list[str]) -> list[tuple[str, float]]:
     """Candidate nodes ordered from most to least harmful: the SQNR (dB) of each node's output
     in the QDQ model against the same tensor in the float model (lower = more error)."""
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
-                                                         create_activation_matching,
-                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
 
     model = onnx.load(str(pre_path))
     input_name = model.graph.input[0].name

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from toolkit.core import quantize
+from toolkit.core.contract import prune_opsets
 from toolkit.core.fsio import atomic_write, shown
 
 PRECISIONS = ("fp16", "int8")
@@ -56,7 +57,8 @@ class QuantizeResult:
         text = f"wrote {self.path} ({self.precision}"
         text += f", target {self.target})" if self.precision == "int8" else ")"
         if self.guard == "accuracy":
-            text += f"; validation accuracy {self.score:.2%} vs fp32 {self.fp32_score:.2%} ({-self.drop_points:+.2f} pt)"
+            text += (f"; validation accuracy {self.score:.2%} vs fp32 {self.fp32_score:.2%} "
+                     f"({-(self.drop_points or 0.0):+.2f} pt)")
         elif self.guard == "agreement":
             text += f"; top-1 agreement with fp32 {self.score:.2%} on the guard images"
         if self.excluded:
@@ -79,7 +81,7 @@ def classifier_facts(path: Path) -> tuple[dict[str, str], tuple[int, int]]:
         raise QuantizeError(f"{shown(path)}: no such model file")
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001  (protobuf raises several types for a bad file)
+    except Exception as exc:  # (protobuf raises several types for a bad file)
         raise QuantizeError(f"{shown(path)}: not an ONNX model ({str(exc).strip().splitlines()[0][:200]})") from None
     meta = {p.key: p.value for p in proto.metadata_props}
     if meta.get("toolkit.task") != "classify":
@@ -164,22 +166,15 @@ def _run(path: Path, images: np.ndarray) -> np.ndarray:
     return np.concatenate([model.run(images[i:i + 256]) for i in range(0, len(images), 256)])
 
 
-def _prune_opsets(proto: onnx.ModelProto) -> None:
-    """Drop opset imports no node uses (the quantizer adds some)."""
-    used = {n.domain or "" for n in proto.graph.node} | {""}
-    keep = [o for o in proto.opset_import if (o.domain or "") in used or o.domain == "ai.onnx"]
-    del proto.opset_import[:]
-    proto.opset_import.extend(keep)
-
-
 def _write(proto: onnx.ModelProto, out: Path, reference: np.ndarray, images: np.ndarray,
            min_agreement: float, max_diff: float | None, result: QuantizeResult) -> None:
     """Check, write to a temp file beside `out`, gate the variant's logits against fp32, rename."""
-    _prune_opsets(proto)
+    prune_opsets(proto)     # not check_contract: a wrapped model may keep its opset 13 (issue #10)
     try:
         onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:  # noqa: BLE001  (the checker raises several types)
-        raise QuantizeError(f"the {result.precision} model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # (the checker raises several types)
+        raise QuantizeError(f"the {result.precision} model fails the ONNX checker: "
+                            f"{str(exc).splitlines()[0]}") from None
 
     def write_and_gate(tmp: Path) -> None:
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
@@ -188,9 +183,11 @@ def _write(proto: onnx.ModelProto, out: Path, reference: np.ndarray, images: np.
         result.max_abs_diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
         result.n_gate = len(images)
         if result.agreement < min_agreement or (max_diff is not None and result.max_abs_diff > max_diff):
-            limit = f"≥ {min_agreement:.0%} agreement" + (f" and max |Δ| ≤ {max_diff:g}" if max_diff is not None else "")
+            limit = f"≥ {min_agreement:.0%} agreement"
+            limit += f" and max |Δ| ≤ {max_diff:g}" if max_diff is not None else ""
             raise QuantizeError(f"{result.precision} gate failed against fp32 on {len(images)} images: agreement "
-                                f"{result.agreement:.2%}, max |Δ| {result.max_abs_diff:.3g} (need {limit}); nothing written")
+                                f"{result.agreement:.2%}, max |Δ| {result.max_abs_diff:.3g} (need {limit}); "
+                                f"nothing written")
 
     atomic_write(out, write_and_gate)
 

@@ -1,9 +1,10 @@
 """The graph side of `toolkit wrap`: read a foreign ONNX classifier, tell its interface, and join
 the contract's preprocessing and post-processing to it with `onnx.compose.merge_models`.
 
-Reading is guarded: one regular file under protobuf's 2 GB limit, external data only from inside
-the model's own folder. The foreign graph itself is never edited beyond what joining needs (opset
-raised to 13 if older, a fixed batch made dynamic, names prefixed only on a collision).
+Reading is guarded (toolkit.core.contract.check_model_file): one regular file under protobuf's 2 GB
+limit, external data only from inside the model's own folder. The foreign graph itself is never
+edited beyond what joining needs (opset raised to 13 if older, a fixed batch made dynamic, names
+prefixed only on a collision).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from toolkit.core.fsio import InputError, read_regular_file, shown
+from toolkit.core.fsio import shown
 
 PROTOBUF_LIMIT = 2**31 - 1
 MIN_OPSET = 13
 TINY = 1e-38                     # log(0) would be -inf; the smallest normal float32 keeps logits finite
 PREFIX = "toolkit_wrap/"
-FLOAT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}
+FLOAT_TYPES: dict[int, type] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16,
+                                TensorProto.DOUBLE: np.float64}
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
                  "MatMulInteger"}
 
@@ -51,46 +53,28 @@ class WrapSpec:
 
 # ----------------------------------------------------------------------------- reading the foreign model
 
-def check_external_data(model: onnx.ModelProto, folder: Path) -> int:
-    """Refuse external data that does not resolve to a regular file inside `folder` (no absolute
-    paths, no `..`, no symlink out of it). Returns the external bytes referenced."""
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
-
-    root = folder.resolve()
-    total = 0
-    for tensor in _get_all_tensors(model):
-        if tensor.data_location != TensorProto.EXTERNAL:
-            continue
-        info = ExternalDataInfo(tensor)
-        target = (root / info.location).resolve()
-        if Path(info.location).is_absolute() or not target.is_relative_to(root):
-            raise WrapError(f"tensor {tensor.name}: external data {shown(info.location)} lies outside the "
-                            f"model's folder; refused")
-        if not target.is_file():
-            raise WrapError(f"tensor {tensor.name}: external data file {shown(info.location)} not found beside the model")
-        total += int(info.length) if info.length else target.stat().st_size
-    return total
-
-
 def load_foreign(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load an ONNX file made elsewhere, external data included (from inside its folder only)."""
+    """Load an ONNX file made elsewhere, external data included — read only if every external
+    file lies inside the model's own folder (the contract's reading check)."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from toolkit.core.contract import ModelFileError, check_model_file
+
     path = Path(path)
     size = _file_size(path)
     if size > PROTOBUF_LIMIT:
         raise WrapError(f"{shown(path)}: {size / 1e9:.1f} GB is over protobuf's 2 GB limit for one ONNX file; "
                         f"save it with external data (weights beside it) and wrap that")
     try:
-        model = onnx.load_model_from_string(read_regular_file(path, PROTOBUF_LIMIT))
-    except InputError as exc:
+        found = check_model_file(path)
+    except ModelFileError as exc:
         raise WrapError(str(exc)) from None
-    except Exception as exc:
-        raise WrapError(f"{shown(path)}: not an ONNX model ({_first_line(exc)})") from None
-    if size + check_external_data(model, path.parent) > PROTOBUF_LIMIT:
+    if found.total_size > PROTOBUF_LIMIT:
         raise WrapError(f"{shown(path)}: model and external data exceed protobuf's 2 GB limit, so the wrapped "
                         f"model cannot be one file")
-    from onnx.external_data_helper import load_external_data_for_model
-    load_external_data_for_model(model, str(path.parent))
-    return model
+    if found.external:
+        load_external_data_for_model(found.proto, str(path.parent))
+    return found.proto
 
 
 def _file_size(path: Path) -> int:
@@ -151,7 +135,8 @@ def interface(model: onnx.ModelProto, spec: WrapSpec) -> Interface:
     inp = inputs[0]
     dtype = inp.type.tensor_type.elem_type
     if dtype not in FLOAT_TYPES:
-        raise WrapError(f"input {inp.name} is {TensorProto.DataType.Name(dtype).lower()}; wrap takes float image inputs")
+        raise WrapError(f"input {inp.name} is {TensorProto.DataType.Name(dtype).lower()}; "
+                        f"wrap takes float image inputs")
     dims = _dims(inp)
     if dims is None or len(dims) != 4:
         raise WrapError(f"input {inp.name} has shape {dims}; wrap takes 4-D image inputs [N, C, H, W] or [N, H, W, C]")
@@ -165,7 +150,7 @@ def interface(model: onnx.ModelProto, spec: WrapSpec) -> Interface:
             raise WrapError(f"input {inp.name} {_shape(dims)} has a dynamic spatial size; give --size H W")
         height, width = spec.size
     else:
-        height, width = int(spatial[0]), int(spatial[1])
+        height, width = int(spatial[0] or 0), int(spatial[1] or 0)
         if spec.size is not None and tuple(spec.size) != (height, width):
             raise WrapError(f"--size {spec.size[0]} {spec.size[1]} does not match the model's fixed "
                             f"{height}×{width} input")
@@ -216,7 +201,9 @@ def _constant(name: str, values, layout: str) -> TensorProto:
 
 def _preprocess_model(spec: WrapSpec, io: Interface, base: onnx.ModelProto) -> onnx.ModelProto:
     """uint8 [N, H, W, 3] RGB → the foreign model's input, as a graph of its own."""
-    nodes, inits, x = [], [], "image"
+    nodes: list[onnx.NodeProto] = []
+    inits: list[TensorProto] = []
+    x = "image"
 
     def add(op: str, inputs: list[str], **attrs) -> None:
         nonlocal x
@@ -249,8 +236,8 @@ def _preprocess_model(spec: WrapSpec, io: Interface, base: onnx.ModelProto) -> o
     if io.dtype != TensorProto.FLOAT:
         add("Cast", [], to=io.dtype)
     nodes[-1].output[0] = f"{PREFIX}input"
-    graph = helper.make_graph(nodes, "toolkit_preprocess",
-                              [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", io.height, io.width, 3])],
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", io.height, io.width, 3])
+    graph = helper.make_graph(nodes, "toolkit_preprocess", [image],
                               [helper.make_tensor_value_info(f"{PREFIX}input", io.dtype, None)], inits)
     return helper.make_model(graph, opset_imports=list(base.opset_import), ir_version=base.ir_version)
 

@@ -149,7 +149,13 @@ def batch_of(specs: list[TensorSpec], shapes: dict[str, tuple[int, ...]]) -> int
 def image_pool(size: tuple[int, int], data: Path | None) -> InputPool:
     """Real images at `size`: the validation part of `data` (fixed split), else the sample images
     in models/samples, else uniform noise — and the report says which."""
-    from toolkit.core.data import ImageError, list_images, load_image, read_split, resize
+    from toolkit.core.data import (
+        ImageError,
+        list_images,
+        load_image,
+        read_split,
+        resize,
+    )
 
     if data is not None:
         skipped: list[str] = []
@@ -260,7 +266,7 @@ def multiply_adds(proto, shapes: dict[str, tuple[int, ...]] | None = None) -> in
             dims[0].dim_value = 1
     try:
         graph = onnx.shape_inference.infer_shapes(proto).graph
-    except Exception:  # shape inference rejects some foreign graphs; the count is then unknown
+    except Exception:  # noqa: BLE001  (shape inference rejects some foreign graphs; the count is then unknown)
         return None
     known = {t.name: list(t.dims) for t in graph.initializer}
     for value in [*graph.input, *graph.value_info, *graph.output]:

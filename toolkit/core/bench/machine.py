@@ -55,8 +55,8 @@ def _nvidia_smi() -> tuple[list[dict], str | None]:
     """(GPUs with name, driver and memory, the driver's CUDA version) — empty without nvidia-smi."""
     try:
         query = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                                "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-        header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20)
+                                "--format=csv,noheader"], capture_output=True, text=True, check=False, timeout=20)
+        header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=False, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return [], None
     if query.returncode != 0:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -23,9 +23,15 @@ from toolkit import zoo
 from toolkit.core.bench import inputs as inp
 from toolkit.core.bench.inputs import BenchError, InputPool
 from toolkit.core.bench.machine import available_cores, machine_info
-from toolkit.core.bench.roof import measure_roof, shares
+from toolkit.core.bench.roof import measure_roof, remeasure_gemm, shares
 from toolkit.core.bench.runtime import backend, placement, step
-from toolkit.core.sessions import PROVIDERS, ModelError, ProviderError, open_model, usable_providers
+from toolkit.core.sessions import (
+    PROVIDERS,
+    ModelError,
+    ProviderError,
+    open_model,
+    usable_providers,
+)
 
 DEFAULT_BATCH_SIZES = (1, 64)
 DEFAULT_RUNS = 100
@@ -76,9 +82,9 @@ class Context:
     batches: dict = field(default_factory=dict)
 
     def images(self, size: tuple[int, int]) -> InputPool:
-        key = ("images", tuple(size))
+        key = ("images", size[0], size[1])
         if key not in self.pools:
-            self.pools[key] = inp.image_pool(tuple(size), self.cfg.data)
+            self.pools[key] = inp.image_pool((size[0], size[1]), self.cfg.data)
         return self.pools[key]
 
     def latents(self, dim: int) -> InputPool:
@@ -162,7 +168,7 @@ def _load(path: Path):
         raise ModelError(f"{path}: no such model file")
     try:
         return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises its own DecodeError for a file that is not ONNX
+    except Exception as exc:  # noqa: BLE001  (protobuf raises its own DecodeError for a file that is not ONNX)
         raise ModelError(f"{path}: not an ONNX model ({str(exc).strip().splitlines()[0]})") from None
 
 
@@ -283,7 +289,8 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None
         raise BenchError("--runs and --seconds are exclusive")
     if cfg.rounds < 1:
         raise BenchError("--rounds must be at least 1")
-    cfg = replace(cfg, threads=cfg.threads or available_cores())
+    threads = cfg.threads or available_cores()
+    cfg = replace(cfg, threads=threads)
     for path in cfg.models:
         if not Path(path).is_file():
             raise ModelError(f"{path}: no such model file")
@@ -305,7 +312,7 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None
         for first in list(first_per_model.values()):
             plans += cfg.torch_rows(first, ctx)
     runtimes = sorted({p.facts["backend"] for p in plans if p.facts["provider"] in CPU_SIDE} - {"torch"})
-    roof = measure_roof(cfg.threads, runtimes, ctx.log) if cfg.roof and runtimes else None
+    roof = measure_roof(threads, runtimes, ctx.log) if cfg.roof and runtimes else None
     rows = []
 
     def done(plan: Plan) -> None:
@@ -316,6 +323,10 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None
             on_row(row)
 
     _measure(plans, cfg, done)
+    if roof:
+        remeasure_gemm(roof, ctx.log)
+        for row in rows:
+            row["isa_roof_share"], row["gemm_roof_share"] = shares(row, roof)
     return {"machine": machine_info(), "roof": roof, "rows": rows,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}

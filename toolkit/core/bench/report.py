@@ -17,6 +17,17 @@ TABLE_COLUMNS = ("model", "precision", "runtime", "batch", "p50 ms", "p90 ms", "
                  "vs fp32", "ISA roof", "GEMM roof", "accuracy", "size MB", "session s", "runs")
 
 
+LEGEND = ("Latency is per batch. `vs torch`: PyTorch eager fp32 p50 / this row's p50 (same net, batch and "
+          "threads). `vs fp32`: this row's throughput / the fp32 row of the same runtime. `ISA roof`, `GEMM roof`: "
+          "this row's multiply-adds per second as a share of the issue roof and of the runtime's own best GEMM "
+          "(see above). A precision in brackets is what OpenVINO was asked to compute in. `runs`: warm-up + counted.")
+OPENVINO_NOTE = ("- OpenVINO computes float files in f32 unless a row says bf16 (its CPU default would be bf16); its "
+                 "session time is the compile time (a cached compile is marked `openvino_cache: hit` in the JSON).")
+GPU_NOTE = ("- GPU rows use IO binding (inputs and outputs stay on the device) unless `io_binding` is false in the "
+            "JSON (`--include-copy`). TensorRT builds its engine during warm-up; fp16 and int8 models run with "
+            "TensorRT's fp16 / int8 flag.")
+
+
 # ----------------------------------------------------------------------------- comparing runs
 
 def load_result(path: str | os.PathLike) -> dict:
@@ -112,8 +123,8 @@ def roof_table(doc: dict) -> list[str]:
             best[key] = r
     if not best:
         return []
-    lines = ["| model | precision | runtime | batch | img/s | G multiply-adds/s | ISA roof img/s | share | "
-             "GEMM roof img/s | share |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [("| model | precision | runtime | batch | img/s | G multiply-adds/s | ISA roof img/s | share | "
+              "GEMM roof img/s | share |"), "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for (model, precision, runtime), r in best.items():
         throughput = r["throughput"]
         isa, gemm = r.get("isa_roof_share"), r.get("gemm_roof_share")
@@ -132,11 +143,7 @@ def markdown_report(doc: dict) -> str:
         lines += ["", "## The measured roof", ""] + roof_lines(roof)
     lines += ["", "## Results", "", "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(doc)]
-    lines += ["", "Latency is per batch. `vs torch`: PyTorch eager fp32 p50 / this row's p50 (same net, batch and "
-              "threads). `vs fp32`: this row's throughput / the fp32 row of the same runtime. `ISA roof`, `GEMM "
-              "roof`: this row's multiply-adds per second as a share of the issue roof and of the runtime's own "
-              "best GEMM (see above). A precision in brackets is what OpenVINO was asked to compute in. "
-              "`runs`: warm-up + counted."]
+    lines += ["", LEGEND]
     distance = roof_table(doc)
     if distance:
         lines += ["", "## Distance from the roof (largest batch)", ""] + distance
@@ -148,20 +155,17 @@ def markdown_report(doc: dict) -> str:
     order = (f"interleaved in {rounds} rounds (each round gives every row its slice in turn, so load changes "
              "hit all rows alike)" if rounds > 1 else "one row after another")
     lines += ["", "## How it was measured", "",
-              f"- Threads: {first.get('threads')} for every runtime (onnxruntime intra-op, OpenVINO's "
-              "INFERENCE_NUM_THREADS with the LATENCY hint, torch); warm-up runs excluded; every counted run timed "
-              "with `time.perf_counter` (per-run timings in `<machine>.runs.json`, not committed). Rows measured "
-              f"{order}.",
-              f"- Inputs: {'; '.join(sources)}, drawn into a rotating set of distinct buffers (enough to span "
-              f"{BUFFER_BYTES >> 20} MiB, within {MIN_BUFFERS}–{MAX_BUFFERS} buffers) so a run does not find its input "
-              "in cache.",
+              (f"- Threads: {first.get('threads')} for every runtime (onnxruntime intra-op, OpenVINO's "
+               "INFERENCE_NUM_THREADS with the LATENCY hint, torch); warm-up runs excluded; every counted run timed "
+               "with `time.perf_counter` (per-run timings in `<machine>.runs.json`, not committed). Rows measured "
+               f"{order}."),
+              (f"- Inputs: {'; '.join(sources)}, drawn into a rotating set of distinct buffers (enough to span "
+               f"{BUFFER_BYTES >> 20} MiB, within {MIN_BUFFERS}–{MAX_BUFFERS} buffers) so a run does not find its "
+               "input in cache."),
               "- Throughput = batch size / mean latency. Accuracy: top-1 on the validation part of `--data`.",
-              "- OpenVINO computes float files in f32 unless a row says bf16 (its CPU default would be bf16); its "
-              "session time is the compile time (a cached compile is marked `openvino_cache: hit` in the JSON)."]
+              OPENVINO_NOTE]
     if any(r["provider"] not in ("cpu", "openvino") for r in rows):
-        lines += ["- GPU rows use IO binding (inputs and outputs stay on the device) unless `io_binding` is false "
-                  "in the JSON (`--include-copy`). TensorRT builds its engine during warm-up; fp16 and int8 "
-                  "models run with TensorRT's fp16 / int8 flag."]
+        lines += [GPU_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -203,7 +207,7 @@ def plot_report(doc: dict, path: str | os.PathLike) -> Path:
             throughput_ax.axhline(images, linestyle="--", linewidth=1, color="grey")
             throughput_ax.annotate(f"{kind} ISA roof {images:,.0f}", (0.01, images), xycoords=("axes fraction", "data"),
                                    fontsize=7, color="dimgrey", va="bottom")
-        batches = sorted({b for points in series.values() for b, _, _ in points})
+        ticks = sorted({b for points in series.values() for b, _, _ in points})
         for ax, ylabel, log_y in ((latency_ax, "p50 latency per batch (ms)", True),
                                   (throughput_ax, "throughput (images/s)", False)):
             ax.set_xscale("log", base=2)
@@ -211,7 +215,7 @@ def plot_report(doc: dict, path: str | os.PathLike) -> Path:
                 ax.set_yscale("log")
             else:
                 ax.set_ylim(bottom=0)
-            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.set_xticks(ticks, [str(b) for b in ticks])
             ax.minorticks_off()
             ax.set_xlabel("batch size")
             ax.set_ylabel(ylabel)

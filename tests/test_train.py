@@ -1,0 +1,166 @@
+"""The training loop: bit-for-bit resume after an interrupt, validation before work, CLI defaults
+taken from the config dataclasses, augmentation and schedule arithmetic. Tiny data, a few steps."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.conftest import write_class_tree
+from toolkit.build.checkpoint import load_tensors
+from toolkit.build.config import ClassifierConfig, GanConfig, ResNetConfig
+from toolkit.build.loop import Interrupted
+from toolkit.cli import app
+
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory):
+    return write_class_tree(tmp_path_factory.mktemp("small"), per_class=12)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def _stop_at(epoch: int, step: int):
+    def on_step(pos):
+        if (pos.epoch, pos.step) == (epoch, step):
+            raise KeyboardInterrupt
+    return on_step
+
+
+def _same_tensors(a, b) -> None:
+    ta, _ = load_tensors(a)
+    tb, _ = load_tensors(b)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+
+
+def _train_classifier(*args, **kwargs):
+    from toolkit.build.train_classifier import train_classifier
+    return train_classifier(*args, quiet=True, **kwargs)
+
+
+def _train_gan(*args, **kwargs):
+    from toolkit.build.train_gan import train_gan
+    return train_gan(*args, quiet=True, **kwargs)
+
+
+@pytest.mark.parametrize("cfg", [
+    ClassifierConfig(data="", epochs=2, batch_size=16, translate=2, ema=0.9),                 # dropout, AdamW, average
+    ResNetConfig(data="", epochs=2, batch_size=16, cutout=8),                                  # batch norm, SGD, bf16
+], ids=["cifar-cnn", "cifar-resnet"])
+def test_classifier_resume_after_interrupt_is_bit_identical(tmp_path, small_tree, cfg):
+    cfg = dataclasses.replace(cfg, data=str(small_tree))
+    straight, resumed = tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors"
+    _train_classifier(cfg, straight)
+    with pytest.raises(Interrupted, match="epoch 2, step 3"):
+        _train_classifier(cfg, resumed, on_step=_stop_at(1, 3))          # mid-epoch
+    assert not resumed.exists()
+    summary = _train_classifier(cfg, resumed, resume=True)
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    _same_tensors(straight, resumed)
+
+
+def test_gan_resume_after_interrupt_is_bit_identical(tmp_path, faces):
+    cfg = GanConfig(data=str(faces), epochs=2, batch_size=4, holdout=0, samples_dir=str(tmp_path / "samples"))
+    straight, resumed = tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors"
+    _train_gan(cfg, straight)
+    with pytest.raises(Interrupted):
+        _train_gan(cfg, resumed, on_step=_stop_at(0, 2))
+    _train_gan(cfg, resumed, resume=True)
+    _same_tensors(straight, resumed)
+
+
+def test_interrupt_at_epoch_end_resumes_into_next_epoch(tmp_path, small_tree):
+    cfg = ClassifierConfig(data=str(small_tree), epochs=2, batch_size=32)
+    out = tmp_path / "w.safetensors"
+    with pytest.raises(Interrupted):
+        _train_classifier(cfg, out, on_step=_stop_at(0, 4))              # 108 images / 32 → 4 steps
+    _, meta = load_tensors(out.with_suffix(".ckpt.safetensors"))
+    assert (meta["epoch"], meta["step_in_epoch"]) == (0, 4)
+    summary = _train_classifier(cfg, out, resume=True)
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+
+
+def _invoke(*args):
+    result = runner.invoke(app, list(args))
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    return result.exit_code, lines
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path, small_tree, faces):
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    cases = [
+        (["train", "cifar-cnn", "--data", str(small_tree), "--out", str(folder)], "is a folder"),
+        (["train", "cifar-resnet", "--data", str(tmp_path / "missing")], "not a folder"),
+        (["train", "cifar-cnn", "--data", str(small_tree), "--epochs", "0", "--out", str(tmp_path / "a.st")], "--epochs"),
+        (["train", "cifar-cnn", "--data", str(small_tree), "--schedule", "step", "--out", str(tmp_path / "a.st")],
+         "--schedule"),
+        (["train", "cifar-resnet", "--data", str(small_tree), "--resume", "--out", str(tmp_path / "b.st")],
+         "no checkpoint"),
+        (["train", "dcgan", "--data", str(faces), "--batch-size", "64", "--holdout", "0",
+          "--samples-dir", str(tmp_path / "s"), "--out", str(tmp_path / "g.st")], "fewer than one batch"),
+    ]
+    for args, message in cases:
+        code, lines = _invoke(*args)
+        assert code == 1, (args, lines)
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (args, lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]     # nothing written, not even samples
+
+
+def test_cli_defaults_are_the_dataclass_defaults():
+    import typer.main
+
+    group = typer.main.get_command(app)
+    train = group.commands["train"]                                      # type: ignore[attr-defined]
+    for name, cls in (("cifar-cnn", ClassifierConfig), ("cifar-resnet", ResNetConfig), ("dcgan", GanConfig)):
+        params = {p.name: p for p in train.commands[name].params}
+        for f in dataclasses.fields(cls):
+            if f.name in params and f.name != "data":
+                assert params[f.name].default == f.default, (name, f.name)
+    assert ResNetConfig().batch_size != ClassifierConfig().batch_size    # the subclass's own defaults reach its command
+
+
+def test_augment_shifts_flips_and_cutout():
+    from toolkit.build.train_classifier import augment, cut_out, epoch_plan
+
+    images = torch.arange(2 * 6 * 6 * 3, dtype=torch.uint8).view(2, 6, 6, 3)
+    same = augment(images, torch.tensor([False, True]), torch.tensor([[2, 2], [2, 2]]), translate=2)
+    assert torch.equal(same[0], images[0]) and torch.equal(same[1], images[1].flip(1))
+    shifted = augment(images, None, torch.tensor([[3, 2], [2, 4]]), translate=2)
+    assert torch.equal(shifted[0, :5], images[0, 1:])                    # one row up
+    assert torch.equal(shifted[1, :, :4], images[1, :, 2:])              # two columns left
+    painted = cut_out(images, torch.tensor([[0, 3], [0, 3]]), 2, torch.tensor([7, 7, 7], dtype=torch.uint8))
+    assert int((painted[0] == 7).all(-1).sum()) == 1 and int((painted[1] == 7).all(-1).sum()) == 4
+    a, b = epoch_plan(10, 0, 1, 2, cutout=4), epoch_plan(10, 0, 1, 2, cutout=4)
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["order"], epoch_plan(10, 0, 2, 2)["order"])
+
+
+def test_lr_schedule_warms_up_then_decays():
+    from toolkit.build.train_classifier import lr_schedule
+
+    for shape in ("cosine", "linear"):
+        lrs = [lr_schedule(s, 100, 1.0, 0.2, shape) for s in range(100)]
+        assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0) and lrs[-1] < 0.05
+        assert lrs.index(max(lrs)) == 20
+
+
+def test_resnet_shape_and_size():
+    from toolkit import zoo
+
+    net = zoo.CIFAR_RESNET.build()
+    assert 1_000_000 < sum(p.numel() for p in net.parameters()) < 3_000_000
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
