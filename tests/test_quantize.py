@@ -51,12 +51,16 @@ def test_dynamic_int8_is_refused_for_convolutions(tmp_path, trained_weights, cla
     assert not (tmp_path / "dyn.onnx").exists()
 
 
-def test_accuracy_guard_excludes_the_most_sensitive_nodes(tmp_path, trained_weights, class_tree):
+def test_accuracy_guard_excludes_the_most_sensitive_nodes(tmp_path, trained_weights, class_tree, monkeypatch):
     """Calibrating on black images makes every activation range far too narrow, so the fully
     quantized model fails the guard; it must keep nodes in float until the accuracy holds."""
     from toolkit.build.export import export_classifier
     from toolkit.core import quantize
     from toolkit.core.data import read_split
+    from toolkit.core.int8_recipe import TODAY_RECIPE
+
+    # The plain recipe: its uint8 logits are what black-image calibration ruins (float logits survive it).
+    monkeypatch.setattr(quantize, "CPU_RECIPE", TODAY_RECIPE)
 
     fp32 = tmp_path / "fp32.onnx"
     export_classifier(fp32, trained_weights, class_tree, log=lambda *_: None)
@@ -75,11 +79,13 @@ def test_accuracy_guard_fails_when_it_cannot_hold(tmp_path, trained_weights, cla
     from toolkit.build.export import export_classifier
     from toolkit.core import quantize
     from toolkit.core.data import read_split
+    from toolkit.core.int8_recipe import TODAY_RECIPE
 
     fp32 = tmp_path / "fp32.onnx"
     export_classifier(fp32, trained_weights, class_tree, log=lambda *_: None)
     val = read_split(class_tree, "all")
     monkeypatch.setattr(quantize, "quantizable_nodes", lambda model: [])   # nothing may be kept in float
+    monkeypatch.setattr(quantize, "CPU_RECIPE", TODAY_RECIPE)             # see the test above
     black = np.zeros((16, 32, 32, 3), dtype=np.uint8)
     with pytest.raises(quantize.QuantizationError, match="cannot hold"):
         quantize.quantize_int8(fp32, tmp_path / "q.onnx", black, val.images, val.labels, max_drop=0.0,
@@ -132,9 +138,12 @@ def test_unlabeled_guard_on_a_flat_folder(tmp_path, trained_onnx, class_tree):
     check_classifier_contract(out, "int8")
 
 
-def test_agreement_guard_keeps_nodes_in_float_until_it_holds(tmp_path, trained_onnx, class_tree):
+def test_agreement_guard_keeps_nodes_in_float_until_it_holds(tmp_path, trained_onnx, class_tree, monkeypatch):
     from toolkit.core import quantize
     from toolkit.core.data import read_split
+    from toolkit.core.int8_recipe import TODAY_RECIPE
+
+    monkeypatch.setattr(quantize, "CPU_RECIPE", TODAY_RECIPE)       # see the guard tests above
 
     val = read_split(class_tree, "all")
     black = np.zeros((16, 32, 32, 3), dtype=np.uint8)

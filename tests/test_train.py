@@ -102,8 +102,9 @@ def _invoke(*args):
 
 def test_bad_arguments_fail_before_any_work(tmp_path, small_tree, faces):
     folder = tmp_path / "existing"
-    folder.mkdir()
+    (folder / "cats").mkdir(parents=True)
     cases = [
+        (["train", "cifar-cnn", "--data", str(folder), "--out", str(tmp_path / "c.st")], "do not match"),
         (["train", "cifar-cnn", "--data", str(small_tree), "--out", str(folder)], "is a folder"),
         (["train", "cifar-resnet", "--data", str(tmp_path / "missing")], "not a folder"),
         (["train", "cifar-cnn", "--data", str(small_tree), "--epochs", "0", "--out", str(tmp_path / "a.st")], "--epochs"),

@@ -7,6 +7,7 @@ default lives here and nowhere else. No torch here: the CLI imports this module 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,8 @@ class GanConfig:
         _check(not Path(self.samples_dir).is_file(), f"{self.samples_dir}: is a file, not a folder")
 
 
-def check_outputs(out: str | Path, checkpoint: str | Path | None, resume: bool) -> tuple[Path, Path]:
+def check_outputs(out: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None,
+                  resume: bool) -> tuple[Path, Path]:
     """The output and checkpoint paths, refused before any work if they cannot be written."""
     out = Path(out)
     ckpt = Path(checkpoint) if checkpoint else out.with_suffix(".ckpt.safetensors")

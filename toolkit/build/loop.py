@@ -147,7 +147,8 @@ def run(task: Task, epochs: int, checkpoint: Path, config: dict[str, Any], resum
             bar = progress.add_task(f"epoch {pos.epoch + 1}/{epochs}", total=task.steps_per_epoch,
                                     completed=pos.step, info="")
             task.begin_epoch(pos.epoch)
-            t0, seen, averages = time.perf_counter(), 0, {}
+            t0, seen = time.perf_counter(), 0
+            averages: dict[str, float] = {}
             try:
                 for step in range(pos.step, task.steps_per_epoch):
                     shown = task.step(pos.epoch, step)

@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +35,12 @@ from toolkit.build.checkpoint import (
 from toolkit.build.config import ClassifierConfig, check_outputs
 from toolkit.build.loop import Position, console, run
 from toolkit.build.nets.layers import Classifier
-from toolkit.core.data import LabelledImages, read_labelled, split_indices
+from toolkit.core.data import (
+    LabelledImages,
+    is_cifar_batches,
+    read_labelled,
+    split_indices,
+)
 
 
 def lr_schedule(step: int, total: int, peak: float, warmup: float = 0.25, shape: str = "cosine",
@@ -66,7 +72,7 @@ def epoch_plan(n: int, seed: int, epoch: int, translate: int, cutout: int = 0,
 
 def cut_out(images: torch.Tensor, centre: torch.Tensor, size: int, fill: torch.Tensor) -> torch.Tensor:
     """Paint a size×size square (clipped at the borders) centred at `centre` [2, N] with `fill` [3]."""
-    n, h, w, _ = images.shape
+    h, w = images.shape[1:3]
     ys = torch.arange(h, device=images.device)[None, :] - centre[0][:, None] + size // 2     # n, h
     xs = torch.arange(w, device=images.device)[None, :] - centre[1][:, None] + size // 2     # n, w
     inside = ((ys >= 0) & (ys < size))[:, :, None] & ((xs >= 0) & (xs < size))[:, None, :]
@@ -144,7 +150,7 @@ class ClassifierTask:
             init_whitening(net, self.model.pre(first))
         if cfg.init:
             load_weights(net, cfg.init)
-        self.model.to(self.device, memory_format=torch.channels_last)
+        self.model.to(self.device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.forward: torch.nn.Module = self.model
         if cfg.preprocess:
             from toolkit.build.nets.spectral import transform_module
@@ -180,7 +186,7 @@ class ClassifierTask:
 
     def begin_epoch(self, epoch: int) -> None:
         plan = epoch_plan(len(self.y_train), self.cfg.seed, epoch, self.cfg.translate, self.cfg.cutout,
-                          tuple(self.x_train.shape[1:3]))
+                          (self.x_train.shape[1], self.x_train.shape[2]))
         self.plan = {k: v.to(self.device) for k, v in plan.items()}
         self.model.train()
 
@@ -226,7 +232,9 @@ class ClassifierTask:
     def _averaged_forward(self) -> torch.nn.Module:
         assert self.average is not None
         model = Classifier(self.average, zoo.get(self.name).mean, zoo.get(self.name).std).to(self.device)
-        return model if self.forward is self.model else torch.nn.Sequential(self.forward[0], model)
+        if isinstance(self.forward, torch.nn.Sequential):     # the --preprocess transform goes first
+            return torch.nn.Sequential(self.forward[0], model)
+        return model
 
     def final_net(self) -> torch.nn.Module:
         return self.average if self.average is not None else self.model.net
@@ -249,6 +257,12 @@ def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: 
         torch.backends.cudnn.deterministic = True
     spec = zoo.get(cfg.model)
     if data is None:
+        if not is_cifar_batches(cfg.data):       # the class folders are checked before decoding anything
+            classes = sorted(p.name for p in Path(cfg.data).iterdir() if p.is_dir() and not p.name.startswith("."))
+            if classes != sorted(spec.labels):
+                raise ValueError(f"{cfg.data}: class folders {classes} do not match the model's labels {spec.labels}")
+        if cfg.bf16 and cfg.device == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            console.print("[yellow]this CPU has no native bfloat16: --no-bf16 is likely faster[/]")
         data = read_images(read_labelled, cfg.data, spec.input_size)
     if data.class_names != spec.labels:
         raise ValueError(f"{cfg.data}: classes {data.class_names} do not match the model's labels {spec.labels}")

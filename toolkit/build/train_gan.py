@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from toolkit import __version__, zoo
-from toolkit.build.checkpoint import atomic_save_tensors, optimizer_tensors, prefixed, restore_optimizer, unprefixed
+from toolkit.build.checkpoint import (
+    atomic_save_tensors,
+    optimizer_tensors,
+    prefixed,
+    restore_optimizer,
+    unprefixed,
+)
 from toolkit.build.config import GanConfig, check_outputs
 from toolkit.build.loop import Position, console, run
 from toolkit.build.train_classifier import read_images

@@ -27,6 +27,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from toolkit.core.int8_recipe import (
+    CPU_RECIPE,
+    Int8Recipe,
+    drop_output_qdq,
+    finish_input_head,
+    fold_input_head,
+)
+
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("cpu", "tensorrt")
 PREPROCESS_OPS = {"Cast", "Transpose", "Sub", "Mul", "Div", "Slice"}
@@ -131,8 +139,10 @@ def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> onnx.ModelPr
 
 
 def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray, method: str = "minmax",
-                         exclude: Sequence[str] = (), advance=None, target: str = "cpu") -> onnx.ModelProto:
-    """One static QDQ quantization pass of an already pre-processed fp32 model."""
+                         exclude: Sequence[str] = (), advance=None, target: str = "cpu",
+                         recipe: Int8Recipe | None = None) -> onnx.ModelProto:
+    """One static QDQ quantization pass of an already pre-processed fp32 model. `recipe` (target cpu
+    only; default CPU_RECIPE) lays the graph out for onnxruntime's kernels: see int8_recipe.py."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if method not in CALIBRATION_METHODS:
@@ -151,13 +161,33 @@ def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
     calibration = usable_calibration(calibration, method)
-    quantize_static(str(pre_path), str(out_path), _reader(input_name, calibration, advance=advance),
-                    quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-                    activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    op_types_to_quantize=list(QUANTIZABLE_OPS + PASS_THROUGH_OPS),
-                    nodes_to_exclude=preprocess_head(model) + list(exclude),
-                    calibrate_method=calibrate, extra_options=extra)
-    return onnx.load(str(out_path))
+    recipe = None if tensorrt else recipe or CPU_RECIPE
+    exclude = preprocess_head(model) + list(exclude)
+    source, head = pre_path, None
+    if recipe and recipe.integer_head:
+        head = fold_input_head(model, recipe.border)
+        if head is not None:
+            extra["TensorQuantOverrides"] = head.overrides()
+            source = out_path.with_name(f".{out_path.name}.head.onnx")
+            onnx.save(model, str(source))
+    try:
+        quantize_static(str(source), str(out_path), _reader(input_name, calibration, advance=advance),
+                        quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel if recipe else True,
+                        reduce_range=False, activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
+                        weight_type=QuantType.QUInt8 if recipe and recipe.weight_type == "uint8" else QuantType.QInt8,
+                        op_types_to_quantize=list(QUANTIZABLE_OPS + PASS_THROUGH_OPS),
+                        nodes_to_exclude=exclude, calibrate_method=calibrate, extra_options=extra)
+    finally:
+        if source != pre_path:
+            source.unlink(missing_ok=True)
+    quantized = onnx.load(str(out_path))
+    if head is not None:
+        finish_input_head(quantized, head)
+    if recipe and recipe.float_logits:
+        drop_output_qdq(quantized)
+    if head is not None or (recipe and recipe.float_logits):
+        onnx.save(quantized, str(out_path))
+    return quantized
 
 
 def rank_nodes_by_error(pre_path: Path, qdq_path: Path, images: np.ndarray,

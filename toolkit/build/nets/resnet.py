@@ -1,13 +1,13 @@
-"""cifar-resnet: a small residual CIFAR-10 network with BatchNorm (~2 M parameters at the default widths).
+"""cifar-resnet: a small residual CIFAR-10 network with BatchNorm (1.98 M parameters).
 
-The shape follows the fast CIFAR-10 recipes of the airbench line of work (a fixed patch-whitening
-first layer, three stages that each halve the resolution), with a residual branch per stage:
+The shape follows the fast CIFAR-10 recipes of the airbench line of work (three stages that each
+halve the resolution, global max-pool, scaled-down logits), with a residual branch per stage:
 
-    whiten 2×2 (fixed) → stage(w1) → stage(w2) → stage(w3) → global max-pool → linear / temperature
+    stem: conv3×3(32) → BN → ReLU  →  stage(64) → stage(256) → stage(256) → global max-pool → linear / 8
     stage(c): conv3×3 → max-pool 2 → BN → ReLU = y;  y + ReLU(BN(conv3×3(y)))
 
 ReLU rather than GELU: Conv+BN+ReLU folds into one quantized convolution in onnxruntime's int8
-graph, and on this budget GELU buys little. Input: float32 [N, 3, 32, 32], normalised; output: logits.
+graph. Input: float32 [N, 3, 32, 32], normalised; output: logits.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 WIDTHS = (64, 256, 256)
-# conv: a learned 3×3 conv + BN (shipped) | whiten: airbench's fixed 2×2 patch whitening, which did
-# 0.5 pt worse on our JPEG images (it amplifies the weakest, high-frequency patch directions).
+# conv: a learned 3×3 conv + BN (shipped) | whiten: airbench's fixed 2×2 patch-whitening layer, which
+# speeds up early training but did as well or up to 0.5 pt worse at 40 epochs here (models/README.md).
 STEM = "conv"
 WHITEN_EPS = 5e-4
 
@@ -72,14 +72,16 @@ def init_whitening(net: CifarResNet, images: torch.Tensor) -> None:
     Half the filters are the negated other half, so the ReLU after them keeps both signs.
     """
     conv = net.stem[0]
+    assert isinstance(conv, nn.Conv2d) and net.stem_kind == "whiten"
     half = conv.out_channels // 2
     patches = images.unfold(2, 2, 1).unfold(3, 2, 1)                    # N, 3, H-1, W-1, 2, 2
     patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
     patches = patches - patches.mean(0)
     cov = patches.T @ patches / len(patches)
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)                 # ascending
-    order = eigenvalues.flip(0)[:half], eigenvectors.flip(1)[:, :half]
-    filters = (order[1] / torch.sqrt(order[0] + net.whiten_eps)).T.reshape(half, 3, 2, 2).float()
+    largest, directions = eigenvalues.flip(0)[:half], eigenvectors.flip(1)[:, :half]
+    filters = (directions / torch.sqrt(largest + net.whiten_eps)).T.reshape(half, 3, 2, 2).float()
     conv.weight.copy_(torch.cat([filters, -filters]))
-    conv.bias.zero_()
+    if conv.bias is not None:
+        conv.bias.zero_()
     conv.weight.requires_grad_(False)

@@ -68,7 +68,7 @@ __all__ = [
     "BUFFER_BYTES", "DEFAULT_BATCH_SIZES", "DEFAULT_RUNS", "MAX_BUFFERS", "MIN_BUFFERS", "MIN_TIMED_RUNS",
     "BenchConfig", "BenchError", "Context", "InputPool", "Plan", "TensorSpec", "accuracy_of", "available_cores",
     "compare_rows", "default_models", "image_pool", "latency_stats", "latent_pool", "load_result", "machine_info",
-    "machine_slug", "markdown_report", "measure_roof", "multiply_adds", "parse_shapes", "placement_lines",
+    "machine_slug", "markdown_report", "measure_plans", "measure_roof", "multiply_adds", "parse_shapes", "placement_lines",
     "plot_report", "print_comparison", "print_table", "resolve_shapes", "result_json", "rotating_buffers",
     "run_benchmark", "shares", "signature", "synthesise", "time_runs", "write_reports",
 ]

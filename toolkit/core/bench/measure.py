@@ -261,7 +261,7 @@ def make_row(plan: Plan, cfg: BenchConfig) -> dict:
             **facts, "timings_ms": [round(t * 1e3, 4) for t in plan.timings]}
 
 
-def _measure(plans: list[Plan], cfg: BenchConfig, done: Callable[[Plan], None]) -> None:
+def measure_plans(plans: list[Plan], cfg: BenchConfig, done: Callable[[Plan], None]) -> None:
     """Time every plan; `done(plan)` as soon as a plan's timings are complete."""
     if cfg.rounds == 1:
         for plan in plans:
@@ -322,7 +322,7 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None
         if on_row:
             on_row(row)
 
-    _measure(plans, cfg, done)
+    measure_plans(plans, cfg, done)
     if roof:
         remeasure_gemm(roof, ctx.log)
         for row in rows:
