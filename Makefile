@@ -25,9 +25,10 @@ $(STAMP): pyproject.toml setup.py
 # (gates use seeded random images when data/ is absent). A file is rebuilt when its weights or the
 # package version change; `make -B models` rebuilds all. ZOO_STEMS: zoo models with tracked weights
 # (models/<stem>.safetensors → <stem>.onnx and <stem>.fp16.onnx; the model is the stem with - for _).
-ZOO_STEMS   := cifar_cnn dcgan
+ZOO_STEMS   := cifar_cnn cifar_resnet dcgan
 MODEL_FILES := $(foreach s,$(ZOO_STEMS),models/$(s).onnx models/$(s).fp16.onnx) models/dcgan.int8.onnx \
-               models/cifar_cnn.fft_lowpass.onnx models/fft_lowpass.onnx models/walsh_compress.onnx
+               models/cifar_cnn.fft_lowpass.onnx models/fft_lowpass.onnx models/walsh_compress.onnx \
+               models/cifar_cnn.tta.onnx models/cifar_resnet.tta.onnx
 EXPORT      := $(BIN)/toolkit export
 MODEL_DEPS  := toolkit/__init__.py | $(STAMP)
 
@@ -38,6 +39,10 @@ models/%.fp16.onnx: models/%.safetensors $(MODEL_DEPS)
 
 models/%.onnx: models/%.safetensors $(MODEL_DEPS)
 	$(EXPORT) --model $(subst _,-,$*) --out $@
+
+# Test-time flip averaging: the mirror and the mean are nodes of the graph (same uint8 input).
+models/%.tta.onnx: models/%.safetensors $(MODEL_DEPS)
+	$(EXPORT) --model $(subst _,-,$*) --tta --out $@
 
 models/dcgan.int8.onnx: models/dcgan.safetensors $(MODEL_DEPS)
 	$(EXPORT) --model dcgan --precision int8 --out $@

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -19,6 +20,22 @@ class UserError(Exception):
 def fail(message: str, code: int = 1):
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def each_of(choices: tuple[str, ...]) -> Callable[[list[str] | None], list[str] | None]:
+    """Callback of a repeatable option whose values come from `choices` (toolkit.core.options):
+    Typer cannot make a choice of a list of Literals, so the list is checked while parsing, with the
+    message Typer gives a single choice."""
+    def check(values: list[str] | None) -> list[str] | None:
+        for value in values or []:
+            if value not in choices:
+                raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, choices))}.")
+        return values
+    return check
+
+
+def metavar(choices: tuple[str, ...]) -> str:
+    return "[" + "|".join(choices) + "]"
 
 
 # What the build commands (train, export from torch) need beyond the runtime install.

@@ -1,0 +1,45 @@
+"""The closed sets of option values, declared once: precisions, providers, forms, ops, splits.
+
+Standard library only, so anything may import it (the CLI at start-up, the leaf `core/ops.py`).
+Each set is a `Literal`, which gives three things from one declaration: Typer renders it as a
+choice (the help lists it; a bad value fails while parsing, before any work, naming the choices),
+mypy checks every call site, and the values stay plain `str`, so nothing downstream changes.
+The tuple beside each is the same set at run time, for the library's own checks and messages.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+# File precisions (`toolkit.precision` in the metadata). bf16 is a compute mode of a runtime, never
+# a file precision: see PrecisionHint.
+Precision = Literal["fp32", "fp16", "int8"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+
+# What `quantize` makes from an fp32 file.
+QuantizedPrecision = Literal["fp16", "int8"]
+QUANTIZED_PRECISIONS: tuple[QuantizedPrecision, ...] = get_args(QuantizedPrecision)
+
+# openvino is not an onnxruntime provider but the OpenVINO runtime behind the same interface.
+Provider = Literal["cpu", "cuda", "tensorrt", "openvino"]
+PROVIDERS: tuple[Provider, ...] = get_args(Provider)
+
+# OpenVINO's CPU compute precision for fp32/fp16 files (its plugin picks bf16 silently otherwise).
+PrecisionHint = Literal["f32", "bf16"]
+PRECISION_HINTS: tuple[PrecisionHint, ...] = get_args(PrecisionHint)
+
+# How a spectral op is expressed in ONNX: DFT nodes (CPU only) or MatMuls with constant bases.
+Form = Literal["dft", "matmul"]
+FORMS: tuple[Form, ...] = get_args(Form)
+
+# The spectral ops (GUIDE §1); each is also a registry-free model name for `export --model`.
+Op = Literal["fft-lowpass", "fft-spectrum", "walsh-compress"]
+OPS: tuple[Op, ...] = get_args(Op)
+
+# Parts of the fixed split (GUIDE §2): val = the last 500 files of each class.
+Split = Literal["all", "val", "train"]
+SPLITS: tuple[Split, ...] = get_args(Split)
+
+# onnxruntime's static-quantization calibration methods.
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = get_args(CalibrationMethod)
