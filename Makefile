@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATASETS ?= ../shared/datasets
 
-.PHONY: install models clean-models wheel data demo test bench robustness clean
+.PHONY: install models clean-models wheel data demo lint test bench robustness clean
 
 install: $(STAMP)
 
@@ -83,6 +83,12 @@ demo: install models
 	$(BIN)/toolkit transform models/samples/horse.jpg --op walsh-compress --keep 0.5 --out demo/horse_walsh.png --compare
 	@echo "== a short benchmark of every shipped model (make bench for the full matrix)"
 	$(BIN)/toolkit bench --torch --seconds 0.5
+
+# The static gates (ruff's rule set and its reasons, mypy's settings: pyproject.toml); .ci/run runs
+# them before the tests.
+lint: install
+	$(BIN)/ruff check toolkit tests benchmarks
+	$(BIN)/mypy toolkit
 
 test: install models
 	$(BIN)/pytest

@@ -15,8 +15,10 @@ file's accuracy is measured on the 5,000 validation images. The guard is the shi
 3. Variants of the file, one change at a time and together (CPU_RECIPE, what `toolkit export` and
    `toolkit quantize` now build), then session options on the new file: optimisation level, a
    saved optimised model, thread spinning, dynamic scheduling — and OpenVINO on both files.
-4. Every row is timed in the same process, interleaved in rounds, at batch 256 and batch 1, and
-   given as a ratio to the baseline file.
+4. Every row is timed in the same process, interleaved in rounds, at batch 256 and batch 1. A
+   row's ratio to the baseline is the median over rounds of the baseline's median time per run in
+   a round over the row's in the same round: pairs measured seconds apart, so load that comes and
+   goes on a shared machine cancels out of the ratio far better than out of the absolute numbers.
 """
 
 import argparse
@@ -124,9 +126,10 @@ def build_files(out: Path, calibration: np.ndarray, log) -> dict[str, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="counted time per row over all rounds (default 4)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaving rounds (default 5)")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaving rounds (default 10)")
     parser.add_argument("--threads", type=int, default=0, help="threads (0: one per core)")
-    parser.add_argument("--data", type=Path, default=DATA, help="class-per-folder tree (default data/cifar10-jpeg/train)")
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="class-per-folder tree (default data/cifar10-jpeg/train)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="report folder")
     args = parser.parse_args()
     if not FP32.is_file() or not args.data.is_dir():
@@ -158,8 +161,8 @@ def main() -> None:
             runners[name] = (what, lambda x, s=session: s.run(None, {"image": x}), accuracy_of(files[name]))
         if SHIPPED.is_file():
             session = ort_session(SHIPPED, threads)
-            runners["shipped file"] = (f"{SHIPPED.relative_to(ROOT)} as it is", lambda x, s=session: s.run(None, {"image": x}),
-                                       accuracy_of(SHIPPED))
+            runners["shipped file"] = (f"{SHIPPED.relative_to(ROOT)} as it is",
+                                       lambda x, s=session: s.run(None, {"image": x}), accuracy_of(SHIPPED))
         new = files["new recipe"]
         for name, what, config, level, offline in SESSION_VARIANTS:
             source = new
@@ -181,11 +184,14 @@ def main() -> None:
                  for b in (256, 1) for name, (_, run, _) in runners.items()]
         print(f"measuring {len(plans)} rows, {args.seconds:g} s each in {args.rounds} rounds", flush=True)
         bench.measure_plans(plans, cfg, lambda plan: None)
+        baseline = {p.facts["batch_size"]: p for p in plans if p.facts["variant"] == "today"}
         for plan in plans:
-            stats = bench.latency_stats(plan.timings, plan.facts["batch_size"])
-            name = plan.facts["variant"]
-            rows.append({"variant": name, "what": runners[name][0], "batch_size": plan.facts["batch_size"],
-                         "p50_ms": stats["p50_ms"], "throughput": stats["throughput"], "runs": len(plan.timings),
+            batch, name = plan.facts["batch_size"], plan.facts["variant"]
+            stats = bench.latency_stats(plan.timings, batch)
+            ratios = round_medians(baseline[batch]) / round_medians(plan)
+            rows.append({"variant": name, "what": runners[name][0], "batch_size": batch, "p50_ms": stats["p50_ms"],
+                         "throughput": stats["throughput"], "runs": len(plan.timings),
+                         "ratio": float(np.median(ratios)), "ratio_range": [float(ratios.min()), float(ratios.max())],
                          **runners[name][2]})
     doc = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
            "machine": bench.machine_info(), "threads": threads, "rounds": args.rounds, "seconds": args.seconds,
@@ -196,6 +202,17 @@ def main() -> None:
     print(markdown(doc))
 
 
+def round_medians(plan) -> np.ndarray:
+    """The median run time of each round of a plan."""
+    starts = [0, *plan.round_ends[:-1]]
+    return np.array([np.median(plan.timings[a:b]) for a, b in zip(starts, plan.round_ends)])
+
+
+def _ratio(row: dict) -> str:
+    low, high = row["ratio_range"]
+    return f"{row['ratio']:.2f}× ({low:.2f}–{high:.2f})"
+
+
 def _profile_table(nodes: list[dict], top: int = 12) -> list[str]:
     lines = ["| node | op | ms per batch | share |", "|---|---|---:|---:|"]
     lines += [f"| {n['node']} | {n['op']} | {n['ms']:.3f} | {n['share']:.1%} |" for n in nodes[:top]]
@@ -204,24 +221,24 @@ def _profile_table(nodes: list[dict], top: int = 12) -> list[str]:
 
 def markdown(doc: dict) -> str:
     by = {(r["variant"], r["batch_size"]): r for r in doc["rows"]}
-    base256, base1 = by[("today", 256)], by[("today", 1)]
     lines = ["# The int8 path in onnxruntime: what was tried", "",
              (f"Measured {doc['created']} with `{doc['command']}` on {doc['machine']['cpu']} "
              f"({doc['threads']} threads, {', '.join(doc['machine']['isa'])}); every row in one process, interleaved "
              f"in {doc['rounds']} rounds, {doc['seconds']:g} s per row. Ratios are to the `today` file (the fp32 "
-             "model quantized with the recipe used before these experiments) in the same run. Accuracy: top-1 on "
-             f"the 5,000 validation images; the guard allows at most {MAX_DROP} points below fp32."), "",
-             "## Where the time goes (today's recipe, batch 256)", ""] + _profile_table(doc["profile_today"])
+             "model quantized with the recipe used before these experiments): per round, the baseline's median "
+             "time per run over the row's; the median over the rounds, their range in brackets. Accuracy: top-1 "
+             f"on the 5,000 validation images; the guard allows at most {MAX_DROP} points below fp32."), "",
+             "## Where the time goes (today's recipe, batch 256)", "", *_profile_table(doc["profile_today"])]
     lines += ["", "## What was tried", "",
               ("| variant | what changed | batch 256 img/s | × today | batch 1 p50 ms | × today | top-1 | Δ vs fp32 "
                "| agreement with fp32 | guard |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name in dict.fromkeys(r["variant"] for r in doc["rows"]):
         r256, r1 = by[(name, 256)], by[(name, 1)]
-        lines.append(f"| {name} | {r256['what']} | {r256['throughput']:,.0f} | {r256['throughput'] / base256['throughput']:.2f}× "
-                     f"| {r1['p50_ms']:.3f} | {base1['p50_ms'] / r1['p50_ms']:.2f}× | {r256['accuracy']:.2%} | "
+        lines.append(f"| {name} | {r256['what']} | {r256['throughput']:,.0f} | {_ratio(r256)} "
+                     f"| {r1['p50_ms']:.3f} | {_ratio(r1)} | {r256['accuracy']:.2%} | "
                      f"{-r256['drop_points']:+.2f} pt | {r256['agreement']:.2%} | "
                      f"{'holds' if r256['drop_points'] <= MAX_DROP else 'fails'} |")
-    lines += ["", "## Where the time goes with the new recipe (batch 256)", ""] + _profile_table(doc["profile_new"])
+    lines += ["", "## Where the time goes with the new recipe (batch 256)", "", *_profile_table(doc["profile_new"])]
     return "\n".join(lines) + "\n"
 
 

@@ -32,7 +32,9 @@ import numpy as np
 from PIL import Image
 
 from toolkit.core import bench, transforms
-from toolkit.core.data import class_folder_files, load_image, resize, split_indices
+from toolkit.core.bench.machine import machine_lines
+from toolkit.core.data import load_image, resize
+from toolkit.core.datasets import class_folder_files, split_indices
 from toolkit.core.fsio import atomic_write, atomic_write_text
 from toolkit.core.sessions import open_model
 
@@ -127,7 +129,7 @@ def markdown(args, grid: dict, latency: list[dict], n_images: int, wall_s: float
          "images (fixed split). Noise: additive Gaussian, σ in units of full scale, seed 0. JPEG: Pillow, 4:2:0. "
          "Transforms run as their own ONNX graph (matmul form, 32×32) in front of the classifier."),
         "",
-        *[f"- {line}" for line in bench.machine_lines(bench.machine_info())],
+        *[f"- {line}" for line in machine_lines(bench.machine_info())],
         f"- Load average when the report was written: {os.getloadavg()[0]:.2f} (other jobs slow the latency rows)",
         "",
         "## Top-1 accuracy",

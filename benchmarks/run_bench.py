@@ -66,6 +66,8 @@ def main() -> None:
         written = bench.write_reports(doc, args.out)
     except (bench.BenchError, ProviderError, ModelError, OSError) as exc:
         sys.exit(f"error: {exc}")
+    for line in bench.summary_lines(doc):
+        print(line)
     for path in written:
         print(f"wrote {path}")
 

@@ -87,12 +87,14 @@ def test_quantized_with_the_recipe(tmp_path, images):
     plain = quantize.quantize_int8_static(pre, tmp_path / "plain.onnx", calibration, recipe=int8_recipe.TODAY_RECIPE)
     tuned = quantize.quantize_int8_static(pre, tmp_path / "tuned.onnx", calibration)
     onnx.checker.check_model(tuned, full_check=True)
-    first_dq = next(n for n in tuned.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "toolkit_int8/filled")
+    first_dq = next(n for n in tuned.graph.node
+                    if n.op_type == "DequantizeLinear" and n.input[0] == "toolkit_int8/filled")
     scale = next(t for t in tuned.graph.initializer if t.name == first_dq.input[1])
     assert float(numpy_helper.to_array(scale)) == 1.0                  # pixels are exact as uint8
     assert not any(n.op_type == "Cast" for n in tuned.graph.node)     # no float round trip left
     assert any(n.op_type == "QuantizeLinear" and n.output[0].startswith("logits") for n in plain.graph.node)
-    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") and "logits" in n.output for n in tuned.graph.node)
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") and "logits" in n.output
+                   for n in tuned.graph.node)
     reference = run(contract_cnn(), images)
     assert np.abs(run(tuned, images) - reference).max() <= np.abs(run(plain, images) - reference).max() + 0.05
 
@@ -107,7 +109,8 @@ def test_drop_output_qdq_keeps_other_pairs():
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2]),
                                helper.make_tensor_value_info("y2", TensorProto.FLOAT, [2])],
-                              [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(0), "z")])
+                              [numpy_helper.from_array(np.float32(0.1), "s"),
+                               numpy_helper.from_array(np.uint8(0), "z")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     assert int8_recipe.drop_output_qdq(model) == 1
     assert [n.name for n in model.graph.node] == ["relu", "q2", "dq2", "relu2"]

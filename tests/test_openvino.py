@@ -79,10 +79,12 @@ def test_infer_and_eval_on_openvino(tiny, tmp_path):
     for name in LABELS:
         (tmp_path / "data" / name).mkdir(parents=True)
         for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i}.png")
     runner = CliRunner()
     on_cpu = runner.invoke(app, ["infer", str(tmp_path / "data"), "--model", str(tiny), "--json"])
-    on_ov = runner.invoke(app, ["infer", str(tmp_path / "data"), "--model", str(tiny), "--json", "--provider", "openvino"])
+    on_ov = runner.invoke(app, ["infer", str(tmp_path / "data"), "--model", str(tiny), "--json",
+                                "--provider", "openvino"])
     assert on_ov.exit_code == 0, on_ov.stderr
     top = [[t["label"] for t in json.loads(line)["top"]] for line in on_ov.stdout.splitlines()]
     assert top == [[t["label"] for t in json.loads(line)["top"]] for line in on_cpu.stdout.splitlines()]

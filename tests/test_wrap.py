@@ -215,8 +215,8 @@ def test_failing_parity_gate_writes_nothing(tmp_path, monkeypatch):
 
 
 def test_a_model_over_the_protobuf_limit_is_refused_clearly(tmp_path, monkeypatch):
-    from toolkit.core import wrap_graph
-    monkeypatch.setattr(wrap_graph, "PROTOBUF_LIMIT", 1000)      # stands in for 2 GB
+    from toolkit.core import contract
+    monkeypatch.setattr(contract, "PROTOBUF_LIMIT", 1000)        # stands in for 2 GB (the reading check's)
     result = wrap(foreign_classifier(tmp_path / "theirs.onnx"), "--out", tmp_path / "mine.onnx")
     assert result.exit_code == 1 and "2 GB limit" in result.output
     assert not (tmp_path / "mine.onnx").exists()

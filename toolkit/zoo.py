@@ -76,8 +76,16 @@ DCGAN = ModelSpec(name="dcgan", task="generate", file_stem="dcgan", input_size=(
 REGISTRY = {spec.name: spec for spec in (CIFAR_CNN, CIFAR_RESNET, DCGAN)}
 
 
+class UnknownModelError(KeyError):
+    """A name the registry does not know. A KeyError for callers that catch one, but its text is the
+    message itself: str() of a plain KeyError is the repr of its argument, quotes and all."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def get(name: str) -> ModelSpec:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r} (known: {', '.join(REGISTRY)})") from None
+        raise UnknownModelError(f"unknown model {name} (known: {', '.join(REGISTRY)})") from None

@@ -27,13 +27,15 @@ from toolkit.build.onnx_export import torch_to_onnx
 from toolkit.core.contract import (
     ExportError,
     Parity,
-    compare_outputs,
+    logit_gate,
     read_metadata,
     replace_metadata,
     run_onnx,
     set_metadata,
     write_model,
 )
+from toolkit.core.options import OPS, PRECISIONS
+from toolkit.core.quantize import TARGETS
 
 __all__ = [
     "DEFAULT_DATA",
@@ -53,8 +55,7 @@ DEFAULT_DATA = Path("data") / "cifar10-jpeg" / "train"
 FP32_TOLERANCE = 1e-3                           # max |Δlogit| between PyTorch and onnxruntime fp32
 FP16_MIN_AGREEMENT, FP16_MAX_DIFF = 0.99, 0.1   # fp16 vs fp32 logits when no real images are at hand
 GENERATOR_MAX_PIXEL_DIFF = 1                    # fp32 generator: PyTorch vs onnxruntime
-TRANSFORM_MODELS = ("fft-lowpass", "fft-spectrum", "walsh-compress")
-PRECISIONS = ("fp32", "fp16", "int8")
+TRANSFORM_MODELS = OPS                          # the spectral ops export as weight-free models, without torch
 
 Log = Callable[[str], object]
 
@@ -86,13 +87,15 @@ def _size(path: Path) -> str:
 
 
 def default_output(spec: zoo.ModelSpec, precision: str = "fp32", preprocess: str | None = None,
-                   tta: bool = False) -> Path:
-    """models/<stem>[.<preprocess op>][.tta][.<precision>].onnx"""
+                   tta: bool = False, target: str = "cpu") -> Path:
+    """models/<stem>[.<preprocess op>][.tta][.trt][.<precision>].onnx (.trt: the TensorRT int8 scheme)"""
     parts = [spec.file_stem]
     if preprocess:
         parts.append(preprocess.split(":")[0].replace("-", "_"))
     if tta:
         parts.append("tta")
+    if target == "tensorrt":
+        parts.append("trt")
     if precision != "fp32":
         parts.append(precision)
     return zoo.MODELS_DIR / (".".join(parts) + ".onnx")
@@ -104,7 +107,7 @@ def validation_images(data: str | os.PathLike | None, n: int, size: tuple[int, i
                       log: Log = print) -> np.ndarray:
     """`n` real validation images (the fixed split) for the parity gate. Without data, seeded
     random images are used, and the user is told so."""
-    from toolkit.core.data import read_split
+    from toolkit.core.datasets import read_split
     root = Path(data) if data else DEFAULT_DATA
     if root.exists():
         return read_split(root, "val", size, limit=n).images
@@ -146,18 +149,6 @@ def torch_logits(module, images: np.ndarray, batch_size: int = 500) -> np.ndarra
                                for i in range(0, len(images), batch_size)])
 
 
-def _logit_gate(reference: np.ndarray, images: np.ndarray, min_agreement: float, max_diff: float | None,
-                result: list[Parity], against: str) -> Callable[[Path], None]:
-    """A write_model gate: the candidate's logits on `images` against `reference` logits."""
-    def gate(tmp_path: Path) -> None:
-        parity = compare_outputs(reference, run_onnx(tmp_path, images), classify=True)
-        result.append(parity)
-        if (parity.top1_agreement or 0.0) < min_agreement or (max_diff is not None and parity.max_abs_diff > max_diff):
-            limit = f"≥ {min_agreement:.0%} agreement" + (f" and ≤ {max_diff:g}" if max_diff is not None else "")
-            raise ExportError(f"parity gate failed against {against}: {parity.describe()} (need {limit})")
-    return gate
-
-
 def export_classifier(out: str | os.PathLike, weights: str | os.PathLike | None = None,
                       data: str | os.PathLike | None = None, preprocess: str | None = None,
                       parity_images: int = 256, log: Log = print, *, model: str = "cifar-cnn",
@@ -179,7 +170,7 @@ def export_classifier(out: str | os.PathLike, weights: str | os.PathLike | None 
     set_metadata(proto, "classify", spec.name, "fp32", **extra)
     images = validation_images(data, parity_images, spec.input_size, log)
     parity: list[Parity] = []
-    write_model(proto, out, _logit_gate(torch_logits(module, images), images, 1.0, FP32_TOLERANCE, parity, "PyTorch"))
+    write_model(proto, out, logit_gate(torch_logits(module, images), images, "PyTorch", 1.0, FP32_TOLERANCE, parity))
     gate = f"{parity[0].describe()} vs PyTorch"
     return Exported(out, "fp32", f"wrote {out} (fp32, {_size(out)}); {gate}", {"gate": gate, **parity[0].__dict__})
 
@@ -195,8 +186,8 @@ def _fp16_on_random_images(fp32_path: Path, out: Path, log: Log) -> Exported:
     proto = quantize.convert_fp16(fp32)
     replace_metadata(proto, {**read_metadata(fp32), "toolkit.precision": "fp16"})
     parity: list[Parity] = []
-    write_model(proto, out, _logit_gate(run_onnx(fp32_path, images), images, FP16_MIN_AGREEMENT, FP16_MAX_DIFF,
-                                        parity, "fp32"))
+    write_model(proto, out, logit_gate(run_onnx(fp32_path, images), images, "fp32", FP16_MIN_AGREEMENT, FP16_MAX_DIFF,
+                                       parity))
     gate = f"{parity[0].describe()} vs fp32"
     return Exported(out, "fp16", f"wrote {out} (fp16, {_size(out)}); {gate}", {"gate": gate, **parity[0].__dict__})
 
@@ -205,16 +196,18 @@ def export_classifier_variant(out: str | os.PathLike, precision: str, weights: s
                               data: str | os.PathLike | None = None, calibration_images: int = 500,
                               calibration_method: str = "minmax", max_drop: float = 0.5, dynamic: bool = False,
                               log: Log = print, progress=None, *, model: str = "cifar-cnn",
-                              tta: bool = False) -> Exported:
+                              tta: bool = False, target: str = "cpu") -> Exported:
     """fp16 or int8 classifier: export fp32 (gated against PyTorch) to a temp file, then let
-    core.quantize_classifier make the variant with its guard and its gate against fp32."""
+    core.quantize_classifier make the variant with its guard and its gate against fp32.
+    `target` is the int8 scheme (cpu | tensorrt), as for `toolkit quantize --target`."""
     from toolkit.core import quantize
     from toolkit.core.quantize_classifier import QuantizeError, quantize_classifier
 
     out = Path(out)
     root = Path(data) if data else (DEFAULT_DATA if DEFAULT_DATA.exists() else None)
     if root is None and precision == "int8":
-        raise ExportError(f"{DEFAULT_DATA} not found: int8 needs real images for calibration and its guard (pass --data)")
+        raise ExportError(f"{DEFAULT_DATA} not found: int8 needs real images for calibration and its guard "
+                          f"(pass --data)")
     with tempfile.TemporaryDirectory(prefix="toolkit-export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         inner = export_classifier(fp32, weights, root, log=log, model=model, tta=tta)
@@ -224,7 +217,7 @@ def export_classifier_variant(out: str | os.PathLike, precision: str, weights: s
         try:
             result = quantize_classifier(fp32, out, precision, data=root, calibration_images=calibration_images,
                                          calibration_method=calibration_method, max_drop=max_drop, dynamic=dynamic,
-                                         log=log, progress=progress)
+                                         target=target, log=log, progress=progress)
         except (QuantizeError, quantize.QuantizationError) as exc:
             raise ExportError(str(exc)) from None
     return Exported(result.path, precision, result.describe(),
@@ -316,19 +309,23 @@ def export_model(model: str, precision: str = "fp32", weights: str | os.PathLike
                  preprocess: str | None = None, calibration_images: int = 500, calibration_method: str = "minmax",
                  max_drop: float = 0.5, dynamic: bool = False, radius: float = 0.5, keep: float = 0.5,
                  size: list[int] | tuple[int, ...] | None = None, form: str = "matmul", tta: bool = False,
-                 log: Log = print, progress=None) -> Exported:
+                 target: str = "cpu", log: Log = print, progress=None) -> Exported:
     """What `toolkit export` does: validate the request, then dispatch on the model's task."""
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision} (choose from {', '.join(PRECISIONS)})")
+    if target not in TARGETS:
+        raise ExportError(f"unknown target {target} (choose from {', '.join(TARGETS)})")
+    if target != "cpu" and precision != "int8":
+        raise ExportError(f"--target {target} applies to int8 classifiers only")
     if model in TRANSFORM_MODELS:
         from toolkit.core.transforms import export_transform
         if precision != "fp32" or tta or preprocess:
-            raise ExportError("transforms are exported in fp32, without --tta or --preprocess")
+            raise ExportError("transforms are exported in fp32, without --tta, --preprocess or --target")
         if size is not None and len(size) != 2:
             raise ExportError("--size takes two values: --size H --size W")
         params = {"fft-lowpass": {"radius": radius}, "walsh-compress": {"keep": keep}}.get(model, {})
-        target = Path(out) if out else zoo.MODELS_DIR / f"{model.replace('-', '_')}.onnx"
-        path = export_transform(model, params, form, (int(size[0]), int(size[1])) if size else (32, 32), target)
+        path = export_transform(model, params, form, (int(size[0]), int(size[1])) if size else (32, 32),
+                                Path(out) if out else zoo.MODELS_DIR / f"{model.replace('-', '_')}.onnx")
         return Exported(path, "fp32", f"wrote {path} ({_size(path)}); matches the float64 reference "
                                       f"(transform {model}, {form} form)")
     spec = _spec(model)
@@ -336,13 +333,13 @@ def export_model(model: str, precision: str = "fp32", weights: str | os.PathLike
     if not weights.is_file():
         raise ExportError(f"{weights}: weights not found (train first, or pass --weights)")
     if spec.task == "generate":
-        if preprocess or tta:
-            raise ExportError("--preprocess and --tta apply to classifiers only")
+        if preprocess or tta or target != "cpu":
+            raise ExportError("--preprocess, --tta and --target apply to classifiers only")
         return export_generator(out or spec.onnx_path(precision), weights, precision, log=log)
     if preprocess and precision != "fp32":
         raise ExportError("--preprocess applies to the fp32 classifier only")
-    target = Path(out) if out else default_output(spec, precision, preprocess, tta)
+    path = Path(out) if out else default_output(spec, precision, preprocess, tta, target)
     if precision == "fp32":
-        return export_classifier(target, weights, data, preprocess, log=log, model=spec.name, tta=tta)
-    return export_classifier_variant(target, precision, weights, data, calibration_images, calibration_method,
-                                     max_drop, dynamic, log, progress, model=spec.name, tta=tta)
+        return export_classifier(path, weights, data, preprocess, log=log, model=spec.name, tta=tta)
+    return export_classifier_variant(path, precision, weights, data, calibration_images, calibration_method,
+                                     max_drop, dynamic, log, progress, model=spec.name, tta=tta, target=target)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.core.contract import first_line
 from toolkit.core.fsio import shown
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -34,11 +35,6 @@ PARITY_IMAGES = 256
 
 class ModuleExportError(ValueError):
     """The module, its weights or its export is not usable; the message is one line for the user."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------- the module
@@ -80,7 +76,7 @@ def load_module(target: str):
     except ModuleExportError:
         raise
     except Exception as exc:  # (user code may raise anything while importing)
-        raise ModuleExportError(f"cannot import {shown(where)}: {_first_line(exc)}") from None
+        raise ModuleExportError(f"cannot import {shown(where)}: {first_line(exc, typed=True)}") from None
     factory = getattr(source, name, None)
     if factory is None:
         raise ModuleExportError(f"{shown(where)} has no {name!r}")
@@ -91,7 +87,7 @@ def load_module(target: str):
     try:
         module = factory()
     except Exception as exc:
-        raise ModuleExportError(f"{name}() failed (it must take no arguments): {_first_line(exc)}") from None
+        raise ModuleExportError(f"{name}() failed (it must take no arguments): {first_line(exc, typed=True)}") from None
     if not isinstance(module, nn.Module):
         raise ModuleExportError(f"{name}() returned {type(module).__name__}, not an nn.Module")
     return module
@@ -114,7 +110,7 @@ def load_state_dict(path: str | os.PathLike) -> dict:
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # (safetensors raises its own error types)
-            raise ModuleExportError(f"{shown(path)}: not a readable safetensors file ({_first_line(exc)})") from None
+            raise ModuleExportError(f"{shown(path)}: not a readable safetensors file ({first_line(exc, typed=True)})") from None
     try:
         # weights_only=True is explicit, so no environment variable can turn full unpickling back on.
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -123,7 +119,7 @@ def load_state_dict(path: str | os.PathLike) -> dict:
                                 f"not only tensors), which can run code; nothing in it was run. Save "
                                 f"model.state_dict() instead, or use safetensors") from None
     except Exception as exc:  # (corrupt zip, truncated file, …)
-        raise ModuleExportError(f"{shown(path)}: not a readable torch file ({_first_line(exc)})") from None
+        raise ModuleExportError(f"{shown(path)}: not a readable torch file ({first_line(exc, typed=True)})") from None
     return _tensors_of(obj, path)
 
 
@@ -165,7 +161,7 @@ def apply_weights(module, state: dict, where: str) -> None:
 
 def _parity_images(data, size: tuple[int, int], log) -> np.ndarray:
     from toolkit.build.export import validation_images
-    from toolkit.core.data import is_cifar_batches
+    from toolkit.core.datasets import is_cifar_batches
     from toolkit.core.wrap import load_images
 
     if data is None or is_cifar_batches(data):
@@ -201,7 +197,7 @@ def _export_fp32(module: str, weights, input_size, out: Path, labels, mean, std,
     from toolkit.build.export import FP32_TOLERANCE, torch_logits
     from toolkit.build.nets.layers import Classifier
     from toolkit.build.onnx_export import torch_to_onnx
-    from toolkit.core.contract import compare_outputs, run_onnx, set_metadata, write_model
+    from toolkit.core.contract import Parity, logit_gate, set_metadata, write_model
 
     height, width = (int(v) for v in input_size)
     if min(height, width) < 1:
@@ -216,7 +212,7 @@ def _export_fp32(module: str, weights, input_size, out: Path, labels, mean, std,
             probe = net(torch.zeros(2, 3, height, width))
         except Exception as exc:  # (the user's forward may raise anything)
             raise ModuleExportError(f"the module fails on a [2, 3, {height}, {width}] input: "
-                                    f"{_first_line(exc)}") from None
+                                    f"{first_line(exc, typed=True)}") from None
     if not torch.is_tensor(probe) or probe.dim() != 2 or probe.shape[0] != 2:
         shape = list(probe.shape) if torch.is_tensor(probe) else type(probe).__name__
         raise ModuleExportError(f"forward() must return class scores [N, K]; it returned {shape}")
@@ -229,24 +225,16 @@ def _export_fp32(module: str, weights, input_size, out: Path, labels, mean, std,
         proto = torch_to_onnx(head, (torch.zeros((2, height, width, 3), dtype=torch.uint8),),
                               ["image"], ["logits"], log=log)
     except Exception as exc:  # (the exporter raises many types for unsupported code)
-        raise ModuleExportError(f"torch.onnx.export failed: {_first_line(exc)}") from None
+        raise ModuleExportError(f"torch.onnx.export failed: {first_line(exc, typed=True)}") from None
     # File names only: the metadata travels with the model and should not reveal the builder's folders.
     where, _, attr = module.rpartition(":")
     source = {"module": f"{Path(where).name if where.endswith('.py') else where}:{attr}",
               "weights": Path(weights).name, "mean": list(mean), "std": list(std)}
     set_metadata(proto, "classify", name, "fp32", labels=labels, source=json.dumps(source))
     images = _parity_images(data, (height, width), log)
-    reference = torch_logits(head, images)
-    result: list = []
-
-    def gate(tmp: Path) -> None:
-        parity = compare_outputs(reference, run_onnx(tmp, images), classify=True)
-        result.append(parity)
-        if (parity.top1_agreement or 0.0) < 1.0 or parity.max_abs_diff > FP32_TOLERANCE:
-            raise ModuleExportError(f"parity gate failed against PyTorch: {parity.describe()} (need identical "
-                                    f"top-1 and max |Δ| ≤ {FP32_TOLERANCE:g}); nothing written")
-
-    write_model(proto, out, gate)
+    result: list[Parity] = []
+    write_model(proto, out, logit_gate(torch_logits(head, images), images, "PyTorch", 1.0, FP32_TOLERANCE, result,
+                                       ModuleExportError))
     if not out.name.startswith("."):
         log(f"wrote {out}: uint8 [N, {height}, {width}, 3] → logits [N, {classes}]; {result[0].describe()} vs PyTorch")
     return {"path": str(out), "classes": classes, "parity": result[0].__dict__}

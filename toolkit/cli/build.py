@@ -3,78 +3,87 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any
 
 import typer
 
 from toolkit.cli.common import _one_line, _progress_factory, app, fail, require_train_extra, train_app
-
+from toolkit.core.options import OPS, CalibrationMethod, Form, Int8Target, Precision
 
 # ----------------------------------------------------------------------------- export
 
 @app.command()
 def export(
-    model: Optional[str] = typer.Option(None, help="cifar-cnn | dcgan | fft-lowpass | walsh-compress | fft-spectrum."),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (cifar-cnn, dcgan)."),
-    weights: Optional[Path] = typer.Option(None, help="Trained weights (safetensors); default: the shipped ones."),
-    out: Optional[Path] = typer.Option(None, help="Output .onnx (default: models/<name>[.precision].onnx)."),
-    data: Optional[Path] = typer.Option(None, help="Image tree for parity, calibration and the accuracy guard "
+    model: str | None = typer.Option(None, help="A model of the zoo (e.g. cifar-cnn, dcgan) or a transform "
+                                                   "(fft-lowpass, fft-spectrum, walsh-compress)."),
+    precision: Precision = typer.Option("fp32", help="Classifiers and the generator."),
+    weights: Path | None = typer.Option(None, help="Trained weights (safetensors); default: the shipped ones."),
+    out: Path | None = typer.Option(None, help="Output .onnx (default: models/<name>[.precision].onnx)."),
+    data: Path | None = typer.Option(None, help="Image tree for parity, calibration and the accuracy guard "
                                                    "(default: data/cifar10-jpeg/train)."),
-    preprocess: Optional[str] = typer.Option(None, help="Fuse a transform before the classifier, e.g. fft-lowpass:0.5."),
+    preprocess: str | None = typer.Option(None, help="Fuse a transform before the classifier, e.g. fft-lowpass:0.5."),
     calibration_images: int = typer.Option(500, min=1, help="int8: training images used for calibration."),
-    calibration_method: str = typer.Option("minmax", help="int8: minmax | entropy | percentile."),
+    calibration_method: CalibrationMethod = typer.Option("minmax", help="int8: how ranges are calibrated."),
     max_drop: float = typer.Option(0.5, min=0.0, help="int8: largest allowed validation-accuracy drop, in points."),
     dynamic: bool = typer.Option(False, help="int8: dynamic quantization (refused for models with convolutions)."),
+    target: Int8Target = typer.Option("cpu", help="int8 scheme: cpu (uint8 activations) or tensorrt (symmetric "
+                                                  "int8, zero point 0; default out: models/<name>.trt.int8.onnx)."),
     radius: float = typer.Option(0.5, help="fft-lowpass: cut-off radius in (0, 1]."),
     keep: float = typer.Option(0.5, help="walsh-compress: fraction of coefficients kept per side, in (0, 1]."),
-    size: Optional[List[int]] = typer.Option(None, help="Transforms: image size H W (repeat: --size 32 --size 32)."),
-    form: str = typer.Option("matmul", help="Transforms: dft | matmul."),
+    size: list[int] | None = typer.Option(None, help="Transforms: image size H W (repeat: --size 32 --size 32)."),
+    form: Form = typer.Option("matmul", help="Transforms: DFT nodes (cpu only) or MatMuls (every provider)."),
     tta: bool = typer.Option(False, "--tta", help="Classifiers: average the logits of each image and its mirror "
                                                    "inside the graph (default out: models/<name>.tta.onnx)."),
-    module: Optional[str] = typer.Option(None, help="Your classifier instead of --model: FILE.py:NAME or "
+    module: str | None = typer.Option(None, help="Your classifier instead of --model: FILE.py:NAME or "
                                                     "package.module:NAME (a class or factory taking no arguments)."),
-    input_size: Optional[Tuple[int, int]] = typer.Option(None, help="--module: the net's input H W."),
-    labels: Optional[str] = typer.Option(None, help="--module: label file (one per line) or a,b,c."),
+    input_size: tuple[int, int] | None = typer.Option(None, help="--module: the net's input H W."),
+    labels: str | None = typer.Option(None, help="--module: label file (one per line) or a,b,c."),
     mean: str = typer.Option("0,0,0", help="--module: per-channel mean R,G,B of pixels scaled to [0, 1]."),
     std: str = typer.Option("1,1,1", help="--module: per-channel std R,G,B."),
 ):
     """Export a model to a self-describing ONNX file, gated on parity with PyTorch."""
     if (model is None) == (module is None):
         fail("give either --model NAME or --module FILE.py:NAME")
+    from toolkit import zoo
+    if model is not None and model not in (known := [*zoo.REGISTRY, *OPS]):
+        fail(f"unknown model {model} (known: {', '.join(known)})")
     from toolkit.build.export import TRANSFORM_MODELS, export_model
     if model not in TRANSFORM_MODELS:          # transforms are built without torch
         require_train_extra()
     if module is not None:
         _export_module(module, weights, input_size, out, labels, mean, std, data, precision, calibration_images,
-                       calibration_method, max_drop)
+                       calibration_method, max_drop, target)
         return
     try:
         result = export_model(model=model, precision=precision, weights=weights, out=out, data=data,
                               preprocess=preprocess, calibration_images=calibration_images,
                               calibration_method=calibration_method, max_drop=max_drop, dynamic=dynamic,
-                              radius=radius, keep=keep, size=size, form=form, tta=tta, log=typer.echo,
+                              radius=radius, keep=keep, size=size, form=form, tta=tta, target=target, log=typer.echo,
                               progress=_progress_factory())
-    except Exception as exc:  # every failure here has a one-line message meant for the user
+    except Exception as exc:  # noqa: BLE001  (every failure here has a one-line message meant for the user)
         fail(_one_line(exc))
     typer.echo(result.describe())
 
 
 
-def _export_module(module: str, weights: Optional[Path], input_size, out: Optional[Path], labels: Optional[str],
-                   mean: str, std: str, data: Optional[Path], precision: str, calibration_images: int,
-                   calibration_method: str, max_drop: float) -> None:
+def _export_module(module: str, weights: Path | None, input_size, out: Path | None, labels: str | None,
+                   mean: str, std: str, data: Path | None, precision: str, calibration_images: int,
+                   calibration_method: str, max_drop: float, target: str) -> None:
     if weights is None or input_size is None or out is None:
         fail("--module needs --weights, --input-size H W and --out")
         return
+    if target != "cpu" and precision != "int8":
+        fail(f"--target {target} applies to int8 classifiers only")
     from toolkit.build.module_export import export_module
     from toolkit.core.wrap import parse_labels, parse_triple
     options: dict[str, Any] = {} if precision == "fp32" else {
-        "calibration_images": calibration_images, "calibration_method": calibration_method, "max_drop": max_drop}
+        "calibration_images": calibration_images, "calibration_method": calibration_method, "max_drop": max_drop,
+        "target": target}
     try:
         export_module(module, weights, tuple(input_size), out, parse_labels(labels) if labels else None,
                       parse_triple(mean, "--mean"), parse_triple(std, "--std", positive=True), data,
                       precision=precision, log=typer.echo, **options)
-    except Exception as exc:  # every failure here has a one-line message meant for the user
+    except Exception as exc:  # noqa: BLE001  (every failure here has a one-line message meant for the user)
         fail(_one_line(exc))
 
 
@@ -99,7 +108,7 @@ def _train_command(name: str, config_cls: type, trainer: str, doc: str, skip: tu
     params += [
         inspect.Parameter("out", keyword, annotation=Path, default=typer.Option(
             zoo.get(name).weights_path, help="Final weights (safetensors).")),
-        inspect.Parameter("checkpoint", keyword, annotation=Optional[Path], default=typer.Option(
+        inspect.Parameter("checkpoint", keyword, annotation=Path | None, default=typer.Option(
             None, help="Resumable checkpoint (default: OUT with .ckpt.safetensors).")),
         inspect.Parameter("resume", keyword, annotation=bool, default=typer.Option(
             False, help="Continue from the checkpoint.")),

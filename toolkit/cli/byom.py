@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional, Tuple
 
 import typer
 
 from toolkit.cli.common import _one_line, _progress_factory, app, fail
+from toolkit.core.options import CalibrationMethod, QuantizedPrecision, Split
 
 
 class Layout(str, Enum):
@@ -26,44 +26,27 @@ class OutputKind(str, Enum):
     probabilities = "probabilities"
 
 
-class Precision(str, Enum):
-    int8 = "int8"
-    fp16 = "fp16"
-
-
 class Target(str, Enum):
     cpu = "cpu"
     tensorrt = "tensorrt"
-
-
-class Split(str, Enum):
-    val = "val"
-    train = "train"
-    all = "all"
-
-
-class Calibration(str, Enum):
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
 
 
 @app.command()
 def wrap(
     source: Path = typer.Argument(..., metavar="IN.onnx", help="A float image classifier made elsewhere."),
     out: Path = typer.Option(..., help="The contract model to write (uint8 NHWC RGB in, logits out)."),
-    layout: Optional[Layout] = typer.Option(None, help="The model's input layout (default: the axis of size 3)."),
+    layout: Layout | None = typer.Option(None, help="The model's input layout (default: the axis of size 3)."),
     channels: Channels = typer.Option(Channels.rgb, help="Channel order the model expects."),
     scale: float = typer.Option(255.0, help="Pixels are divided by this before normalising."),
     mean: str = typer.Option("0,0,0", help="Per-channel mean R,G,B subtracted after scaling."),
     std: str = typer.Option("1,1,1", help="Per-channel std R,G,B divided by after that."),
-    labels: Optional[str] = typer.Option(None, help="Label file (one per line) or a,b,c (default: 0…K-1)."),
-    size: Optional[Tuple[int, int]] = typer.Option(None, help="H W, where the model's spatial size is dynamic."),
-    output: Optional[str] = typer.Option(None, help="Which output holds the class scores (several outputs)."),
+    labels: str | None = typer.Option(None, help="Label file (one per line) or a,b,c (default: 0…K-1)."),
+    size: tuple[int, int] | None = typer.Option(None, help="H W, where the model's spatial size is dynamic."),
+    output: str | None = typer.Option(None, help="Which output holds the class scores (several outputs)."),
     outputs: OutputKind = typer.Option(OutputKind.logits, help="What that output is; probabilities become "
                                                                "log-probabilities."),
-    name: Optional[str] = typer.Option(None, help="toolkit.model of the result (default: the file stem)."),
-    images: Optional[Path] = typer.Option(None, help="Real images for the parity gate (default: models/samples)."),
+    name: str | None = typer.Option(None, help="toolkit.model of the result (default: the file stem)."),
+    images: Path | None = typer.Option(None, help="Real images for the parity gate (default: models/samples)."),
 ):
     """Bring a foreign ONNX classifier into the artifact contract, gated on parity with the original."""
     from toolkit import zoo
@@ -87,19 +70,19 @@ def quantize(
     source: Path = typer.Argument(..., metavar="IN.onnx", help="An fp32 contract classifier (zoo, wrapped, "
                                                                "or exported with --module)."),
     out: Path = typer.Option(..., help="The variant to write."),
-    precision: Precision = typer.Option(Precision.int8, help="int8 (static QDQ) or fp16."),
+    precision: QuantizedPrecision = typer.Option("int8", help="int8 (static QDQ) or fp16."),
     data: Path = typer.Option(..., help="Class-per-folder tree, CIFAR-10 batches or a flat folder of images: "
                                         "calibration and the guard."),
-    split: Split = typer.Option(Split.val, help="Part of the fixed split the guard measures on."),
+    split: Split = typer.Option("val", help="Part of the fixed split the guard measures on."),
     calibration_images: int = typer.Option(500, min=1, help="int8: training images used for calibration."),
-    calibration_method: Calibration = typer.Option(Calibration.minmax, help="int8: how ranges are calibrated."),
+    calibration_method: CalibrationMethod = typer.Option("minmax", help="int8: how ranges are calibrated."),
     max_drop: float = typer.Option(0.5, min=0.0, help="int8: largest allowed validation-accuracy drop, in points."),
     unlabeled: bool = typer.Option(False, "--unlabeled", help="Ignore labels: guard on top-1 agreement with fp32."),
     min_agreement: float = typer.Option(0.98, min=0.0, max=1.0, help="Unlabelled guard: least top-1 agreement "
                                                                       "with fp32."),
     target: Target = typer.Option(Target.cpu, help="int8 scheme: cpu (uint8 activations) or tensorrt "
                                                    "(symmetric int8, zero point 0)."),
-    guard_images: Optional[int] = typer.Option(None, min=1, help="Measure the guard on this many images of the "
+    guard_images: int | None = typer.Option(None, min=1, help="Measure the guard on this many images of the "
                                                                  "split (default: all)."),
 ):
     """An fp16 or int8 variant of any contract classifier, with an accuracy guard."""
@@ -108,8 +91,8 @@ def quantize(
     from toolkit.core.sessions import ModelError, ProviderError
 
     try:
-        result = quantize_classifier(source, out, precision.value, data, split.value, calibration_images,
-                                     calibration_method.value, max_drop, unlabeled, min_agreement, target.value,
+        result = quantize_classifier(source, out, precision, data, split, calibration_images,
+                                     calibration_method, max_drop, unlabeled, min_agreement, target.value,
                                      guard_images, log=typer.echo, progress=_progress_factory())
     except (QuantizeError, InputError, ModelError, ProviderError, FileNotFoundError, ValueError, OSError) as exc:
         fail(_one_line(exc))

@@ -4,23 +4,40 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from toolkit.cli.common import _one_line, _open, app, fail
-
+from toolkit.cli.common import (
+    _one_line,
+    _open,
+    app,
+    check_batch_sizes,
+    check_output_dir,
+    check_output_file,
+    each_of,
+    fail,
+    metavar,
+    report,
+)
+from toolkit.core.options import PRECISION_HINTS, PROVIDERS, Form, Op, PrecisionHint, Provider, Split
 
 # ----------------------------------------------------------------------------- infer / eval / generate / info
+# Each input is handled on its own: a bad one is one `error:` line, the others go on, and the exit
+# status is 1 if any failed. Inputs are plain Paths that the commands check themselves (no Typer
+# `exists=`/`readable=`), so one unreadable file cannot make the parser reject the whole call.
+# Every option is checked before any work (model opened, image read, file written).
 
 @app.command()
 def infer(
-    inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
-    model: Optional[Path] = typer.Option(None, help="Classifier .onnx (default: the shipped models/cifar_cnn.onnx)."),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="How many labels to show per image."),
-    provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt | openvino (no silent fallback)."),
-    precision_hint: Optional[str] = typer.Option(None, "--precision-hint", help="openvino: f32 (default) | bf16, which OpenVINO's CPU plugin would otherwise pick silently."),
-    batch_size: int = typer.Option(64, min=1, help="Images per onnxruntime call."),
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    model: Path | None = typer.Option(None, help="Classifier .onnx (default: the shipped models/cifar_cnn.onnx)."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="How many labels to show per image (at most the "
+                                                        "model's number of labels)."),
+    provider: Provider = typer.Option("cpu", help="Where to run; no silent fallback to another provider."),
+    precision_hint: PrecisionHint | None = typer.Option(None, "--precision-hint", help="openvino: compute "
+                                                           "precision of float models (default f32), which "
+                                                           "OpenVINO's CPU plugin would otherwise pick silently."),
+    batch_size: int = typer.Option(64, min=1, help="Images per onnxruntime call (at most 4,096)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image on stdout."),
 ):
     """Classify images of any size with an ONNX classifier."""
@@ -28,17 +45,25 @@ def infer(
 
     from toolkit import zoo
     from toolkit.core.data import expand_inputs
+    from toolkit.core.fsio import shown
     from toolkit.core.infer import classify_files
 
+    check_batch_sizes(batch_size)
     session = _open(model or zoo.CIFAR_CNN.onnx_path(), provider, precision_hint)
-    files = expand_inputs(inputs)
-    if not files:
+    failed = 0
+
+    def bad(message: str) -> None:
+        nonlocal failed
+        failed += 1
+        report(message)
+
+    files = expand_inputs(inputs, on_error=bad)
+    if not files and not failed:
         fail("no images found in the given paths")
-    rows, failed = [], 0
+    rows = []
     for pred in classify_files(session, files, k=top_k, batch_size=batch_size):
         if pred.error:
-            failed += 1
-            typer.echo(f"error: {pred.error}", err=True)
+            bad(pred.error)
         elif as_json:
             typer.echo(json.dumps({"path": pred.path, "top": pred.top}))
         else:
@@ -46,26 +71,30 @@ def infer(
     if rows:
         from rich.console import Console
         from rich.table import Table
-        table = Table(title=f"{session.path.name} ({session.precision}, {session.provider})")
+        table = Table(title=f"{shown(session.path.name)} ({session.precision}, {session.provider})")
         table.add_column("image", overflow="fold")
-        for i in range(top_k):
+        for i in range(max(len(pred.top) for pred in rows)):
             table.add_column(f"#{i + 1}")
         for pred in rows:
-            table.add_row(pred.path, *[f"{t['label']} {t['prob']:.1%}" for t in pred.top])
-        Console().print(table)
+            table.add_row(shown(pred.path), *[f"{t['label']} {t['prob']:.1%}" for t in pred.top])
+        Console(markup=False, highlight=False).print(table)   # names are text, never rich markup
     if failed:
         raise typer.Exit(1)
 
 
 @app.command("eval")
 def evaluate(
-    model: List[Path] = typer.Option(..., help="ONNX classifier(s); several give one comparison table."),
+    model: list[Path] = typer.Option(..., help="ONNX classifier(s); several give one comparison table."),
     data: Path = typer.Option(..., help="Class-per-folder tree or cifar-10-batches-py folder."),
-    split: str = typer.Option("all", help="all | val | train: which part of the fixed split (val = validation)."),
-    provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt | openvino (no silent fallback)."),
-    precision_hint: Optional[str] = typer.Option(None, "--precision-hint", help="openvino: f32 (default) | bf16, which OpenVINO's CPU plugin would otherwise pick silently."),
+    split: Split = typer.Option("all", help="Which part of the fixed split (val = validation)."),
+    provider: Provider = typer.Option("cpu", help="Where to run; no silent fallback to another provider."),
+    precision_hint: PrecisionHint | None = typer.Option(None, "--precision-hint", help="openvino: compute "
+                                                           "precision of float models (default f32), which "
+                                                           "OpenVINO's CPU plugin would otherwise pick silently."),
+    batch_size: int = typer.Option(256, min=1, help="Images decoded and run at a time (at most 4,096): memory "
+                                                    "follows this, not the data set."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout (one object per model)."),
-    markdown: Optional[Path] = typer.Option(None, help="Also write the table as markdown to this file."),
+    markdown: Path | None = typer.Option(None, help="Also write the table as markdown to this file."),
 ):
     """Top-1 accuracy of ONNX classifiers; several models print one table with Δ and agreement vs fp32."""
     import json
@@ -74,80 +103,110 @@ def evaluate(
     from rich.progress import Progress
     from rich.table import Table
 
-    from toolkit.core.data import is_cifar_batches, read_cifar_batches, read_split
-    from toolkit.core.infer import compare_to_reference
-    from toolkit.core.infer import evaluate as run_eval
+    from toolkit.core.data import is_cifar_batches, list_split
+    from toolkit.core.fsio import shown
+    from toolkit.core.infer import accuracy_markdown, compare_to_reference, evaluate_stream
+    from toolkit.core.sessions import ModelError, ProviderError, open_model
 
-    if split not in ("all", "val", "train"):
-        fail(f"--split must be all, val or train, not {split!r}")
-    sessions = [_open(p, provider, precision_hint) for p in model]
-    errors: list[str] = []
-    size = sessions[0].input_hw or (32, 32)
+    check_batch_sizes(batch_size)
+    check_output_file(markdown, "--markdown")
+    if not data.is_dir():
+        fail(f"--data {shown(data)}: not a folder")
+    part = "test" if split == "all" and is_cifar_batches(data) and (data / "test_batch").is_file() else split
     try:
-        with Progress(console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("reading images", total=None)
-            if is_cifar_batches(data) and split == "all":
-                cifar = Path(data)
-                labelled = read_cifar_batches(cifar, "test" if (cifar / "test_batch").is_file() else "train")
-            else:
-                labelled = read_split(data, split, size, on_error=errors.append,
-                                      progress=lambda k: progress.advance(task, k))
-            results = []
-            for s in sessions:
-                task = progress.add_task(f"evaluating {s.path.name}", total=len(labelled))
-                results.append(run_eval(s, labelled.images, labelled.labels, labelled.class_names, str(data),
-                                        advance=lambda k, t=task: progress.advance(t, k)))
+        listing = list_split(data, part)
     except (FileNotFoundError, ValueError) as exc:
         fail(_one_line(exc))
-    for e in errors:
-        typer.echo(f"error: {e}", err=True)
+    failed = 0
+
+    def bad(message: str) -> None:
+        nonlocal failed
+        failed += 1
+        report(message)
+
+    sessions = []
+    for path in model:        # one model that cannot be opened is one error; the others are evaluated
+        try:
+            sessions.append(open_model(path, provider, precision_hint))
+        except ModelError as exc:
+            bad(_one_line(exc))
+        except ProviderError as exc:       # the provider is the whole call's, not one model's
+            fail(_one_line(exc))
+    stderr = Console(stderr=True)
+    with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
+        task = progress.add_task(f"evaluating {len(sessions)} models", total=len(listing))
+        results = evaluate_stream(sessions, listing, shown(data), bad, batch_size,
+                                  progress=lambda k: progress.advance(task, k)) if sessions else []
+    if not results:
+        fail("no model could be evaluated" if sessions or not failed else "no model could be opened")
     compare_to_reference(results)
+    title = f"{shown(data)} ({split}, {results[0].n:,} images)"
     if as_json:
         for r in results:
+            brief = ("accuracy", "n", "per_class", "model")
             typer.echo(json.dumps(r.to_json() if len(results) > 1 else
-                                  {k: v for k, v in r.to_json().items() if k in ("accuracy", "n", "per_class", "model")}))
+                                  {k: v for k, v in r.to_json().items() if k in brief}))
     else:
-        table = Table(title=f"top-1 accuracy on {data} ({split}, {results[0].n:,} images)")
+        table = Table(title=f"top-1 accuracy on {title}")
         for col in ("model", "precision", "size (MB)", "accuracy", "Δ vs fp32", "agreement with fp32"):
             table.add_column(col, justify="left" if col == "model" else "right", overflow="fold")
         for r in results:
-            table.add_row(Path(r.model).name, r.precision, f"{r.size_mb:.2f}", f"{r.accuracy:.2%}",
-                          f"{r.delta_vs_reference * 100:+.2f} pt", f"{r.agreement_with_reference:.2%}")
-        Console().print(table)
+            table.add_row(shown(Path(r.model).name), r.precision, f"{r.size_mb:.2f}", f"{r.accuracy:.2%}",
+                          f"{(r.delta_vs_reference or 0) * 100:+.2f} pt", f"{r.agreement_with_reference or 0:.2%}")
+        Console(markup=False, highlight=False).print(table)
     if markdown is not None:
-        from toolkit.core.infer import accuracy_markdown
-        accuracy_markdown(results, f"{data} ({split}, {results[0].n:,} images)", markdown)
-        typer.echo(f"wrote {markdown}")
-    if errors:
+        try:
+            accuracy_markdown(results, title, markdown)
+        except OSError as exc:
+            fail(f"--markdown {shown(markdown)}: {exc.strerror or exc}")
+        typer.echo(f"wrote {shown(markdown)}")
+    if failed:
         raise typer.Exit(1)
 
 
 @app.command()
 def generate(
-    model: Optional[Path] = typer.Option(None, help="Generator .onnx (default: the shipped models/dcgan.onnx)."),
-    n: int = typer.Option(64, min=1, help="How many images."),
+    model: Path | None = typer.Option(None, help="Generator .onnx (default: the shipped models/dcgan.onnx)."),
+    n: int = typer.Option(64, min=1, help="How many images (a grid holds at most 1,024; --out-dir up to 100,000)."),
     seed: int = typer.Option(0, help="Latent seed: the same seed gives the same picture."),
-    out: Optional[Path] = typer.Option(None, help="Grid PNG (default grid.png unless --out-dir is given)."),
-    out_dir: Optional[Path] = typer.Option(None, help="Write one PNG per image into this folder instead."),
-    provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt | openvino (no silent fallback)."),
-    precision_hint: Optional[str] = typer.Option(None, "--precision-hint", help="openvino: f32 (default) | bf16, which OpenVINO's CPU plugin would otherwise pick silently."),
+    out: Path | None = typer.Option(None, help="Grid PNG (default grid.png unless --out-dir is given)."),
+    out_dir: Path | None = typer.Option(None, help="Write one PNG per image into this folder instead."),
+    provider: Provider = typer.Option("cpu", help="Where to run; no silent fallback to another provider."),
+    precision_hint: PrecisionHint | None = typer.Option(None, "--precision-hint", help="openvino: compute "
+                                                           "precision of float models (default f32), which "
+                                                           "OpenVINO's CPU plugin would otherwise pick silently."),
 ):
     """Generate images with an ONNX generator (DCGAN anime faces by default)."""
     from toolkit import zoo
-    from toolkit.core.data import make_grid, save_image
-    from toolkit.core.infer import generate as run_generate
+    from toolkit.core.data import empty_grid, grid_columns, place, save_image
+    from toolkit.core.fsio import shown
+    from toolkit.core.infer import MAX_GENERATE, MAX_GRID, generate_batches
 
+    grid_path = out if out is not None else (Path("grid.png") if out_dir is None else None)
+    if n > MAX_GENERATE:
+        fail(f"--n {n:,} is over the limit of {MAX_GENERATE:,} images per call")
+    if grid_path is not None and n > MAX_GRID:
+        fail(f"--n {n:,}: a grid picture holds at most {MAX_GRID:,} images; write them one by one with "
+             f"--out-dir (up to {MAX_GENERATE:,}) and no --out")
+    check_output_file(grid_path, "--out")
+    check_output_dir(out_dir, "--out-dir")
     session = _open(model or zoo.DCGAN.onnx_path(), provider, precision_hint)
-    try:
-        images = run_generate(session, n, seed)
+    grid = None
+    try:   # images are written (or placed in the grid) as each batch comes: memory is one batch
+        i = 0
+        for batch in generate_batches(session, n, seed):
+            for image in batch:
+                if out_dir is not None:
+                    save_image(image, out_dir / f"{seed}_{i:04d}.png")
+                if grid_path is not None:
+                    grid = empty_grid(n, image.shape) if grid is None else grid
+                    place(grid, i, image, grid_columns(n))
+                i += 1
         if out_dir is not None:
-            for i, img in enumerate(images):
-                save_image(img, out_dir / f"{seed}_{i:04d}.png")
-            typer.echo(f"wrote {n} images to {out_dir}")
-        if out is not None or out_dir is None:
-            path = save_image(make_grid(images), out or Path("grid.png"))
-            typer.echo(f"wrote {path} ({n} images, seed {seed})")
-    except (ValueError, OSError) as exc:
+            typer.echo(f"wrote {n} images to {shown(out_dir)}")
+        if grid_path is not None and grid is not None:
+            typer.echo(f"wrote {shown(save_image(grid, grid_path))} ({n} images, seed {seed})")
+    except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types; a full disk raises OSError)
         fail(_one_line(exc))
 
 
@@ -159,32 +218,34 @@ def info(model: Path = typer.Argument(..., help="An .onnx file.")):
     from toolkit.core.contract import ModelFileError
     from toolkit.core.info import describe_model
     try:
-        Console().print(describe_model(model))
+        # markup off: metadata and names are the file's text, never rich markup.
+        Console(markup=False, highlight=False).print(describe_model(model))
     except ModelFileError as exc:
         fail(_one_line(exc))
-
 
 
 # ----------------------------------------------------------------------------- bench
 
 @app.command()
 def bench(
-    model: Optional[List[Path]] = typer.Option(None, help="ONNX model to measure, any ONNX file (repeatable; "
+    model: list[Path] | None = typer.Option(None, help="ONNX model to measure, any ONNX file (repeatable; "
                                                           "default: every shipped classifier precision and the "
                                                           "generator)."),
-    provider: Optional[List[str]] = typer.Option(None, help="cpu | cuda | tensorrt | openvino (repeatable; default "
-                                                            "cpu). A provider that cannot run here is an error."),
-    batch_size: Optional[List[int]] = typer.Option(None, min=1, help="Batch size (repeatable; default 1 and 64): "
+    provider: list[str] | None = typer.Option(None, metavar=metavar(PROVIDERS), callback=each_of(PROVIDERS),
+                                                 help="Repeatable; default cpu. A provider that cannot run here "
+                                                      "is an error."),
+    batch_size: list[int] | None = typer.Option(None, min=1, help="Batch size (repeatable; default 1 and 64): "
                                                                      "fills each input's dynamic first dimension."),
-    shape: Optional[List[str]] = typer.Option(None, help="NAME=DIMS, e.g. input=8x3x224x224 (repeatable): the "
+    shape: list[str] | None = typer.Option(None, help="NAME=DIMS, e.g. input=8x3x224x224 (repeatable): the "
                                                          "shape of an input with dynamic dimensions."),
-    precision_hint: Optional[List[str]] = typer.Option(None, "--precision-hint", help="openvino rows: f32 | bf16 "
-                                                       "(repeatable: one set of rows per hint, int8 files take the "
-                                                       "first only; default f32)."),
+    precision_hint: list[str] | None = typer.Option(None, "--precision-hint", metavar=metavar(PRECISION_HINTS),
+                                                       callback=each_of(PRECISION_HINTS), help="openvino rows: "
+                                                       "repeatable, one set of rows per hint, int8 files take the "
+                                                       "first only; default f32."),
     threads: int = typer.Option(0, min=0, help="Threads for every runtime alike (0: one per core)."),
     warmup: int = typer.Option(10, min=0, help="Warm-up runs per row, excluded from the statistics."),
-    runs: Optional[int] = typer.Option(None, min=1, help="Counted runs per row (default 100)."),
-    seconds: Optional[float] = typer.Option(None, min=0.01, help="Measure each row for this long instead of "
+    runs: int | None = typer.Option(None, min=1, help="Counted runs per row (default 100)."),
+    seconds: float | None = typer.Option(None, min=0.01, help="Measure each row for this long instead of "
                                                                  "--runs (steadier on a noisy machine)."),
     rounds: int = typer.Option(1, min=1, help="Interleave the rows in this many rounds (each round a slice of "
                                               "every row), so load changes hit all rows alike."),
@@ -192,13 +253,16 @@ def bench(
                                                              "same run and give each row its share."),
     torch: bool = typer.Option(False, "--torch", help="Add PyTorch eager fp32 rows for the same net and batches "
                                                       "(needs the train extra)."),
-    data: Optional[Path] = typer.Option(None, help="Class-per-folder tree or CIFAR batches: inputs come from its "
+    data: Path | None = typer.Option(None, help="Class-per-folder tree or CIFAR batches: inputs come from its "
                                                    "validation split and classifier rows get its accuracy."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
-    out: Optional[Path] = typer.Option(None, help="Also write <machine>.json, .runs.json, .md and .png here."),
-    compare: Optional[Path] = typer.Option(None, help="An earlier --json/--out result: print each row's ratio to it."),
-    include_copy: bool = typer.Option(False, "--include-copy", help="cuda/tensorrt: time the host↔device copies "
-                                                                    "too (default: IO binding, data stays on the GPU)."),
+    out: Path | None = typer.Option(None, help="Also write <machine>.json, .runs.json, .md and .png here."),
+    compare: Path | None = typer.Option(None, help="An earlier --json/--out result: print each row's ratio to it."),
+    include_copy: bool = typer.Option(False, "--include-copy", help="cuda/tensorrt: time the host↔device "
+                                                                    "copies too (default: IO binding, data stays on "
+                                                                    "the GPU)."),
+    strict_placement: bool = typer.Option(False, "--strict-placement", help="Refuse a row whose compute nodes "
+                                          "(Conv, Gemm, MatMul, …) do not all run on its provider (default: mark it)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print node placement, inputs, session times, roof."),
 ):
     """Latency, throughput, size, accuracy and share of the measured roof per model, precision,
@@ -208,14 +272,19 @@ def bench(
     from rich.console import Console
 
     from toolkit.core import bench as bench_lib
-    from toolkit.core.openvino import PRECISION_HINTS
     from toolkit.core.sessions import ModelError, ProviderError
 
     if runs is not None and seconds is not None:
         fail("--runs and --seconds are exclusive; give one")
-    for hint in precision_hint or []:
-        if hint not in PRECISION_HINTS:
-            fail(f"--precision-hint {hint!r}: choose from {', '.join(PRECISION_HINTS)}")
+    check_batch_sizes(batch_size)
+    check_output_dir(out, "--out")
+    if data is not None:       # the data set is the whole call's: checked here, not as each model's failure
+        from toolkit.core.data import list_split
+        from toolkit.core.fsio import shown
+        try:
+            list_split(data, "val")
+        except (FileNotFoundError, ValueError) as exc:
+            fail(f"--data {shown(data)}: {_one_line(exc)}")
     if precision_hint and "openvino" not in (provider or []):
         fail("--precision-hint applies to --provider openvino only")
     torch_rows = None
@@ -239,8 +308,8 @@ def bench(
             batch_sizes=list(batch_size or bench_lib.DEFAULT_BATCH_SIZES), threads=threads or None,
             warmup=warmup, runs=runs, seconds=seconds, data=data, include_copy=include_copy,
             shapes=bench_lib.parse_shapes(list(shape or [])), precision_hints=list(precision_hint or ["f32"]),
-            rounds=rounds, roof=roof, torch_rows=torch_rows)
-        doc = bench_lib.run_benchmark(cfg, on_row=on_row, log=status.print if verbose else None)
+            rounds=rounds, roof=roof, torch_rows=torch_rows, strict_placement=strict_placement)
+        doc = bench_lib.run_benchmark(cfg, on_row=on_row, log=status.print if verbose else None, on_error=report)
         written = bench_lib.write_reports(doc, out) if out else []
     except (bench_lib.BenchError, ProviderError, ModelError, OSError) as exc:
         fail(_one_line(exc))
@@ -258,31 +327,31 @@ def bench(
             bench_lib.print_comparison(comparison, old, console)
     for path in written:
         status.print(f"wrote {path}")
+    if doc.get("errors"):        # some models could not be measured; each said why in one line
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------- transform
 
 @app.command()
 def transform(
-    inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively); any size."),
-    op: str = typer.Option(..., help="fft-lowpass | fft-spectrum | walsh-compress."),
-    radius: Optional[float] = typer.Option(None, help="fft-lowpass: cut-off in (0, 1], as a fraction of the "
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively); any size."),
+    op: Op = typer.Option(..., help="The transform (GUIDE §1 defines each)."),
+    radius: float | None = typer.Option(None, help="fft-lowpass: cut-off in (0, 1], as a fraction of the "
                                                       "Nyquist frequency (default 0.5)."),
-    keep: Optional[float] = typer.Option(None, help="walsh-compress: fraction of sequencies kept per side, in "
+    keep: float | None = typer.Option(None, help="walsh-compress: fraction of sequencies kept per side, in "
                                                     "(0, 1] (default 0.5)."),
-    form: Optional[str] = typer.Option(None, help="dft | matmul (default: dft on cpu for the Fourier ops, "
-                                                  "else matmul; walsh-compress is matmul only)."),
+    form: Form | None = typer.Option(None, help="Default: dft on cpu for the Fourier ops, else matmul; "
+                                                   "walsh-compress is matmul only."),
     out: Path = typer.Option(..., help="Output image file (one input) or folder (<stem>.png per image)."),
     compare: bool = typer.Option(False, "--compare", help="Also write <out>.compare.png: before | after."),
-    provider: str = typer.Option("cpu", help="cpu | cuda | tensorrt | openvino (no silent fallback)."),
+    provider: Provider = typer.Option("cpu", help="Where to run; no silent fallback to another provider."),
 ):
     """Filter or transform images in the frequency domain (Fourier or Walsh–Hadamard) with ONNX."""
     from toolkit.core.fsio import shown
     from toolkit.core.sessions import ModelError, ProviderError
     from toolkit.core.transforms import OPS, TransformError, run_transform
 
-    if op not in OPS:
-        fail(f"unknown op {op!r} (choose from {', '.join(OPS)})")
     given = {"radius": radius, "keep": keep}
     name = OPS[op]
     for option, value in given.items():
@@ -296,7 +365,8 @@ def transform(
 
     try:
         failed = run_transform(inputs, op, params, out, form=form, compare=compare, provider=provider,
-                               on_written=on_written, on_error=lambda message: typer.echo(f"error: {message}", err=True))
+                               on_written=on_written,
+                               on_error=lambda message: typer.echo(f"error: {message}", err=True))
     except (TransformError, ProviderError, ModelError) as exc:
         fail(_one_line(exc))
     if failed:

@@ -2,8 +2,13 @@
 must be before any command loads it. Every stage uses this module; it never imports torch.
 
 Writing: `set_metadata`, `replace_metadata`, `read_metadata`, `prune_opsets`, `check_contract` and
-`write_model` (checked, written to a temp file beside the target, gated, renamed; nothing is left
-behind on failure), plus `run_onnx` and `compare_outputs` for the parity gates.
+`write_model` — the one writer of every ONNX file the toolkit makes, exports, wraps or quantizes
+(checked, written to a temp file beside the target, gated, renamed; nothing is left behind on
+failure) — plus `run_onnx`, `compare_outputs` and `logit_gate` for the parity gates.
+
+Minimum opset: 17 for what the toolkit builds itself; 13 for a wrapped foreign model (issue #10
+keeps the original graph's opset, raised to 13 if older), told by its `toolkit.wrapped` metadata,
+which its fp16 and int8 variants inherit.
 
 Reading: `inspect_model` says what a file is (size, metadata, external data, where each external
 file lies) and `check_model_file` refuses what no command should load — an empty or non-ONNX file,
@@ -26,7 +31,9 @@ import onnx
 from toolkit import __version__
 from toolkit.core.fsio import InputError, atomic_write, read_regular_file, shown
 
-MIN_OPSET = 17
+MIN_OPSET = 17                      # files the toolkit builds (torch export, transform graphs)
+MIN_OPSET_WRAPPED = 13              # a wrapped foreign graph keeps its own opset, at least this
+WRAPPED_KEY = "toolkit.wrapped"     # set by `toolkit wrap`; marks the file as a wrapped foreign model
 REQUIRED_KEYS = ("toolkit.task", "toolkit.model", "toolkit.precision", "toolkit.version")
 PROTOBUF_LIMIT = 2**31 - 1          # one serialized ModelProto cannot be larger
 
@@ -97,11 +104,22 @@ def prune_opsets(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+def opset_version(proto: onnx.ModelProto) -> int:
+    """The model's default-domain (ai.onnx) opset; 0 if it imports none."""
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def min_opset(proto: onnx.ModelProto) -> int:
+    """The least opset the contract admits for this file: 13 for a wrapped foreign model (and the
+    variants made from it, which keep its metadata), 17 for everything the toolkit builds."""
+    return MIN_OPSET_WRAPPED if WRAPPED_KEY in read_metadata(proto) else MIN_OPSET
+
+
 def check_contract(proto: onnx.ModelProto) -> None:
     """The checks every toolkit ONNX file must pass before it is written (raises ExportError)."""
-    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if opset < MIN_OPSET:
-        raise ExportError(f"opset {opset} < {MIN_OPSET}")
+    opset, least = opset_version(proto), min_opset(proto)
+    if opset < least:
+        raise ExportError(f"opset {opset} < {least}")
     for tensor in _tensors(proto.graph):
         if _external_location(tensor) is not None:
             raise ExportError(f"tensor {tensor.name} uses external data; the contract is one file")
@@ -109,10 +127,12 @@ def check_contract(proto: onnx.ModelProto) -> None:
     missing = [key for key in REQUIRED_KEYS if key not in meta]
     if missing:
         raise ExportError(f"metadata {', '.join(missing)} missing")
+    if proto.ByteSize() > PROTOBUF_LIMIT:
+        raise ExportError("the model exceeds protobuf's 2 GB limit for one ONNX file")
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # noqa: BLE001  (the checker raises several types)
-        raise ExportError(f"onnx checker: {_first_line(exc)}") from None
+        raise ExportError(f"onnx checker: {first_line(exc)}") from None
 
 
 def write_model(proto: onnx.ModelProto, path: str | os.PathLike, gate: Callable[[Path], None] | None = None) -> Path:
@@ -150,18 +170,46 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, classify: bool
     return Parity(n=len(reference), max_abs_diff=diff, top1_agreement=agree)
 
 
-def run_onnx(path: str | os.PathLike, feed: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Run a model's first output on the CPU, in batches: the reference runner of every gate.
+def run_onnx(path: str | os.PathLike, feed: np.ndarray, batch_size: int = 256, output: str | None = None,
+             fixed_batch: int | None = None) -> np.ndarray:
+    """Run one output (default: the first) of a model on the CPU over `feed`, in batches: the
+    reference runner of every gate. A model whose batch is fixed at B (`fixed_batch`) gets chunks
+    of exactly B, the last one padded.
 
     A plain CPU session, not sessions.open_model: the file being gated was written a moment ago by
     write_model, and the gate must not depend on the provider machinery."""
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(4)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: feed[i:i + batch_size]})[0]
-                           for i in range(0, len(feed), batch_size)])
+    step = fixed_batch or batch_size
+    outs = []
+    for i in range(0, len(feed), step):
+        chunk = feed[i:i + step]
+        n = len(chunk)
+        if fixed_batch and n < fixed_batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - n, axis=0)])
+        outs.append(session.run([output] if output else None, {name: chunk})[0][:n])
+    return np.concatenate(outs)
+
+
+def logit_gate(reference: np.ndarray, images: np.ndarray, against: str, min_agreement: float = 1.0,
+               max_diff: float | None = None, found: list[Parity] | None = None,
+               error: type[Exception] = ExportError) -> Callable[[Path], None]:
+    """A `write_model` gate for classifiers: the written file's logits on `images` against
+    `reference` (what `against` gives on the same images) — top-1 agreement ≥ `min_agreement` and
+    max |Δ| ≤ `max_diff`, else `error` and nothing is written. Each measurement is appended to `found`."""
+    def gate(path: Path) -> None:
+        parity = compare_outputs(reference, run_onnx(path, images), classify=True)
+        if found is not None:
+            found.append(parity)
+        if (parity.top1_agreement or 0.0) < min_agreement or (max_diff is not None and parity.max_abs_diff > max_diff):
+            need = "identical top-1" if min_agreement >= 1 else f"≥ {min_agreement:.0%} top-1 agreement"
+            need += f" and max |Δ| ≤ {max_diff:g}" if max_diff is not None else ""
+            raise error(f"parity gate failed against {against}: {parity.describe()} (need {need}); nothing written")
+    return gate
 
 
 # ----------------------------------------------------------------------------- reading
@@ -233,6 +281,11 @@ def inspect_model(path: str | os.PathLike) -> ModelFile:
 
     Raises ModelFileError for a missing, unreadable, empty or non-ONNX file."""
     path = Path(path)
+    if not os.path.lexists(path):
+        raise ModelFileError(f"{shown(path)}: no such model file")
+    if path.is_file() and path.stat().st_size > PROTOBUF_LIMIT:
+        raise ModelFileError(f"{shown(path)}: {path.stat().st_size / 1e9:.1f} GB is over protobuf's 2 GB limit for "
+                             f"one ONNX file; keep the weights in external data beside it")
     try:
         data = read_regular_file(path, PROTOBUF_LIMIT)
     except InputError as exc:
@@ -242,7 +295,7 @@ def inspect_model(path: str | os.PathLike) -> ModelFile:
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as exc:  # noqa: BLE001  (protobuf raises several types for a bad file)
-        raise ModelFileError(f"{shown(path)}: not an ONNX model ({_first_line(exc)[:200]})") from None
+        raise ModelFileError(f"{shown(path)}: not an ONNX model ({first_line(exc, 200)})") from None
     if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.output:
         raise ModelFileError(f"{shown(path)}: not an ONNX model (no graph with outputs)")
     return ModelFile(path=path, proto=proto, file_size=len(data), external=_external_files(proto, path.parent))
@@ -268,6 +321,11 @@ def check_model_file(path: str | os.PathLike) -> ModelFile:
     return model
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException, limit: int = 300, typed: bool = False) -> str:
+    """An exception as one line for the user: the first line of its message (at most `limit`
+    characters), its type name where the message is empty or `typed` asks for it (user code)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0][:limit]
+    return f"{type(exc).__name__}: {line}" if typed else line

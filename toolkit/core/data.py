@@ -2,32 +2,51 @@
 
 Everything here returns uint8 RGB arrays in HWC (one image) or NHWC (a batch) layout — the
 same layout the ONNX artifacts take — and never imports torch.
+
+Limits, so that one input can neither stall a call nor exhaust memory: only regular files are
+read (fsio.read_regular_file), at most MAX_FILE_BYTES each, and an image whose header declares
+more than MAX_PIXELS pixels is refused before a single pixel is decoded. Decoding one image at
+the limit peaks at about 12 bytes per pixel (Pillow's buffer, the RGB copy, the alpha blend).
+Data sets are streamed: `list_split` names the files of a part of the fixed split and
+`SplitListing.chunks` decodes them a chunk at a time, so memory follows the chunk, not the data set.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import pickle
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from struct import error as struct_error  # Pillow's plug-ins raise it on short headers
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from toolkit.core.fsio import InputError, atomic_write, read_regular_file, shown
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-MAX_PIXELS = 64_000_000          # an 8k × 8k photo; anything larger is refused, not decoded
+MAX_PIXELS = 64_000_000          # an 8k × 8k photo; a header declaring more is refused, not decoded
 MAX_FILE_BYTES = 256 * 1024 * 1024
-VAL_FRACTION = 0.1               # the last 10% of each class (500 of 5,000 CIFAR images) is validation
-
-CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer",
-                  "dog", "frog", "horse", "ship", "truck"]
 
 # Pillow would otherwise return a half-grey picture for a truncated file without complaint.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+OnError = Callable[[str], None]
 
-class ImageError(ValueError):
+
+class ImageError(InputError):
     """A file that is not a usable image. The message is one line, fit for the user."""
+
+
+def _grey_to_uint8(a: np.ndarray, lo: float, top: float) -> np.ndarray:
+    """Map [lo, top] onto 0..255, a block of rows at a time so the float copy stays small."""
+    out = np.empty(a.shape, dtype=np.uint8)
+    step = max(1, (1 << 20) // max(1, a.shape[1]))
+    for r in range(0, a.shape[0], step):
+        block = (a[r:r + step].astype(np.float64) - lo) / (top - lo) if top > lo else np.zeros_like(a[r:r + step], float)
+        out[r:r + step] = np.clip(block * 255.0 + 0.5, 0, 255)
+    return out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -36,15 +55,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode.startswith("I"):
         # 16-bit (PNG/TIFF) and 32-bit integer grey: map the 16-bit range onto 8 bits rather
         # than clipping at 255; an "I" image that only holds 0..255 is already 8-bit.
-        a = np.asarray(img, dtype=np.float64)
+        a = np.asarray(img)
         top = 255.0 if img.mode == "I" and a.max() <= 255 else 65535.0
-        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
+        return Image.fromarray(_grey_to_uint8(a, 0.0, top), "L").convert("RGB")
     if img.mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-        return Image.fromarray((a * 255 + 0.5).astype(np.uint8), "L").convert("RGB")
+        a = np.asarray(img)
+        finite = a[np.isfinite(a)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        return Image.fromarray(_grey_to_uint8(np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo), lo, hi), "L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -55,50 +73,59 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation, so a photo stored sideways is classified as it is seen."""
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError, IndexError):
+        # A malformed EXIF block says nothing reliable about orientation; the pixels are still good.
+        return img
+
+
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes into uint8 [H, W, 3] RGB, or raise ImageError."""
+    """Decode encoded image bytes into uint8 [H, W, 3] RGB (EXIF orientation applied), or raise
+    ImageError. `name` is used as given in messages: pass it through fsio.shown."""
     if len(data) == 0:
         raise ImageError(f"{name}: empty file")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ImageError(f"{name}: image too large ({w}×{h} pixels, limit {MAX_PIXELS:,})")
-            if w == 0 or h == 0:
-                raise ImageError(f"{name}: image has zero size")
-            img.load()
-            rgb = _to_rgb(img)
-            return np.asarray(rgb, dtype=np.uint8).copy()
+        with warnings.catch_warnings():
+            # Pillow warns on stderr about odd EXIF and the like; the user gets one line or none.
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise ImageError(f"{name}: image too large ({w}×{h} pixels, limit {MAX_PIXELS:,})")
+                if w == 0 or h == 0:
+                    raise ImageError(f"{name}: image has zero size")
+                img.load()
+                rgb = _to_rgb(_upright(img))
+                return np.array(rgb, dtype=np.uint8)
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file (unrecognised format)") from None
-    except Image.DecompressionBombError:
-        raise ImageError(f"{name}: image too large (decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: image too large (limit {MAX_PIXELS:,} pixels)") from None
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to decode this image") from None
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,
+            struct_error, ZeroDivisionError, OverflowError) as exc:
+        # Pillow's format plug-ins raise all of these on malformed headers.
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "truncated" in reason.lower() or isinstance(exc, EOFError):
             reason = "truncated or corrupt image data"
-        raise ImageError(f"{name}: cannot decode image ({reason})") from None
+        raise ImageError(f"{name}: cannot decode image ({reason[:200]})") from None
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read and decode one image file into uint8 [H, W, 3] RGB, or raise ImageError."""
-    path = Path(path)
+    """Read (regular files only, at most MAX_FILE_BYTES) and decode one image into uint8
+    [H, W, 3] RGB, or raise ImageError."""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(f"{path}: file too large ({size / 2**20:.0f} MiB)")
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory") from None
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except PermissionError:
-        raise ImageError(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return decode_image(data, str(path))
+        data = read_regular_file(path, MAX_FILE_BYTES)
+    except InputError as exc:
+        raise ImageError(str(exc)) from None
+    return decode_image(data, shown(path))
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -113,16 +140,29 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Expand folders (recursively, sorted) into image files; plain files are kept as given,
-    so a non-image file named explicitly is reported as a bad input rather than skipped."""
+def expand_inputs(inputs: list[str | os.PathLike], on_error: OnError | None = None) -> list[Path]:
+    """Expand folders (recursively, sorted) into image files; plain files are kept as given, so a
+    non-image file named explicitly is reported as a bad input rather than skipped. Only regular
+    files are taken from folders. A folder that cannot be listed goes to `on_error` (without it,
+    it is kept in the list and its reader reports it)."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f)))
-        else:
+        if not p.is_dir():
             out.append(p)
+            continue
+        found: list[Path] = []
+        problems: list[OSError] = []
+        for folder, dirs, names in os.walk(p, onerror=problems.append):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found.extend(f for f in (Path(folder) / n for n in names) if is_image_name(f) and f.is_file())
+        for exc in problems:
+            where = shown(exc.filename or p)
+            if on_error is None:
+                out.append(Path(exc.filename or p))
+            else:
+                on_error(f"{where}: cannot list folder ({exc.strerror or exc})")
+        out.extend(sorted(found))
     return out
 
 
@@ -130,139 +170,8 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """The image files of a flat folder (sorted by name); used for GAN training."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a folder")
+        raise FileNotFoundError(f"{shown(folder)}: not a folder")
     return sorted(f for f in folder.iterdir() if f.is_file() and is_image_name(f))
-
-
-# ----------------------------------------------------------------------------- labelled data
-
-class LabelledImages:
-    """A labelled dataset held in memory: images uint8 [N, H, W, 3], labels int64 [N]."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: list[str],
-                 paths: list[str] | None = None):
-        self.images, self.labels, self.class_names, self.paths = images, labels, class_names, paths
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, index: np.ndarray) -> "LabelledImages":
-        paths = [self.paths[i] for i in index] if self.paths is not None else None
-        return LabelledImages(self.images[index], self.labels[index], self.class_names, paths)
-
-
-def class_folder_files(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, list[str]]:
-    """List a class-per-folder tree: (files sorted per class by name, labels, class names)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise ValueError(f"{root}: no class sub-folders found")
-    files: list[Path] = []
-    labels: list[int] = []
-    for idx, name in enumerate(classes):
-        members = sorted(f for f in (root / name).iterdir() if f.is_file() and is_image_name(f))
-        files.extend(members)
-        labels.extend([idx] * len(members))
-    return files, np.asarray(labels, dtype=np.int64), classes
-
-
-def split_indices(labels: np.ndarray, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed split: within each class, in reading order (sorted by file name), the last
-    `val_fraction` is validation. On the CIFAR-10 JPEG tree that is 4500.jpg … 4999.jpg."""
-    train, val = [], []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        n_val = int(round(len(members) * val_fraction))
-        if len(members) > 1:
-            n_val = max(1, n_val)
-        train.append(members[: len(members) - n_val])
-        val.append(members[len(members) - n_val:])
-    return np.concatenate(train), np.concatenate(val)
-
-
-def read_class_folder(root: str | os.PathLike, size: tuple[int, int] | None = (32, 32),
-                      on_error=None, progress=None) -> LabelledImages:
-    """Decode every image of a class-per-folder tree. Bad files are reported through
-    `on_error(message)` (default: raise) and left out."""
-    return read_split(root, "all", size, on_error=on_error, progress=progress)
-
-
-# ----------------------------------------------------------------------------- CIFAR batches
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """The CIFAR-10 python batches are pickles; a pickle can run arbitrary code when loaded.
-    This unpickler admits only the few harmless globals a pickled numpy array needs."""
-
-    def find_class(self, module, name):
-        allowed = {
-            ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"), ("numpy", "dtype"),
-            ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-            ("_codecs", "encode"),
-        }
-        if (module, name) not in allowed:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
-        if module == "_codecs":
-            import codecs
-            return codecs.encode
-        if name in ("ndarray", "dtype"):
-            return getattr(np, name)
-        core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core
-        return getattr(core.multiarray, name)
-
-
-def _load_batch(path: Path) -> dict:
-    with open(path, "rb") as fh:
-        obj = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a CIFAR batch")
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
-
-
-def is_cifar_batches(root: str | os.PathLike) -> bool:
-    root = Path(root)
-    return (root / "batches.meta").is_file() or (root / "data_batch_1").is_file()
-
-
-def read_cifar_batches(root: str | os.PathLike, part: str = "train") -> LabelledImages:
-    """Read the official `cifar-10-batches-py` folder: part 'train' (data_batch_1..5) or 'test'."""
-    root = Path(root)
-    names = ["test_batch"] if part == "test" else sorted(p.name for p in root.glob("data_batch_*"))
-    if not names or not all((root / n).is_file() for n in names):
-        raise FileNotFoundError(f"{root}: no CIFAR-10 {part} batches found")
-    class_names = CIFAR10_LABELS
-    if (root / "batches.meta").is_file():
-        meta = _load_batch(root / "batches.meta")
-        if "label_names" in meta:
-            class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
-    images, labels = [], []
-    for n in names:
-        batch = _load_batch(root / n)
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3072:
-            raise ValueError(f"{root / n}: expected data of shape [N, 3072], got {data.shape}")
-        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
-    return LabelledImages(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), class_names)
-
-
-def read_labelled(root: str | os.PathLike, size=(32, 32), on_error=None, progress=None,
-                  cifar_part: str = "train") -> LabelledImages:
-    """A class-per-folder tree or a CIFAR-10 batches folder, whichever `root` is."""
-    if is_cifar_batches(root):
-        return read_cifar_batches(root, cifar_part)
-    return read_class_folder(root, size=size, on_error=on_error, progress=progress)
-
-
-def read_flat_folder(folder: str | os.PathLike, size: tuple[int, int] = (64, 64),
-                     on_error=None, progress=None) -> np.ndarray:
-    """Decode every image of a flat folder, resized to `size`: uint8 [N, H, W, 3]."""
-    images, _ = _decode_files(list_images(folder), size, on_error, progress)
-    if not images:
-        raise ValueError(f"{folder}: no readable images")
-    return np.stack(images)
 
 
 # ----------------------------------------------------------------------------- writing images
@@ -270,66 +179,50 @@ def read_flat_folder(folder: str | os.PathLike, size: tuple[int, int] = (64, 64)
 def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2, fill: int = 255) -> np.ndarray:
     """Tile uint8 [N, H, W, C] images into one uint8 [rows·(H+pad)+pad, cols·(W+pad)+pad, C] picture."""
     n, h, w, c = images.shape
-    ncols = ncols or int(np.ceil(np.sqrt(n)))
-    nrows = int(np.ceil(n / ncols))
-    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), fill, dtype=np.uint8)
+    grid = empty_grid(n, (h, w, c), ncols, pad, fill)
     for i, img in enumerate(images):
-        r, col = divmod(i, ncols)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+        place(grid, i, img, ncols or grid_columns(n), pad)
     return grid
+
+
+def grid_columns(n: int) -> int:
+    return int(np.ceil(np.sqrt(n)))
+
+
+def empty_grid(n: int, shape: tuple[int, int, int], ncols: int | None = None, pad: int = 2,
+               fill: int = 255) -> np.ndarray:
+    """The blank picture `make_grid` fills, so a caller can place images as they are made."""
+    h, w, c = shape
+    ncols = ncols or grid_columns(n)
+    nrows = int(np.ceil(n / ncols))
+    return np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), fill, dtype=np.uint8)
+
+
+def place(grid: np.ndarray, i: int, image: np.ndarray, ncols: int, pad: int = 2) -> None:
+    h, w = image.shape[:2]
+    r, col = divmod(i, ncols)
+    grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = image
 
 
 def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write uint8 [H, W, 3] (or [H, W]) atomically; the format follows the suffix (PNG if none known)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(np.ascontiguousarray(image)).save(tmp, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    picture = Image.fromarray(np.ascontiguousarray(image))
+    return atomic_write(path, lambda tmp: picture.save(tmp, format=fmt))
 
 
-def _decode_files(files: list[Path], size: tuple[int, int] | None, on_error, progress) -> tuple[list, list[int]]:
-    """Decode (and resize) files; bad ones go to `on_error` (default: raise). Returns the images
-    and the positions in `files` they came from."""
-    images, kept = [], []
-    for j, f in enumerate(files):
-        try:
-            img = load_image(f)
-            images.append(resize(img, *size) if size else img)
-            kept.append(j)
-        except ImageError as exc:
-            if on_error is None:
-                raise
-            on_error(str(exc))
-        if progress is not None:
-            progress(1)
-    return images, kept
+# The data-set readers live in datasets.py (which imports this module); their names stay
+# importable from here, resolved on first use so that neither module needs the other half-loaded.
+_DATASET_NAMES = frozenset({
+    "CHUNK", "CIFAR10_LABELS", "VAL_FRACTION", "Chunk", "LabelledImages", "SplitListing", "class_folder_files",
+    "is_cifar_batches", "list_split", "read_cifar_batches", "read_class_folder", "read_flat_folder",
+    "read_labelled", "read_split", "split_indices",
+})
 
 
-def read_split(root: str | os.PathLike, part: str = "val", size: tuple[int, int] | None = (32, 32),
-               limit: int | None = None, on_error=None, progress=None) -> LabelledImages:
-    """Decode only one part ('train' | 'val' | 'all') of the fixed split. With `limit`, take an
-    evenly spaced subset of that part so every class is represented."""
-    root = Path(root)
-    if is_cifar_batches(root):
-        data = read_cifar_batches(root, "train")
-        train, val = split_indices(data.labels)
-        index = {"train": train, "val": val}.get(part, np.arange(len(data)))
-        if limit and limit < len(index):
-            index = index[np.linspace(0, len(index) - 1, limit).astype(int)]
-        return data.subset(index)
-    files, labels, classes = class_folder_files(root)
-    train, val = split_indices(labels)
-    index = {"train": train, "val": val}.get(part, np.arange(len(files)))
-    if limit and limit < len(index):
-        index = index[np.linspace(0, len(index) - 1, limit).astype(int)]
-    images, decoded = _decode_files([files[i] for i in index], size, on_error, progress)
-    kept = [int(index[j]) for j in decoded]
-    if not images:
-        raise ValueError(f"{root}: no readable images in the {part} part")
-    return LabelledImages(np.stack(images), labels[kept], classes, [str(files[i]) for i in kept])
+def __getattr__(name: str) -> object:
+    if name in _DATASET_NAMES:
+        from toolkit.core import datasets
+        return getattr(datasets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -120,7 +120,8 @@ def fold_input_head(model: onnx.ModelProto, border: str = "exact") -> FoldedHead
     inits = [numpy_helper.from_array(folded.astype(np.float32), prefix + "conv_weight"),
              numpy_helper.from_array(folded_bias.astype(np.float32), prefix + "conv_bias"),
              numpy_helper.from_array(np.array(zero, np.float32), prefix + "zero")]
-    nodes = [helper.make_node("Transpose", [image.name], [prefix + "nchw"], perm=[0, 3, 1, 2], name=prefix + "transpose")]
+    nodes = [helper.make_node("Transpose", [image.name], [prefix + "nchw"], perm=[0, 3, 1, 2],
+                              name=prefix + "transpose")]
     pixels_u8 = prefix + "nchw"
     pads = list(_attribute(conv, "pads", [0, 0, 0, 0]))
     if border == "exact" and any(pads):
@@ -135,8 +136,8 @@ def fold_input_head(model: onnx.ModelProto, border: str = "exact") -> FoldedHead
                   numpy_helper.from_array(border_mask, prefix + "border"),
                   numpy_helper.from_array(fill, prefix + "fill")]
         nodes += [helper.make_node("Pad", [pixels_u8, prefix + "pads"], [prefix + "padded"], name=prefix + "pad"),
-                  helper.make_node("Where", [prefix + "border", prefix + "fill", prefix + "padded"], [prefix + "filled"],
-                                   name=prefix + "fill")]
+                  helper.make_node("Where", [prefix + "border", prefix + "fill", prefix + "padded"],
+                                   [prefix + "filled"], name=prefix + "fill")]
         pixels_u8 = prefix + "filled"
         for attribute in conv.attribute:
             if attribute.name == "pads":

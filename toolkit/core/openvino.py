@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.core.options import PRECISION_HINTS
 from toolkit.core.sessions import DEFAULT_CACHE, Model, ModelError, ProviderError
 
-PRECISION_HINTS = ("f32", "bf16")
 DEFAULT_HINT = "f32"
 # What INFERENCE_PRECISION_HINT reads back as, per hint.
 _HINT_TYPES = {"f32": "f32", "bf16": "bf16"}
@@ -137,8 +137,8 @@ def open_openvino(path: str | Path, threads: int | None = None, precision_hint: 
         compiled = core.compile_model(str(path), "CPU", config)
     except Exception as exc:  # noqa: BLE001  (OpenVINO raises several types with multi-line reports)
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise ProviderError(f"openvino: cannot compile {path.name} ({(lines[-1] if lines else type(exc).__name__)[:300]})"
-                            ) from None
+        reason = (lines[-1] if lines else type(exc).__name__)[:300]
+        raise ProviderError(f"openvino: cannot compile {path.name} ({reason})") from None
     compile_s = time.perf_counter() - start
     devices = list(compiled.get_property("EXECUTION_DEVICES"))
     if devices != ["CPU"]:

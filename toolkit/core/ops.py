@@ -17,9 +17,10 @@ import math
 
 import numpy as np
 
+from toolkit.core.options import FORMS
+
 OPS: dict[str, str | None] = {"fft-lowpass": "radius", "fft-spectrum": None, "walsh-compress": "keep"}
 PREPROCESS_OPS = ("fft-lowpass", "walsh-compress")    # the ops that map an image to an image
-FORMS = ("dft", "matmul")
 
 # Resource limits, so that the work is bounded by a stated size and not by what a tiny file claims.
 # matmul: the constant basis matrices grow with the square of a side (4 bytes · side² each; the

@@ -43,3 +43,7 @@ SPLITS: tuple[Split, ...] = get_args(Split)
 # onnxruntime's static-quantization calibration methods.
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
 CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = get_args(CalibrationMethod)
+
+# int8 activation schemes: cpu (uint8, x86 VNNI kernels) or tensorrt (symmetric int8, zero point 0).
+Int8Target = Literal["cpu", "tensorrt"]
+INT8_TARGETS: tuple[Int8Target, ...] = get_args(Int8Target)

@@ -34,11 +34,11 @@ from toolkit.core.int8_recipe import (
     finish_input_head,
     fold_input_head,
 )
+from toolkit.core.options import CALIBRATION_METHODS, INT8_TARGETS
+from toolkit.core.wrap_graph import PREFIX as WRAP_PREFIX  # the head `toolkit wrap` puts in front
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-TARGETS = ("cpu", "tensorrt")
+TARGETS = INT8_TARGETS
 PREPROCESS_OPS = {"Cast", "Transpose", "Sub", "Mul", "Div", "Slice"}
-WRAP_PREFIX = "toolkit_wrap/"      # the head `toolkit wrap` puts in front of a foreign model
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops that may sit between quantized compute nodes (residual adds and pooling of foreign nets
 # included, so onnxruntime fuses them into int8 kernels); anything else (the uint8 head, a

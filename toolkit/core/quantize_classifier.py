@@ -22,10 +22,21 @@ import numpy as np
 import onnx
 
 from toolkit.core import quantize
-from toolkit.core.contract import prune_opsets
-from toolkit.core.fsio import atomic_write, shown
+from toolkit.core.contract import (
+    ExportError,
+    ModelFileError,
+    Parity,
+    check_model_file,
+    logit_gate,
+    read_metadata,
+    replace_metadata,
+    run_onnx,
+    write_model,
+)
+from toolkit.core.fsio import shown
+from toolkit.core.options import QUANTIZED_PRECISIONS
 
-PRECISIONS = ("fp16", "int8")
+PRECISIONS = QUANTIZED_PRECISIONS
 SPLITS = ("val", "train", "all")
 FP16_MIN_AGREEMENT, FP16_MAX_DIFF = 0.99, 0.1      # fp16 vs fp32 logits
 INT8_MIN_AGREEMENT = 0.97                          # int8 vs fp32 top-1, whatever the guard measured
@@ -75,15 +86,14 @@ class QuantizationData:
 
 # ----------------------------------------------------------------------------- the source model
 
-def classifier_facts(path: Path) -> tuple[dict[str, str], tuple[int, int]]:
-    """Metadata and input H×W of a contract classifier in fp32, or QuantizeError."""
-    if not path.is_file():
-        raise QuantizeError(f"{shown(path)}: no such model file")
+def classifier_facts(path: Path) -> tuple[onnx.ModelProto, dict[str, str], tuple[int, int]]:
+    """The model, its metadata and input H×W, read with the contract's reading checks (one file,
+    no external data): a contract classifier in fp32, or QuantizeError."""
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # (protobuf raises several types for a bad file)
-        raise QuantizeError(f"{shown(path)}: not an ONNX model ({str(exc).strip().splitlines()[0][:200]})") from None
-    meta = {p.key: p.value for p in proto.metadata_props}
+        proto = check_model_file(path).proto
+    except ModelFileError as exc:
+        raise QuantizeError(str(exc)) from None
+    meta = read_metadata(proto)
     if meta.get("toolkit.task") != "classify":
         raise QuantizeError(f"{shown(path)}: not a contract classifier (toolkit.task is "
                             f"{meta.get('toolkit.task', 'missing')}); bring it in with `toolkit wrap` first")
@@ -92,7 +102,7 @@ def classifier_facts(path: Path) -> tuple[dict[str, str], tuple[int, int]]:
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[3] != 3 or min(dims[1:3]) < 1:
         raise QuantizeError(f"{shown(path)}: input is not uint8 [N, H, W, 3] with a fixed H×W")
-    return meta, (dims[1], dims[2])
+    return proto, meta, (dims[1], dims[2])
 
 
 # ----------------------------------------------------------------------------- data
@@ -104,7 +114,8 @@ def _evenly(index: np.ndarray, limit: int | None) -> np.ndarray:
 
 
 def _is_labelled(root: Path) -> bool:
-    from toolkit.core.data import is_cifar_batches, is_image_name
+    from toolkit.core.data import is_image_name
+    from toolkit.core.datasets import is_cifar_batches
     if is_cifar_batches(root):
         return True
     return any(d.is_dir() and not d.name.startswith(".") and any(is_image_name(f) for f in d.iterdir())
@@ -116,7 +127,8 @@ def read_quantization_data(data: str | os.PathLike, size: tuple[int, int], model
                            unlabeled: bool = False, log=print) -> QuantizationData:
     """Calibration images from the training part of the fixed split; guard images (and labels, when
     the data has them and `unlabeled` is off) from `split`."""
-    from toolkit.core.data import ImageError, list_images, load_image, read_split, resize, split_indices
+    from toolkit.core.data import ImageError, list_images, load_image, resize
+    from toolkit.core.datasets import read_split, split_indices
     from toolkit.core.infer import match_labels
 
     root = Path(data)
@@ -160,36 +172,19 @@ def read_quantization_data(data: str | os.PathLike, size: tuple[int, int], model
 
 # ----------------------------------------------------------------------------- the variant
 
-def _run(path: Path, images: np.ndarray) -> np.ndarray:
-    from toolkit.core.sessions import open_model
-    model = open_model(path, "cpu")
-    return np.concatenate([model.run(images[i:i + 256]) for i in range(0, len(images), 256)])
-
-
 def _write(proto: onnx.ModelProto, out: Path, reference: np.ndarray, images: np.ndarray,
            min_agreement: float, max_diff: float | None, result: QuantizeResult) -> None:
-    """Check, write to a temp file beside `out`, gate the variant's logits against fp32, rename."""
-    prune_opsets(proto)     # not check_contract: a wrapped model may keep its opset 13 (issue #10)
+    """The contract's writer, gated on the variant's logits against fp32; the gate's numbers go
+    into `result`."""
+    found: list[Parity] = []
     try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:  # (the checker raises several types)
-        raise QuantizeError(f"the {result.precision} model fails the ONNX checker: "
-                            f"{str(exc).splitlines()[0]}") from None
-
-    def write_and_gate(tmp: Path) -> None:
-        onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        got = _run(tmp, images)
-        result.agreement = float(np.mean(got.argmax(1) == reference.argmax(1)))
-        result.max_abs_diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
-        result.n_gate = len(images)
-        if result.agreement < min_agreement or (max_diff is not None and result.max_abs_diff > max_diff):
-            limit = f"≥ {min_agreement:.0%} agreement"
-            limit += f" and max |Δ| ≤ {max_diff:g}" if max_diff is not None else ""
-            raise QuantizeError(f"{result.precision} gate failed against fp32 on {len(images)} images: agreement "
-                                f"{result.agreement:.2%}, max |Δ| {result.max_abs_diff:.3g} (need {limit}); "
-                                f"nothing written")
-
-    atomic_write(out, write_and_gate)
+        write_model(proto, out, logit_gate(reference, images, "fp32", min_agreement, max_diff, found, QuantizeError))
+    except ExportError as exc:
+        raise QuantizeError(f"the {result.precision} model breaks the contract: {exc}") from None
+    finally:
+        if found:
+            result.agreement = found[0].top1_agreement or 0.0
+            result.max_abs_diff, result.n_gate = found[0].max_abs_diff, found[0].n
 
 
 def quantize_classifier(source: str | os.PathLike, out: str | os.PathLike, precision: str = "int8",
@@ -211,17 +206,16 @@ def quantize_classifier(source: str | os.PathLike, out: str | os.PathLike, preci
         raise QuantizeError("--min-agreement must lie in (0, 1], --max-drop ≥ 0, --calibration-images ≥ 1")
     if out.exists() and out.resolve() == source.resolve():
         raise QuantizeError(f"--out {shown(out)} is the input model; choose another file")
-    meta, size = classifier_facts(source)
+    fp32, meta, size = classifier_facts(source)
     if data is None:
         raise QuantizeError(f"{precision} needs real images for calibration and its gates (pass --data)")
-    fp32 = onnx.load(str(source))
     if dynamic:
         quantize.refuse_dynamic(fp32)
     labels = json.loads(meta.get("toolkit.labels", "[]"))
     images = read_quantization_data(data, size, labels, split, calibration_images, guard_images, unlabeled, log)
     images.calibration = quantize.usable_calibration(images.calibration, calibration_method)
     gate_images = images.guard[_evenly(np.arange(len(images.guard)), GATE_IMAGES)]
-    reference = _run(source, gate_images)
+    reference = run_onnx(source, gate_images)
     result = QuantizeResult(path=out, precision=precision, target=target, guard="logits")
     if precision == "fp16":
         proto = quantize.convert_fp16(fp32)
@@ -245,8 +239,6 @@ def quantize_classifier(source: str | os.PathLike, out: str | os.PathLike, preci
         result.fp32_score, result.score, result.excluded = guard.fp32_accuracy, guard.int8_accuracy, guard.excluded
         min_gate, max_diff = INT8_MIN_AGREEMENT, None
     meta["toolkit.precision"] = precision
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=value)
+    replace_metadata(proto, meta)
     _write(proto, out, reference, gate_images, min_gate, max_diff, result)
     return result

@@ -1,27 +1,55 @@
-"""onnxruntime sessions per provider, with strict provider checks. Never imports torch.
+"""onnxruntime sessions per provider, with strict checks and node placement. Never imports torch.
 
-`get_available_providers()` lists CUDA and TensorRT in every onnxruntime-gpu wheel, GPU or not;
-only a created session's `get_providers()` tells the truth, so that is what we check.
+A provider you ask for is a promise, kept three ways:
+- The session is on it or there is no session. GPU libraries are loaded from the pip wheels first
+  (gpu.preload); onnxruntime's own fallback to the CPU is switched off; when the provider still
+  cannot load, the error names the library that failed and the driver's and the build's CUDA
+  versions (gpu.failure_line). `get_available_providers()` lists CUDA and TensorRT in every
+  onnxruntime-gpu wheel, GPU or not, so only a created session counts.
+- Placement is read, not assumed: `get_providers()` lists a provider that took no node, so
+  `placement` reads the session's graph assignment (`session.record_ep_graph_assignment_info`):
+  which compute nodes (Conv, Gemm, MatMul, …) each provider runs, the nodes inside a TensorRT
+  subgraph counted one by one. A model whose compute nodes are not all on the requested provider
+  is `complete=False`; the benchmark marks it and `--strict-placement` refuses it.
+- TensorRT builds what it will run: with the input shapes known (the benchmark: one session per
+  batch size) the optimisation profile is explicit (min = opt = max), so the engine is built for
+  exactly that shape at session creation, not on a first run with whatever shape comes; engine and
+  timing caches sit in a folder keyed by model hash, GPU, the TensorRT library actually loaded and
+  the onnxruntime version, published only after the first run succeeds (`first_run`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
-import io
-import hashlib
 import json
 import os
-import re
-import subprocess
+import shutil
 import tempfile
+import time
+import weakref
 from collections import Counter
-from importlib import metadata as importlib_metadata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from toolkit.core import gpu
+from toolkit.core.tensorrt import (
+    EngineCache,
+    cache_key,
+    gpu_name,
+    model_hash,
+    profile_tag,
+    tensorrt_version,
+    trt_profile,
+)
+
+# gpu_name, model_hash and tensorrt_version live in tensorrt.py and are offered here too.
+__all__ = ["COMPUTE_OPS", "PROVIDERS", "Model", "ModelError", "Placement", "ProviderError", "check_provider",
+           "classify", "first_run", "gpu_name", "int8_target", "model_hash", "open_model", "placement",
+           "provider_options", "softmax", "tensorrt_version", "topk", "usable_providers"]
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -30,6 +58,13 @@ PROVIDERS = {
     # Not an onnxruntime provider: the OpenVINO runtime behind the same Model interface (openvino.py).
     "openvino": "OpenVINO",
 }
+# The nodes whose placement decides a row: where the multiply-adds are (quantized and fused forms
+# included) and DFT, which CUDA has no kernel for.
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "FusedConv", "NhwcConv", "Gemm",
+                         "FusedGemm", "QGemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul",
+                         "MatMulIntegerToFloat", "DFT", "STFT"})
+# Providers that compile a subgraph into one kernel (an engine) rather than running node by node.
+COMPILING = frozenset({"TensorrtExecutionProvider"})
 DEFAULT_CACHE = Path(os.environ.get("TOOLKIT_CACHE", Path.home() / ".cache" / "toolkit"))
 
 
@@ -43,11 +78,47 @@ class ModelError(ValueError):
 
 def _ort():
     import onnxruntime as ort
-    # Fatal only: a provider library that fails to load is logged at ERROR level (with colour codes)
-    # straight to the terminal, while the exception or the provider check already says it in one line.
+    # Fatal only outside session creation: gpu.captured() raises it to ERROR while a session is made
+    # and turns what is logged into the one-line error, instead of colour-coded lines on the terminal.
     ort.set_default_logger_severity(4)
     return ort
 
+
+def short(provider_name: str) -> str:
+    return provider_name.replace("ExecutionProvider", "")
+
+
+def provider_options(provider: str, model_path: Path, trt_fp16: bool = False, cache_dir: Path | None = None,
+                     device_id: int = 0, profile: str | None = None) -> tuple[list, EngineCache | None]:
+    """The providers list for InferenceSession — the requested one first, then the host providers
+    for the nodes it cannot take, which `placement` reports — and the TensorRT cache it uses."""
+    if provider not in PROVIDERS or provider == "openvino":
+        raise ProviderError(f"unknown onnxruntime provider {provider!r} (choose from cpu, cuda, tensorrt)")
+    if provider == "cpu":
+        return ["CPUExecutionProvider"], None
+    cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+    if provider == "cuda":
+        return [cuda, "CPUExecutionProvider"], None
+    cache = EngineCache.prepare(Path(cache_dir or DEFAULT_CACHE / "trt"), cache_key(model_path, device_id),
+                                profile_tag(profile))
+    opts: dict[str, object] = {
+        "device_id": device_id,
+        # TensorRT 10 (what this onnxruntime build links) builds weakly typed networks: without this
+        # an fp16 file's layers may be computed in fp32. int8 files are Q/DQ graphs that carry their
+        # own scales; the implicit-calibration switch (trt_int8_enable) is never set.
+        "trt_fp16_enable": trt_fp16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache.path),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache.path),
+        "trt_engine_hw_compatible": False,
+    }
+    if profile is not None:
+        opts.update(trt_profile_min_shapes=profile, trt_profile_opt_shapes=profile, trt_profile_max_shapes=profile)
+    return [("TensorrtExecutionProvider", opts), cuda, "CPUExecutionProvider"], cache
+
+
+# ----------------------------------------------------------------------------- sessions
 
 @dataclass
 class Model:
@@ -56,6 +127,7 @@ class Model:
     session: object
     provider: str
     metadata: dict = field(default_factory=dict)
+    engine_cache: EngineCache | None = None
 
     @property
     def task(self) -> str:
@@ -71,7 +143,7 @@ class Model:
 
     @property
     def input(self):
-        return self.session.get_inputs()[0]
+        return self.session.get_inputs()[0]  # type: ignore[attr-defined]
 
     @property
     def input_hw(self) -> tuple[int, int] | None:
@@ -82,91 +154,31 @@ class Model:
         return None
 
     def run(self, feed: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input.name: feed})[0]
+        if self.engine_cache is not None and self.engine_cache.staging is not None:
+            first_run(self, {self.input.name: feed})
+        return self.session.run(None, {self.input.name: feed})[0]  # type: ignore[attr-defined]
 
 
-def model_hash(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=None)
-def gpu_name(device_id: int = 0) -> str | None:
-    """The GPU's name as nvidia-smi reports it, or None where there is no NVIDIA GPU."""
-    try:
-        out = subprocess.run(["nvidia-smi", "-i", str(device_id), "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0 or not out.stdout.strip():
-        return None
-    return out.stdout.strip()
-
-
-@functools.lru_cache(maxsize=None)
-def tensorrt_version() -> str | None:
-    """The TensorRT version onnxruntime will load: the pip wheel's, else the system library's."""
-    for name in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-libs", "tensorrt-cu12-libs"):
-        try:
-            return importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    for lib in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"):
-        try:
-            code = ctypes.CDLL(lib).getInferLibVersion()
-        except (OSError, AttributeError):
-            continue
-        # TensorRT 10 encodes major·10000 + minor·100 + patch; 8.x encodes major·1000 + minor·100 + patch.
-        major, rest = (code // 10000, code % 10000) if code >= 10000 else (code // 1000, code % 1000)
-        return f"{major}.{rest // 100}.{rest % 100}"
-    return None
-
-
-def provider_options(provider: str, model_path: Path, trt_fp16: bool = False, trt_int8: bool = False,
-                     cache_dir: Path | None = None, device_id: int = 0) -> list:
-    """The providers list for InferenceSession: the requested one first, CPU as the host fallback
-    for nodes it cannot take (which the placement summary reports)."""
-    if provider not in PROVIDERS:
-        raise ProviderError(f"unknown provider {provider!r} (choose from {', '.join(PROVIDERS)})")
-    if provider == "cpu":
-        return ["CPUExecutionProvider"]
-    cuda = ("CUDAExecutionProvider", {"device_id": device_id})
-    if provider == "cuda":
-        return [cuda, "CPUExecutionProvider"]
-    # TensorRT: engines and timing caches are keyed by model hash, GPU and TensorRT version via
-    # the folder, because a stale engine for another GPU or TensorRT silently costs accuracy or fails.
-    gpu = re.sub(r"[^a-z0-9]+", "-", (gpu_name(device_id) or "unknown-gpu").lower()).strip("-")
-    key = f"{model_hash(model_path)}-{gpu}-trt{tensorrt_version() or 'unknown'}"
-    cache = Path(cache_dir or DEFAULT_CACHE / "trt") / key
-    cache.mkdir(parents=True, exist_ok=True)
-    opts = {
-        "device_id": device_id,
-        "trt_fp16_enable": trt_fp16,
-        "trt_int8_enable": trt_int8,
-        "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(cache),
-        "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": str(cache),
-        "trt_engine_hw_compatible": False,
-    }
-    return [("TensorrtExecutionProvider", opts), cuda, "CPUExecutionProvider"]
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
-               trt_fp16: bool = False, trt_int8: bool = False, cache_dir: Path | None = None,
-               profile: bool = False, precision_hint: str | None = None) -> Model:
+               trt_fp16: bool = False, cache_dir: Path | None = None, profile: bool = False,
+               precision_hint: str | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
+               device_id: int = 0) -> Model:
     """Create a session on `provider` or raise ProviderError / ModelError with a one-line message.
-    `precision_hint` (f32 | bf16) applies to openvino, which computes float models in f32 unless asked."""
+    `shapes` (tensorrt): the input shapes to build the engine for (an explicit profile); without
+    them TensorRT builds on the first run for the shapes it sees. `precision_hint` (f32 | bf16)
+    applies to openvino, which computes float models in f32 unless asked."""
     ort = _ort()
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     from toolkit.core.contract import ModelFileError, check_model_file
     try:  # the contract is enforced when reading too: one file, external data only inside the folder
-        check_model_file(path)
+        model_file = check_model_file(path)
     except ModelFileError as exc:
         raise ModelError(str(exc)) from None
     if provider == "openvino":
@@ -174,55 +186,140 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
         return open_openvino(path, threads=threads, precision_hint=precision_hint, cache_dir=cache_dir)
     if precision_hint is not None:
         raise ProviderError("a precision hint (f32 | bf16) applies to the openvino provider only")
+    if provider not in PROVIDERS:
+        raise ProviderError(f"unknown provider {provider!r} (choose from {', '.join(PROVIDERS)})")
+    preload_failures = gpu.preload(provider)
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"toolkit_profile_{os.getpid()}")
-    providers = provider_options(provider, path, trt_fp16, trt_int8, cache_dir)
+    trt = provider == "tensorrt"
     try:
-        # onnxruntime print()s an 'EP Error … falling back' banner to stdout when a provider library
-        # fails to load; that would corrupt --json output, and the provider check below reports it.
-        with contextlib.redirect_stdout(io.StringIO()):
-            session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own exception types for bad files
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if provider != "cpu" and "provider" in msg.lower():
-            raise ProviderError(f"{provider}: cannot create a session ({msg})") from None
-        raise ModelError(f"{path}: cannot load model ({msg[:300]})") from None
-    wanted = PROVIDERS[provider]
-    got = session.get_providers()
-    if wanted not in got:
-        raise ProviderError(
-            f"provider '{provider}' was requested but is not usable here (the session would run on "
-            f"{', '.join(p.replace('ExecutionProvider', '') for p in got)}); refusing to fall back")
+        profile_shapes = trt_profile(model_file.proto, shapes) if trt and shapes else None
+    except ValueError as exc:
+        raise ProviderError(str(exc)) from None
+    providers, cache = provider_options(provider, path, trt_fp16, cache_dir, device_id, profile_shapes)
+    on_gpu = provider in gpu.GPU_PROVIDERS
+    text: list[str] = []
+    try:
+        with gpu.captured() if on_gpu else contextlib.nullcontext(text) as text:
+            # enable_fallback=0: onnxruntime would otherwise retry on the CPU when the provider fails.
+            session = ort.InferenceSession(str(path), sess_options=so, providers=providers, enable_fallback=0)
+    except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types)
+        if cache is not None:
+            cache.discard()
+        message = _first_line(exc)
+        if on_gpu and ("EP_FAIL" in message or type(exc).__name__ == "EPFail" or gpu.cause("\n".join(text))):
+            raise ProviderError(gpu.failure_line(provider, "\n".join(text) + "\n" + message, preload_failures)) from None
+        raise ModelError(f"{path}: cannot load model ({message[:300]})") from None
+    session.disable_fallback()
+    if PROVIDERS[provider] not in session.get_providers():
+        if cache is not None:
+            cache.discard()
+        raise ProviderError(gpu.failure_line(provider, "\n".join(text), preload_failures))
     metadata = dict(session.get_modelmeta().custom_metadata_map)
-    return Model(path=path, session=session, provider=provider, metadata=metadata)
+    model = Model(path=path, session=session, provider=provider, metadata=metadata, engine_cache=cache)
+    if cache is not None and cache.staging is not None:
+        weakref.finalize(model, shutil.rmtree, cache.staging, True)   # never run: nothing published
+    return model
 
 
-def node_placement(model: Model, feed: np.ndarray) -> dict[str, int]:
-    """How many graph nodes each provider ran, read from one profiled run.
-
-    The model must have been opened with profile=True."""
-    model.run(feed)
-    profile_path = model.session.end_profiling()
+def first_run(model: Model, feeds: dict[str, np.ndarray]) -> float:
+    """Run once and return the seconds it took. On TensorRT this is where an engine without an
+    explicit profile is built (with one, it was built at session creation); a failure here is a
+    one-line ProviderError, and the engine cache is published only after it succeeds."""
+    run = getattr(model, "run_feeds", None) or (lambda f: model.session.run(None, f))  # type: ignore[attr-defined]
+    on_gpu = model.provider in gpu.GPU_PROVIDERS
+    text: list[str] = []
+    start = time.perf_counter()
     try:
-        events = json.loads(Path(profile_path).read_text())
-    finally:
-        Path(profile_path).unlink(missing_ok=True)
-    nodes: dict[str, str] = {}
-    for ev in events:
-        args = ev.get("args") or {}
-        if ev.get("cat") == "Node" and "provider" in args:
-            nodes[args.get("op_name", "") + ":" + ev["name"].removesuffix("_kernel_time")] = args["provider"]
-    return dict(Counter(p.replace("ExecutionProvider", "") for p in nodes.values()))
+        with gpu.captured() if on_gpu else contextlib.nullcontext(text) as text:
+            run(feeds)
+    except Exception as exc:
+        if model.engine_cache is not None:
+            model.engine_cache.discard()
+        if not on_gpu:
+            raise
+        reason = gpu.cause("\n".join(text)) or _first_line(exc)
+        raise ProviderError(f"{model.provider}: the first run of {model.path.name} failed: {reason[:300]}") from None
+    elapsed = time.perf_counter() - start
+    if model.engine_cache is not None:
+        model.engine_cache.publish()
+    return elapsed
 
 
-def usable_providers() -> list[str]:
-    """The providers that can really create a session here (used by tests to skip GPU cases)."""
+def int8_target(metadata: dict) -> str | None:
+    """The int8 scheme a toolkit file was quantized for (`toolkit.calibration`): 'tensorrt'
+    (symmetric int8 activations, zero point 0) or 'cpu' (uint8 activations); None if not int8."""
+    if metadata.get("toolkit.precision") != "int8":
+        return None
+    try:
+        calibration = json.loads(metadata.get("toolkit.calibration") or "{}")
+    except json.JSONDecodeError:
+        calibration = {}
+    return str(calibration.get("target", "cpu")) if isinstance(calibration, dict) else "cpu"
+
+
+# ----------------------------------------------------------------------------- placement
+
+@dataclass
+class Placement:
+    """Where a session's nodes run. `nodes`: provider → nodes (those inside a compiled subgraph
+    counted one by one); `subgraphs`: provider → subgraphs it compiled (TensorRT engines);
+    `compute`: provider → its compute nodes as `OpType name`."""
+    requested: str
+    nodes: dict[str, int]
+    subgraphs: dict[str, int]
+    compute: dict[str, list[str]]
+
+    @property
+    def elsewhere(self) -> list[str]:
+        return [f"{node} on {where}" for where, names in self.compute.items() if where != self.requested
+                for node in names]
+
+    @property
+    def complete(self) -> bool:
+        """Every compute node on the requested provider, and that provider runs something."""
+        return not self.elsewhere and self.nodes.get(self.requested, 0) > 0
+
+    def facts(self) -> dict:
+        return {"placement": self.nodes, "placement_subgraphs": self.subgraphs,
+                "compute_nodes": {p: len(names) for p, names in self.compute.items()},
+                "compute_elsewhere": self.elsewhere, "placement_ok": self.complete}
+
+
+def classify(subgraphs: Iterable[tuple[str, list[tuple[str, str]]]], requested: str) -> Placement:
+    """Placement from (provider, [(op_type, node name)]) per assigned subgraph."""
+    nodes: Counter = Counter()
+    compiled: Counter = Counter()
+    compute: dict[str, list[str]] = {}
+    for provider, members in subgraphs:
+        name = short(provider)
+        nodes[name] += len(members)
+        if provider in COMPILING:
+            compiled[name] += 1
+        for op_type, node in members:
+            if op_type in COMPUTE_OPS:
+                compute.setdefault(name, []).append(f"{op_type} {node}")
+    return Placement(short(PROVIDERS.get(requested, requested)), dict(nodes), dict(compiled), compute)
+
+
+def placement(model: Model) -> Placement:
+    """The session's graph assignment, as onnxruntime recorded it when it partitioned the graph."""
+    info = model.session.get_provider_graph_assignment_info()  # type: ignore[attr-defined]
+    return classify(((sg.ep_name, [(n.op_type, n.name) for n in sg.get_nodes()]) for sg in info), model.provider)
+
+
+# ----------------------------------------------------------------------------- what can run here
+
+@functools.cache
+def _probe(provider: str) -> str | None:
+    """None when `provider` creates a session and runs a one-node model here, else why not."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -231,17 +328,30 @@ def usable_providers() -> list[str]:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     # IR 8 loads in every supported onnxruntime; onnx.helper's default IR can be newer than it reads.
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    usable = []
     with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "probe.onnx"
-        onnx.save(proto, p)
-        for name in PROVIDERS:
-            try:
-                open_model(p, name, cache_dir=Path(tmp))
-                usable.append(name)
-            except (ProviderError, ModelError):
-                pass
-    return usable
+        path = Path(tmp) / "probe.onnx"
+        onnx.save(proto, path)
+        try:
+            model = open_model(path, provider, cache_dir=Path(tmp) / "cache")
+            if provider != "openvino":
+                first_run(model, {"x": np.ones(1, np.float32)})
+        except (ProviderError, ModelError) as exc:
+            return str(exc)
+    return None
+
+
+def check_provider(provider: str) -> None:
+    """Raise ProviderError, with the real cause, when `provider` cannot run a session here."""
+    if provider not in PROVIDERS:
+        raise ProviderError(f"unknown provider {provider!r} (choose from {', '.join(PROVIDERS)})")
+    reason = _probe(provider)
+    if reason is not None:
+        raise ProviderError(reason)
+
+
+def usable_providers() -> list[str]:
+    """The providers that can really create and run a session here (tests skip GPU cases by it)."""
+    return [name for name in PROVIDERS if _probe(name) is None]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

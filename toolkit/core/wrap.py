@@ -26,10 +26,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from toolkit.core.fsio import atomic_write, read_regular_file, shown
+from toolkit.core.contract import (
+    ExportError,
+    Parity,
+    first_line,
+    logit_gate,
+    read_metadata,
+    run_onnx,
+    write_model,
+)
+from toolkit.core.fsio import read_regular_file, shown
 from toolkit.core.wrap_graph import (
     FLOAT_TYPES,
-    PROTOBUF_LIMIT,
     TINY,
     Interface,
     WrapError,
@@ -135,40 +143,13 @@ def as_logits(output: np.ndarray, spec: WrapSpec) -> np.ndarray:
     return np.log(np.maximum(out, np.float32(TINY))) if spec.outputs == "probabilities" else out
 
 
-def _session(model: str):
-    from toolkit.core.sessions import _ort
-    ort = _ort()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def _run(session, name: str, feed: np.ndarray, batch: int | None, output: str | None = None) -> np.ndarray:
-    """Run in chunks; a model whose batch is fixed at B gets chunks of exactly B (the last padded)."""
-    step = batch or 32
-    outs = []
-    for i in range(0, len(feed), step):
-        chunk = feed[i:i + step]
-        n = len(chunk)
-        if batch and n < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-        outs.append(session.run([output] if output else None, {name: chunk})[0][:n])
-    return np.concatenate(outs)
-
-
 def reference_logits(source: Path, images: np.ndarray, spec: WrapSpec, io: Interface) -> np.ndarray:
     """The original model on numpy-preprocessed images, post-processed in numpy."""
     try:
-        session = _session(str(source))
-        out = _run(session, io.input, reference_input(images, spec, io), io.static_batch, io.output)
-    except Exception as exc:
-        raise WrapError(f"{shown(source)}: onnxruntime cannot run the model as given: {_first_line(exc)}") from None
+        out = run_onnx(source, reference_input(images, spec, io), 32, io.output, io.static_batch)
+    except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types)
+        raise WrapError(f"{shown(source)}: onnxruntime cannot run the model as given: {first_line(exc)}") from None
     return as_logits(out, spec)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _check_spec(spec: WrapSpec) -> None:
@@ -218,30 +199,23 @@ def wrap(source: str | os.PathLike, out: str | os.PathLike, spec: WrapSpec | Non
     io.classes = classes
     name = spec.name or source.stem
     proto = build_wrapped(model, replace(spec, labels=labels), name, io)
-    if proto.ByteSize() > PROTOBUF_LIMIT:
-        raise WrapError("the wrapped model exceeds protobuf's 2 GB limit for one ONNX file")
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:
-        raise WrapError(f"the wrapped model fails the ONNX checker: {_first_line(exc)}") from None
-    diffs: list[float] = []
+    limit = PARITY_MAX_DIFF_FP16 if io.dtype == onnx.TensorProto.FLOAT16 else PARITY_MAX_DIFF
+    found: list[Parity] = []
+    parity = logit_gate(reference, pixels, "the original model", 1.0, limit, found, WrapError)
 
-    def write_and_gate(tmp: Path) -> None:
-        onnx.save_model(proto, str(tmp))
+    def gate(tmp: Path) -> None:
         try:
-            got = _run(_session(str(tmp)), "image", pixels, None)
-        except Exception as exc:
-            raise WrapError(f"the wrapped model does not run with a batch of {min(len(pixels), 32)} images "
-                            f"({_first_line(exc)}); export the model with a dynamic batch dimension") from None
-        diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
-        diffs.append(diff)
-        same_top1 = bool(np.all(got.argmax(1) == reference.argmax(1)))
-        limit = PARITY_MAX_DIFF_FP16 if io.dtype == onnx.TensorProto.FLOAT16 else PARITY_MAX_DIFF
-        if not (diff <= limit and same_top1):
-            raise WrapError(f"parity gate failed: max |Δ| {diff:.2e} (limit {limit:g}), top-1 "
-                            f"{'identical' if same_top1 else 'differs'} on {len(pixels)} images; nothing written")
+            parity(tmp)
+        except WrapError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types)
+            raise WrapError(f"the wrapped model does not run on a batch of {min(len(pixels), 256)} images "
+                            f"({first_line(exc)}); export the model with a dynamic batch dimension") from None
 
-    atomic_write(out, write_and_gate)
-    precision = {p.key: p.value for p in proto.metadata_props}["toolkit.precision"]
+    try:
+        write_model(proto, out, gate)
+    except ExportError as exc:
+        raise WrapError(f"the wrapped model breaks the contract: {exc}") from None
     return WrapResult(path=out, name=name, layout=io.layout, input_size=size, labels=labels,
-                      precision=precision, max_abs_diff=diffs[0], n_images=len(pixels))
+                      precision=read_metadata(proto)["toolkit.precision"], max_abs_diff=found[0].max_abs_diff,
+                      n_images=len(pixels))

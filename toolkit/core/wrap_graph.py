@@ -18,10 +18,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from toolkit.core import contract
+from toolkit.core.contract import MIN_OPSET_WRAPPED, WRAPPED_KEY, first_line, opset_version
 from toolkit.core.fsio import shown
 
-PROTOBUF_LIMIT = 2**31 - 1
-MIN_OPSET = 13
 TINY = 1e-38                     # log(0) would be -inf; the smallest normal float32 keeps logits finite
 PREFIX = "toolkit_wrap/"
 FLOAT_TYPES: dict[int, type] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16,
@@ -49,8 +49,6 @@ class WrapSpec:
     name: str | None = None
 
 
-
-
 # ----------------------------------------------------------------------------- reading the foreign model
 
 def load_foreign(path: str | os.PathLike) -> onnx.ModelProto:
@@ -58,18 +56,12 @@ def load_foreign(path: str | os.PathLike) -> onnx.ModelProto:
     file lies inside the model's own folder (the contract's reading check)."""
     from onnx.external_data_helper import load_external_data_for_model
 
-    from toolkit.core.contract import ModelFileError, check_model_file
-
     path = Path(path)
-    size = _file_size(path)
-    if size > PROTOBUF_LIMIT:
-        raise WrapError(f"{shown(path)}: {size / 1e9:.1f} GB is over protobuf's 2 GB limit for one ONNX file; "
-                        f"save it with external data (weights beside it) and wrap that")
     try:
-        found = check_model_file(path)
-    except ModelFileError as exc:
+        found = contract.check_model_file(path)
+    except contract.ModelFileError as exc:
         raise WrapError(str(exc)) from None
-    if found.total_size > PROTOBUF_LIMIT:
+    if found.total_size > contract.PROTOBUF_LIMIT:
         raise WrapError(f"{shown(path)}: model and external data exceed protobuf's 2 GB limit, so the wrapped "
                         f"model cannot be one file")
     if found.external:
@@ -77,26 +69,11 @@ def load_foreign(path: str | os.PathLike) -> onnx.ModelProto:
     return found.proto
 
 
-def _file_size(path: Path) -> int:
-    if not path.is_file():
-        raise WrapError(f"{shown(path)}: no such model file")
-    return path.stat().st_size
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def _dims(value_info) -> list[int | None] | None:
     t = value_info.type.tensor_type
     if not t.HasField("shape"):
         return None
     return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def source_precision(model: onnx.ModelProto) -> str:
@@ -272,12 +249,13 @@ def _prepare(model: onnx.ModelProto, io: Interface) -> tuple[onnx.ModelProto, In
     """The foreign graph made ready to join: opset ≥ 13, names that cannot collide with ours, a
     dynamic batch, and the original's initializers no longer listed as inputs. Returns the model
     and its interface under the names it now has."""
-    if _opset(model) < MIN_OPSET:
+    if opset_version(model) < MIN_OPSET_WRAPPED:
         from onnx import version_converter
         try:
-            model = version_converter.convert_version(model, MIN_OPSET)
-        except Exception as exc:
-            raise WrapError(f"cannot convert opset {_opset(model)} to {MIN_OPSET}: {_first_line(exc)}") from None
+            model = version_converter.convert_version(model, MIN_OPSET_WRAPPED)
+        except Exception as exc:  # noqa: BLE001  (the converter raises several types)
+            raise WrapError(f"cannot convert opset {opset_version(model)} to {MIN_OPSET_WRAPPED}: "
+                            f"{first_line(exc)}") from None
         model.ir_version = max(model.ir_version, 7)
     initializers = {t.name for t in model.graph.initializer}
     keep = [i for i in model.graph.input if i.name not in initializers]
@@ -317,8 +295,8 @@ def build_wrapped(model: onnx.ModelProto, spec: WrapSpec, name: str, io: Interfa
     try:
         joined = onnx.compose.merge_models(pre, model, io_map=[(f"{PREFIX}input", io.input)])
         joined = onnx.compose.merge_models(joined, post, io_map=[(io.output, f"{PREFIX}output")])
-    except Exception as exc:
-        raise WrapError(f"cannot join the preprocessing to the model: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001  (onnx.compose raises several types)
+        raise WrapError(f"cannot join the preprocessing to the model: {first_line(exc)}") from None
     _keep_only_output(joined.graph, "logits")
     # merge_models lists each side's opset imports; one entry per domain is what the spec allows.
     opsets = {o.domain: o.version for o in joined.opset_import}
@@ -331,7 +309,7 @@ def build_wrapped(model: onnx.ModelProto, spec: WrapSpec, name: str, io: Interfa
     meta = {p.key: p.value for p in model.metadata_props if not p.key.startswith("toolkit.")}
     meta.update({"toolkit.task": "classify", "toolkit.model": name, "toolkit.precision": precision,
                  "toolkit.version": __version__, "toolkit.labels": json.dumps(labels),
-                 "toolkit.wrapped": json.dumps(source)})
+                 WRAPPED_KEY: json.dumps(source)})
     del joined.metadata_props[:]
     helper.set_model_props(joined, meta)
     return joined

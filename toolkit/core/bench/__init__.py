@@ -21,22 +21,57 @@ comparison). Nothing here imports torch: the PyTorch rows are made by toolkit/bu
 and handed in as `BenchConfig.torch_rows`.
 """
 
-from toolkit.core.bench.inputs import (BUFFER_BYTES, MAX_BUFFERS, MIN_BUFFERS, BenchError, InputPool, TensorSpec,
-                                       image_pool, latent_pool, multiply_adds, parse_shapes, resolve_shapes,
-                                       rotating_buffers, signature, synthesise)
+from toolkit.core.bench.inputs import (
+    BUFFER_BYTES,
+    MAX_BUFFERS,
+    MIN_BUFFERS,
+    BenchError,
+    InputPool,
+    TensorSpec,
+    image_pool,
+    latent_pool,
+    multiply_adds,
+    parse_shapes,
+    resolve_shapes,
+    rotating_buffers,
+    signature,
+    synthesise,
+)
 from toolkit.core.bench.machine import available_cores, machine_info, machine_slug
-from toolkit.core.bench.measure import (DEFAULT_BATCH_SIZES, DEFAULT_RUNS, MIN_TIMED_RUNS, BenchConfig, Context, Plan,
-                                        accuracy_of, default_models, latency_stats, measure_plans, run_benchmark,
-                                        time_runs)
-from toolkit.core.bench.report import (compare_rows, load_result, markdown_report, placement_lines, plot_report,
-                                       print_comparison, print_table, result_json, write_reports)
+from toolkit.core.bench.measure import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_RUNS,
+    MIN_TIMED_RUNS,
+    BenchConfig,
+    Context,
+    Plan,
+    accuracy_of,
+    default_models,
+    latency_stats,
+    measure_plans,
+    run_benchmark,
+    time_runs,
+)
+from toolkit.core.bench.report import (
+    compare_rows,
+    load_result,
+    markdown_report,
+    placement_lines,
+    plot_report,
+    print_comparison,
+    print_table,
+    result_json,
+    summary_lines,
+    write_reports,
+)
 from toolkit.core.bench.roof import measure_roof, shares
 
 __all__ = [
     "BUFFER_BYTES", "DEFAULT_BATCH_SIZES", "DEFAULT_RUNS", "MAX_BUFFERS", "MIN_BUFFERS", "MIN_TIMED_RUNS",
     "BenchConfig", "BenchError", "Context", "InputPool", "Plan", "TensorSpec", "accuracy_of", "available_cores",
     "compare_rows", "default_models", "image_pool", "latency_stats", "latent_pool", "load_result", "machine_info",
-    "machine_slug", "markdown_report", "measure_plans", "measure_roof", "multiply_adds", "parse_shapes", "placement_lines",
+    "machine_slug", "markdown_report", "measure_plans", "measure_roof", "multiply_adds", "parse_shapes",
+    "placement_lines",
     "plot_report", "print_comparison", "print_table", "resolve_shapes", "result_json", "rotating_buffers",
-    "run_benchmark", "shares", "signature", "synthesise", "time_runs", "write_reports",
+    "run_benchmark", "shares", "signature", "summary_lines", "synthesise", "time_runs", "write_reports",
 ]

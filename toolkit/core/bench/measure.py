@@ -25,12 +25,14 @@ from toolkit.core.bench.inputs import BenchError, InputPool
 from toolkit.core.bench.machine import available_cores, machine_info
 from toolkit.core.bench.roof import measure_roof, remeasure_gemm, shares
 from toolkit.core.bench.runtime import backend, placement, step
+from toolkit.core.fsio import shown
 from toolkit.core.sessions import (
-    PROVIDERS,
     ModelError,
     ProviderError,
+    check_provider,
+    first_run,
+    int8_target,
     open_model,
-    usable_providers,
 )
 
 DEFAULT_BATCH_SIZES = (1, 64)
@@ -50,6 +52,7 @@ class Plan:
     accuracy: tuple[float, int] | None = None
     metadata: dict = field(default_factory=dict)
     timings: list[float] = field(default_factory=list)
+    round_ends: list[int] = field(default_factory=list)    # len(timings) after each round
 
 
 @dataclass
@@ -69,6 +72,7 @@ class BenchConfig:
     precision_hints: list[str] = field(default_factory=lambda: ["f32"])  # OpenVINO rows: one set per hint
     rounds: int = 1                     # > 1: interleave the rows, each round a slice of every row
     roof: bool = True                   # measure the roof (issue rates, GEMM) in the same run
+    strict_placement: bool = False      # refuse a row whose compute nodes do not all run on its provider
     # The build layer's PyTorch rows (`--torch`): (first ONNX plan of a model, context) → plans.
     torch_rows: Callable[[Plan, Context], list[Plan]] | None = None
 
@@ -180,31 +184,57 @@ def _pool_for(specs: list[inp.TensorSpec], shapes: dict, meta: dict, ctx: Contex
     spec, shape = specs[0], shapes[specs[0].name]
     if spec.dtype == "uint8" and len(shape) == 4 and shape[3] == 3:
         return ctx.images((shape[1], shape[2]))
-    if spec.dtype == "float" and len(shape) == 2 and (meta.get("toolkit.task") == "generate" or isinstance(spec.dims[1], int)):
+    latent = meta.get("toolkit.task") == "generate" or isinstance(spec.dims[1], int) if len(shape) == 2 else False
+    if spec.dtype == "float" and latent:
         return ctx.latents(shape[1])
     return None
 
 
+def _fixed_batch(run: Callable[[np.ndarray], np.ndarray], batch: int) -> Callable[[np.ndarray], np.ndarray]:
+    """images → logits through a session that takes exactly `batch` images (a TensorRT engine
+    built for one shape): the last chunk is padded with copies of its last image."""
+    def predict(images: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), batch):
+            chunk = images[i:i + batch]
+            n = len(chunk)
+            if n < batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+            out.append(run(chunk)[:n])
+        return np.concatenate(out)
+    return predict
+
+
 def onnx_plans(path: Path, provider: str, hint: str | None, ctx: Context) -> list[Plan]:
-    """One plan per distinct input shape set (batch sizes a static model cannot take collapse)."""
+    """One plan per distinct input shape set (batch sizes a static model cannot take collapse).
+    TensorRT gets one session per shape set, its engine built for exactly that shape (an explicit
+    profile) instead of being rebuilt when a larger batch arrives. Each session's first run is
+    timed apart and never counted (`first_run_s`; on TensorRT, with the session creation where
+    the engine is built or loaded, `engine_build_s`), and TensorRT rows get at least one warm-up."""
     cfg = ctx.cfg
     proto = _load(path)
     meta = {p.key: p.value for p in proto.metadata_props}
     specs = inp.signature(proto)
     precision = inp.guess_precision(proto)
+    trt = provider == "tensorrt"
     shape_sets: list[dict] = []
     for batch_size in cfg.batch_sizes:
         shapes = inp.resolve_shapes(specs, cfg.shapes, batch_size, path.name)
         if shapes not in shape_sets:
             shape_sets.append(shapes)
-    start = time.perf_counter()
-    model = open_model(path, provider, threads=cfg.threads, trt_fp16=precision == "fp16", trt_int8=precision == "int8",
-                       cache_dir=cfg.cache_dir, profile=provider != "openvino",
-                       precision_hint=hint if provider == "openvino" else None)
-    create_s = time.perf_counter() - start
+
+    def session(shapes: dict):
+        start = time.perf_counter()
+        model = open_model(path, provider, threads=cfg.threads, trt_fp16=precision == "fp16", cache_dir=cfg.cache_dir,
+                           precision_hint=hint if provider == "openvino" else None, shapes=shapes if trt else None)
+        return model, time.perf_counter() - start
+
     device = provider not in CPU_SIDE and not cfg.include_copy
-    plans, where, accuracy = [], None, None
-    for shapes in shape_sets:
+    plans: list[Plan] = []
+    accuracy = None
+    for index, shapes in enumerate(shape_sets):
+        if index == 0 or trt:
+            model, create_s = session(shapes)
         batch_size = inp.batch_of(specs, shapes)
         pool = _pool_for(specs, shapes, meta, ctx)
         if pool is not None:
@@ -213,21 +243,32 @@ def onnx_plans(path: Path, provider: str, hint: str | None, ctx: Context) -> lis
         else:
             feeds = inp.synthesised_feeds(specs, shapes)
             source = inp.synthesised_source(specs, shapes)
-        if where is None:
-            # The placement comes from the first (profiled) run; profiling is off for every run after it.
-            where = placement(model, feeds[0])
-            ctx.log(f"{path.name} on {provider}{f' ({hint})' if hint else ''}: session {create_s:.3f} s, nodes "
-                    + ", ".join(f"{k} {v}" for k, v in where.items()) + f"; inputs: {source}")
-            if pool is not None and meta.get("toolkit.task") == "classify":
-                accuracy = accuracy_of(model.run, model.labels, pool, path.name)
+        cache = getattr(model, "engine_cache", None)
+        cache_state = None if cache is None else "hit" if cache.hit else "miss"
+        first_s = first_run(model, feeds[0])
+        where = placement(model)
+        ctx.log(f"{path.name} on {provider}{f' ({hint})' if hint else ''} batch {batch_size}: "
+                f"session {create_s:.3f} s, "
+                f"first run {first_s:.3f} s, nodes " + ", ".join(f"{k} {v}" for k, v in where["placement"].items())
+                + "".join(f"; {node}" for node in where.get("compute_elsewhere", [])) + f"; inputs: {source}")
+        if cfg.strict_placement and not where["placement_ok"]:
+            elsewhere = where.get("compute_elsewhere") or [f"no node on {provider}"]
+            raise ProviderError(f"{inp.shown(path)} on {provider}: not every compute node runs there ("
+                                f"{', '.join(elsewhere[:3])}{', …' if len(elsewhere) > 3 else ''}); refused by "
+                                "--strict-placement")
+        if index == 0 and pool is not None and meta.get("toolkit.task") == "classify":
+            predict = _fixed_batch(model.run, batch_size) if trt else model.run
+            accuracy = accuracy_of(predict, model.labels, pool, path.name)
         macs = inp.multiply_adds(proto, shapes)
         facts = {"model": meta.get("toolkit.model", path.name.split(".")[0]), "precision": precision,
                  "provider": provider, "backend": backend(model), "batch_size": batch_size,
                  "compute": "bf16" if hint == "bf16" else None, "file": inp.shown(path),
-                 "file_size_bytes": path.stat().st_size, "session_create_s": create_s, "placement": where,
-                 "io_binding": device, "input": source, "input_buffers": len(feeds),
+                 "file_size_bytes": path.stat().st_size, "session_create_s": create_s, **where,
+                 "first_run_s": first_s, "io_binding": device, "input": source, "input_buffers": len(feeds),
                  "shapes": {name: list(s) for name, s in shapes.items()},
                  "multiply_adds_per_item": round(macs / batch_size) if macs else None}
+        if trt:
+            facts.update(engine_build_s=create_s + first_s, engine_cache=cache_state, warmup_runs=max(cfg.warmup, 1))
         if provider == "openvino":
             facts["openvino_cache"] = "hit" if getattr(model, "cache_hit", False) else "miss"
         plans.append(Plan(facts, step(model, feeds, device), accuracy, meta))
@@ -237,17 +278,29 @@ def onnx_plans(path: Path, provider: str, hint: str | None, ctx: Context) -> lis
 # ----------------------------------------------------------------------------- the whole run
 
 def check_providers(providers: list[str]) -> None:
-    """Raise ProviderError for the first requested provider that cannot create a session here,
-    before anything is measured."""
+    """Raise ProviderError, with its real cause, for the first requested provider that cannot
+    create and run a session here, before anything is measured."""
     for name in providers:
-        if name not in PROVIDERS:
-            raise ProviderError(f"unknown provider {name!r} (choose from {', '.join(PROVIDERS)})")
-    usable = usable_providers() if set(providers) - {"cpu"} else ["cpu"]
-    for name in providers:
-        if name not in usable:
-            hint = " (pip install 'toolkit[openvino]')" if name == "openvino" else ""
-            raise ProviderError(f"provider '{name}' was requested but cannot create a session on this "
-                                f"machine{hint}; refusing to fall back")
+        check_provider(name)
+
+
+def _pairs(models: list[Path], providers: list[str]) -> list[tuple[Path, str]]:
+    """Model × provider, except that an int8 file quantized for TensorRT (symmetric int8
+    activations) is measured on TensorRT and one quantized for the CPU (uint8 activations) on the
+    other providers, whenever both files of the same model are given."""
+    schemes = {}
+    for path in models:
+        meta = {p.key: p.value for p in _load(Path(path)).metadata_props}
+        schemes[path] = (meta.get("toolkit.model", Path(path).name), int8_target(meta))
+    present = set(schemes.values())
+    pairs = []
+    for path in models:
+        name, target = schemes[path]
+        for provider in providers:
+            wanted = "tensorrt" if provider == "tensorrt" else "cpu"
+            if target is None or target == wanted or (name, wanted) not in present:
+                pairs.append((Path(path), provider))
+    return pairs
 
 
 def make_row(plan: Plan, cfg: BenchConfig) -> dict:
@@ -265,24 +318,28 @@ def measure_plans(plans: list[Plan], cfg: BenchConfig, done: Callable[[Plan], No
     """Time every plan; `done(plan)` as soon as a plan's timings are complete."""
     if cfg.rounds == 1:
         for plan in plans:
-            plan.timings = time_runs(plan.call, cfg.warmup, cfg.runs, cfg.seconds)
+            plan.timings = time_runs(plan.call, plan.facts.get("warmup_runs", cfg.warmup), cfg.runs, cfg.seconds)
+            plan.round_ends = [len(plan.timings)]
             done(plan)
         return
     for plan in plans:
-        time_runs(plan.call, cfg.warmup, runs=0)
+        time_runs(plan.call, plan.facts.get("warmup_runs", cfg.warmup), runs=0)
     runs = math.ceil((cfg.runs or DEFAULT_RUNS) / cfg.rounds) if cfg.seconds is None else None
     seconds = cfg.seconds / cfg.rounds if cfg.seconds is not None else None
     for round_index in range(cfg.rounds):
         for plan in plans:
             plan.timings += time_runs(plan.call, 0, runs, seconds)
+            plan.round_ends.append(len(plan.timings))
             if round_index == cfg.rounds - 1:
                 done(plan)
 
 
 def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None,
-                  log: Callable[[str], None] | None = None) -> dict:
+                  log: Callable[[str], None] | None = None,
+                  on_error: Callable[[str], None] | None = None) -> dict:
     """Measure every model × provider × batch size (the PyTorch rows last). Returns
-    {"machine", "roof", "rows", "created", "command"}."""
+    {"machine", "roof", "rows", "errors", "created", "command"}; `errors` (also passed to
+    `on_error` as they happen) has one line per model that could not be measured."""
     if not cfg.models:
         raise BenchError("no models to measure: none of the shipped models exist in models/ (pass --model)")
     if cfg.runs is not None and cfg.seconds is not None:
@@ -291,20 +348,44 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None
         raise BenchError("--rounds must be at least 1")
     threads = cfg.threads or available_cores()
     cfg = replace(cfg, threads=threads)
-    for path in cfg.models:
-        if not Path(path).is_file():
-            raise ModelError(f"{path}: no such model file")
     check_providers(cfg.providers)
     ctx = Context(cfg, log or (lambda message: None))
-    plans: list[Plan] = []
+    # One model that cannot be read, opened or run is one error (`errors`, `on_error`); the
+    # other models are still measured. Only when none is left does the run fail.
+    errors: list[str] = []
+
+    def model_failed(exc: Exception, path: Path | None = None) -> None:
+        text = str(exc).strip()
+        if path is not None:       # the file's name, control characters escaped, then one line
+            text = text.replace(str(path), shown(path))
+            text = text if text.startswith(shown(path)) else f"{shown(path)}: {text}"
+        text = text.splitlines()[0] if text else type(exc).__name__
+        errors.append(text)
+        if on_error is not None:
+            on_error(text)
+
+    readable = []
     for path in cfg.models:
-        for provider in cfg.providers:
-            hints: list[str | None] = list(cfg.precision_hints or ["f32"]) if provider == "openvino" else [None]
-            if provider == "openvino" and inp.guess_precision(_load(Path(path))) == "int8":
-                # An int8 file computes in int8 whatever the hint; one set of rows (the first hint) says it.
-                hints = hints[:1]
-            for hint in hints:
-                plans += onnx_plans(Path(path), provider, hint, ctx)
+        try:
+            if not Path(path).is_file():
+                raise ModelError("no such model file")
+            _load(Path(path))
+            readable.append(Path(path))
+        except ModelError as exc:
+            model_failed(exc, Path(path))
+    plans: list[Plan] = []
+    for path, provider in _pairs(readable, cfg.providers):
+        hints: list[str | None] = list(cfg.precision_hints or ["f32"]) if provider == "openvino" else [None]
+        if provider == "openvino" and inp.guess_precision(_load(path)) == "int8":
+            # An int8 file computes in int8 whatever the hint; one set of rows (the first hint) says it.
+            hints = hints[:1]
+        for hint in hints:
+            try:
+                plans += onnx_plans(path, provider, hint, ctx)
+            except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types; the failure is this model's)
+                model_failed(exc, path)
+    if not plans:
+        raise BenchError("no model could be measured" if errors else "nothing to measure")
     if cfg.torch_rows is not None:
         first_per_model: dict[str, Plan] = {}
         for plan in plans:
@@ -327,6 +408,6 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None
         remeasure_gemm(roof, ctx.log)
         for row in rows:
             row["isa_roof_share"], row["gemm_roof_share"] = shares(row, roof)
-    return {"machine": machine_info(), "roof": roof, "rows": rows,
+    return {"machine": machine_info(), "roof": roof, "rows": rows, "errors": errors,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}

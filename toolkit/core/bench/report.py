@@ -24,8 +24,15 @@ LEGEND = ("Latency is per batch. `vs torch`: PyTorch eager fp32 p50 / this row's
 OPENVINO_NOTE = ("- OpenVINO computes float files in f32 unless a row says bf16 (its CPU default would be bf16); its "
                  "session time is the compile time (a cached compile is marked `openvino_cache: hit` in the JSON).")
 GPU_NOTE = ("- GPU rows use IO binding (inputs and outputs stay on the device) unless `io_binding` is false in the "
-            "JSON (`--include-copy`). TensorRT builds its engine during warm-up; fp16 and int8 models run with "
-            "TensorRT's fp16 / int8 flag.")
+            "JSON (`--include-copy`). TensorRT rows: one engine per batch size, built for exactly that shape (an "
+            "explicit optimisation profile) and cached by model, GPU, TensorRT library and onnxruntime version; "
+            "`engine_build_s` (session creation plus first run, where the engine is built or loaded, `engine_cache`) "
+            "is never in the timed runs, and at least one warm-up run follows it. fp16 files are built with fp16 "
+            "kernels allowed (`trt_fp16_enable`; TensorRT 10 builds weakly typed networks); int8 files are Q/DQ "
+            "graphs whose scales TensorRT takes as they are.")
+PARTIAL_NOTE = ("- `*` after the runtime: not every compute node (Conv, Gemm, MatMul, …) of that row ran on its "
+                "provider; `compute_elsewhere` in the JSON and the node placement above say which ran where "
+                "(`--strict-placement` refuses such rows).")
 
 
 # ----------------------------------------------------------------------------- comparing runs
@@ -60,7 +67,9 @@ def compare_rows(new: dict, old: dict) -> list[dict]:
 # ----------------------------------------------------------------------------- the table
 
 def runtime_label(row: dict) -> str:
-    return f"onnxruntime {row['provider']}" if row["backend"] == "onnxruntime" else row["backend"]
+    """`onnxruntime cuda`, `openvino`, …; `*` marks a row whose compute nodes did not all run on its provider."""
+    label = f"onnxruntime {row['provider']}" if row["backend"] == "onnxruntime" else row["backend"]
+    return label + " *" if row.get("placement_ok") is False else label
 
 
 def precision_label(row: dict) -> str:
@@ -104,12 +113,26 @@ def table_cells(doc: dict) -> list[list[str]]:
 
 
 def placement_lines(doc: dict) -> list[str]:
+    """Per model, precision and runtime: nodes per provider (those inside a TensorRT subgraph counted
+    one by one), the compute nodes that ran elsewhere, and TensorRT engine build times per batch."""
     seen: dict = {}
     for r in doc["rows"]:
         if r.get("placement"):
-            seen.setdefault((r["model"], precision_label(r), runtime_label(r)), r["placement"])
-    return [f"{m} {p} on {runtime}: " + ", ".join(f"{k} {n} nodes" for k, n in pl.items())
-            for (m, p, runtime), pl in seen.items()]
+            seen.setdefault((r["model"], precision_label(r), runtime_label(r)), []).append(r)
+    lines = []
+    for (m, p, runtime), rows in seen.items():
+        first = rows[0]
+        subgraphs = first.get("placement_subgraphs") or {}
+        text = f"{m} {p} on {runtime}: " + ", ".join(
+            f"{k} {n} nodes"
+            + (f" in {subgraphs[k]} subgraph{'s' if subgraphs[k] > 1 else ''}" if k in subgraphs else "")
+            for k, n in first["placement"].items())
+        if first.get("compute_elsewhere"):
+            text += "; compute nodes elsewhere: " + ", ".join(first["compute_elsewhere"])
+        builds = [f"batch {r['batch_size']} {r['engine_build_s']:.1f} s ({r.get('engine_cache') or 'no cache'})"
+                  for r in rows if r.get("engine_build_s") is not None]
+        lines.append(text + ("; engine build " + ", ".join(builds) if builds else ""))
+    return lines
 
 
 def roof_table(doc: dict) -> list[str]:
@@ -134,19 +157,58 @@ def roof_table(doc: dict) -> list[str]:
     return lines
 
 
+def _row(rows: list[dict], model: str, batch: int, precision: str, backend: str) -> dict | None:
+    return next((r for r in rows if (r["model"], r["batch_size"], r["precision"], r["backend"]) ==
+                 (model, batch, precision, backend) and not r.get("compute")), None)
+
+
+def summary_lines(doc: dict) -> list[str]:
+    """Per model with int8 rows, one sentence: batch-1 latency and largest-batch throughput of the
+    best int8 runtime against fp32 and PyTorch, and its share of the measured int8 roof."""
+    rows, lines = doc["rows"], []
+    for model in dict.fromkeys(r["model"] for r in rows if r["precision"] == "int8" and r["provider"] in
+                               ("cpu", "openvino")):
+        int8 = [r for r in rows
+                if r["model"] == model and r["precision"] == "int8" and r["provider"] in ("cpu", "openvino")]
+        small, large = min(r["batch_size"] for r in int8), max(r["batch_size"] for r in int8)
+        fastest = min((r for r in int8 if r["batch_size"] == small), key=lambda r: r["p50_ms"])
+        best = max((r for r in int8 if r["batch_size"] == large), key=lambda r: r["throughput"])
+        ort_int8 = _row(rows, model, large, "int8", "onnxruntime")
+        ort_fp32 = _row(rows, model, large, "fp32", "onnxruntime")
+        eager = _row(rows, model, small, "fp32", "torch")
+        fp32_small = _row(rows, model, small, "fp32", "onnxruntime")
+        text = f"{model}: int8 at batch {small} p50 {fastest['p50_ms']:.3f} ms ({runtime_label(fastest)})"
+        if fp32_small:
+            text += f", fp32 {fp32_small['p50_ms']:.3f} ms (onnxruntime)"
+        if eager:
+            text += f", PyTorch eager {eager['p50_ms']:.3f} ms"
+        text += f"; at batch {large} {best['throughput']:,.0f} img/s ({runtime_label(best)})"
+        if best.get("isa_roof_share"):
+            text += f", {best['isa_roof_share']:.0%} of the measured int8 roof"
+        if ort_int8 and ort_int8 is not best:
+            text += f"; onnxruntime int8 {ort_int8['throughput']:,.0f} img/s"
+        if ort_fp32:
+            text += f"; onnxruntime fp32 {ort_fp32['throughput']:,.0f} img/s"
+        lines.append(text + ".")
+    return lines
+
+
 def markdown_report(doc: dict) -> str:
     rows, machine, roof = doc["rows"], doc["machine"], doc.get("roof")
     lines = [f"# Benchmark: {machine['slug']}", "",
              f"Measured {doc.get('created', '')} with `{doc.get('command', 'toolkit bench')}`.", "",
              "## Machine", ""] + [f"- {line}" for line in machine_lines(machine)]
+    summary = summary_lines(doc)
+    if summary:
+        lines += ["", "## Summary", ""] + [f"- {line}" for line in summary]
     if roof:
-        lines += ["", "## The measured roof", ""] + roof_lines(roof)
+        lines += ["", "## The measured roof", "", *roof_lines(roof)]
     lines += ["", "## Results", "", "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(doc)]
     lines += ["", LEGEND]
     distance = roof_table(doc)
     if distance:
-        lines += ["", "## Distance from the roof (largest batch)", ""] + distance
+        lines += ["", "## Distance from the roof (largest batch)", "", *distance]
     lines += ["", "## Node placement", ""]
     lines += [f"- {line}" for line in placement_lines(doc)] or ["- (no ONNX rows)"]
     first = rows[0] if rows else {}
@@ -166,6 +228,8 @@ def markdown_report(doc: dict) -> str:
               OPENVINO_NOTE]
     if any(r["provider"] not in ("cpu", "openvino") for r in rows):
         lines += [GPU_NOTE]
+    if any(r.get("placement_ok") is False for r in rows):
+        lines += [PARTIAL_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -265,6 +329,8 @@ def print_table(doc: dict, console) -> None:
     for cells in table_cells(doc):
         table.add_row(*cells)
     console.print(table)
+    if any(r.get("placement_ok") is False for r in doc["rows"]):
+        console.print(PARTIAL_NOTE.removeprefix("- ").replace("`", ""), highlight=False)
     for line in machine_lines(doc["machine"]):
         console.print(line, highlight=False)
     if doc.get("roof"):

@@ -90,7 +90,8 @@ def issue_rates(threads: int, seconds: float = PROBE_SECONDS, cache_dir: Path | 
     if binary is None:
         return None, how
     try:
-        out = subprocess.run([str(binary), str(threads), str(seconds)], capture_output=True, text=True, check=False, timeout=120)
+        out = subprocess.run([str(binary), str(threads), str(seconds)], capture_output=True, text=True, check=False,
+                             timeout=120)
         raw = json.loads(out.stdout)
     except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
         return None, f"the roof probe failed ({exc})"
@@ -155,7 +156,9 @@ def gemm_rates(runtime: str, threads: int, log: Callable[[str], None]) -> dict:
     from toolkit.core.bench.runtime import run_feeds
 
     provider = "openvino" if runtime == "openvino" else "cpu"
-    kinds = [("int8", True, None), ("fp32", False, "f32")] + ([("bf16", False, "bf16")] if runtime == "openvino" else [])
+    kinds = [("int8", True, None), ("fp32", False, "f32")]
+    if runtime == "openvino":
+        kinds.append(("bf16", False, "bf16"))
     best: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind, int8, hint in kinds:
@@ -246,7 +249,8 @@ def roof_lines(roof: dict) -> list[str]:
         lines.append(f"- Issue rates not measured: {roof.get('probe_missing')}. Rows carry their share of the "
                      "runtime's GEMM roof only.")
     for runtime, kinds in roof.get("gemm", {}).items():
-        parts = [f"{kind} {v['macs_per_s'] / 1e9:,.0f} G/s ({'×'.join(map(str, v['shape']))})" for kind, v in kinds.items()]
+        parts = [f"{kind} {v['macs_per_s'] / 1e9:,.0f} G/s ({'×'.join(map(str, v['shape']))})"
+                 for kind, v in kinds.items()]
         lines.append(f"- {runtime} GEMM roof (best of M×K×N {', '.join('×'.join(map(str, s)) for s in GEMM_SHAPES)}, "
                      "measured before and after the rows): "
                      + ", ".join(parts) + ".")

@@ -4,13 +4,11 @@ nodes ran. Never imports torch."""
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
+from toolkit.core import sessions
 from toolkit.core.sessions import Model
 
 Feeds = dict[str, np.ndarray]
@@ -54,22 +52,14 @@ def step(model: Model, feeds: list[Feeds], device: bool) -> Callable[[int], obje
     return lambda i: session.run_with_iobinding(bindings[i % len(bindings)])  # type: ignore[attr-defined]
 
 
-def placement(model: Model, feeds: Feeds) -> dict[str, int]:
-    """How many graph nodes each provider ran. onnxruntime: read from one profiled run (the model
-    must have been opened with profile=True); OpenVINO: the compiled graph's nodes per element type
-    they compute in (`CPU u8`, `CPU f32`, …), which is where its precision choices show."""
+def placement(model: Model) -> dict:
+    """Where the nodes run, as row facts. onnxruntime: the session's graph assignment per provider
+    (sessions.placement: compute nodes per provider, TensorRT subgraphs counted with the nodes
+    inside them, `placement_ok` when every compute node is on the requested provider); OpenVINO:
+    the compiled graph's nodes per element type they compute in (`CPU u8`, `CPU f32`, …), which is
+    where its precision choices show."""
     runtime_precisions = getattr(model, "runtime_precisions", None)
     if runtime_precisions is not None:
-        return {f"CPU {kind}": n for kind, n in sorted(runtime_precisions().items())}
-    run_feeds(model)(feeds)
-    profile_path = model.session.end_profiling()  # type: ignore[attr-defined]
-    try:
-        events = json.loads(Path(profile_path).read_text())
-    finally:
-        Path(profile_path).unlink(missing_ok=True)
-    nodes: dict[str, str] = {}
-    for ev in events:
-        args = ev.get("args") or {}
-        if ev.get("cat") == "Node" and "provider" in args:
-            nodes[args.get("op_name", "") + ":" + ev["name"].removesuffix("_kernel_time")] = args["provider"]
-    return dict(Counter(p.replace("ExecutionProvider", "") for p in nodes.values()))
+        return {"placement": {f"CPU {kind}": n for kind, n in sorted(runtime_precisions().items())},
+                "placement_ok": True}
+    return sessions.placement(model).facts()

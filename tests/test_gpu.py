@@ -1,0 +1,319 @@
+"""GPU providers: what must hold everywhere (error lines, placement, TensorRT options and caches)
+and what only a GPU can show (sessions, parity with the CPU, engines, bench rows).
+
+GPU tests skip where CUDA or TensorRT cannot run; with TOOLKIT_REQUIRE_GPU=1 (what `make gpu-check`
+sets) such a skip is a failure, so a GPU box that silently lost its libraries cannot pass.
+Run: .venv/bin/pytest tests/test_gpu.py     (on a GPU machine: TOOLKIT_REQUIRE_GPU=1 …)
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+from typer.testing import CliRunner
+
+from toolkit.cli import app
+from toolkit.core import gpu
+from toolkit.core.sessions import (
+    ProviderError,
+    check_provider,
+    classify,
+    first_run,
+    int8_target,
+    model_hash,
+    open_model,
+    placement,
+    provider_options,
+    tensorrt_version,
+)
+from toolkit.core.tensorrt import EngineCache, gpu_name, trt_profile
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIRE_GPU = os.environ.get("TOOLKIT_REQUIRE_GPU") == "1"
+GPU = ["cuda", "tensorrt"]
+
+
+def need(provider: str) -> None:
+    """Skip unless `provider` runs here; under TOOLKIT_REQUIRE_GPU=1 fail instead, with the cause."""
+    try:
+        check_provider(provider)
+    except ProviderError as exc:
+        if REQUIRE_GPU:
+            pytest.fail(f"TOOLKIT_REQUIRE_GPU=1 but {provider} cannot run here: {exc}")
+        pytest.skip(f"{provider} cannot run here")
+
+
+def tiny_classifier(path: Path) -> Path:
+    """uint8 [N, 32, 32, 3] → Cast → Transpose → Conv → Relu → GlobalAveragePool → Flatten → MatMul."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.01, "conv_w"),
+               numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "fc_w")]
+    nodes = [helper.make_node("Cast", ["image"], ["x"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["x"], ["nchw"], name="nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "conv_w"], ["conv"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["relu"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["relu"], ["pooled"], name="pool"),
+             helper.make_node("Flatten", ["pooled"], ["flat"], name="flat"),
+             helper.make_node("MatMul", ["flat", "fc_w"], ["logits"], name="fc")]
+    graph = helper.make_graph(nodes, "tiny",
+                              [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 32, 32, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], weights)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    for key, value in {"toolkit.task": "classify", "toolkit.model": "tiny", "toolkit.precision": "fp32",
+                       "toolkit.labels": json.dumps(["cat", "dog"])}.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, path)
+    return path
+
+
+@pytest.fixture
+def model_path(tmp_path) -> Path:
+    return tiny_classifier(tmp_path / "tiny.onnx")
+
+
+def images(n: int) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def toolkit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})}, cwd=REPO, check=False)
+
+
+# ----------------------------------------------------------------------------- everywhere, no GPU needed
+
+def test_require_gpu_turns_skips_into_failures():
+    try:
+        check_provider("cuda")
+        pytest.skip("CUDA runs here: the GPU tests pass instead of skipping")
+    except ProviderError:
+        pass
+    command = [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider",
+               f"{__file__}::test_gpu_session_matches_cpu"]
+    plain = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300, check=False,
+                           env={k: v for k, v in os.environ.items() if k != "TOOLKIT_REQUIRE_GPU"})
+    assert plain.returncode == 0 and "2 skipped" in plain.stdout, plain.stdout[-2000:]
+    required = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300, check=False,
+                              env={**os.environ, "TOOLKIT_REQUIRE_GPU": "1"})
+    assert required.returncode == 1 and "2 failed" in required.stdout, required.stdout[-2000:]
+    assert "TOOLKIT_REQUIRE_GPU=1 but cuda cannot run here: provider 'cuda' cannot run here" in required.stdout
+
+
+def shadow_onnxruntime(folder: Path) -> Path:
+    """A copy of the installed onnxruntime package (symlinks) whose CUDA provider library is
+    missing: onnxruntime looks for it beside its own native module and finds nothing there."""
+    installed = Path(ort.__file__).parent
+    package = folder / "onnxruntime"
+    (package / "capi").mkdir(parents=True)
+    for item in installed.iterdir():
+        if item.name != "capi":
+            (package / item.name).symlink_to(item.resolve())
+    for item in (installed / "capi").iterdir():
+        if item.name != "libonnxruntime_providers_cuda.so":
+            (package / "capi" / item.name).symlink_to(item.resolve())
+    return folder
+
+
+def test_a_provider_library_that_cannot_load_is_named_in_one_line(tmp_path, model_path):
+    shadow = shadow_onnxruntime(tmp_path / "shadow")
+    picture = tmp_path / "cat.png"
+    Image.fromarray(images(1)[0]).save(picture)
+    env = {"PYTHONPATH": os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")])}
+    for args in (["infer", str(picture), "--model", str(model_path), "--provider", "cuda", "--json"],
+                 ["bench", "--model", str(model_path), "--provider", "cuda", "--runs", "1", "--no-roof"]):
+        result = toolkit(*args, env=env)
+        assert result.returncode == 1 and result.stdout == "", (args, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, (args, result.stderr)
+        assert lines[0].startswith("error: provider 'cuda' cannot run here: libonnxruntime_providers_cuda.so could "
+                                   "not be loaded (")
+        assert str(shadow) in lines[0] and "cannot open shared object file" in lines[0]
+        assert f"built for CUDA {gpu.cuda_build_version()}" in lines[0] and "NVIDIA driver: " in lines[0]
+
+
+def test_placement_on_a_cpu_session(model_path):
+    model = open_model(model_path, "cpu")
+    where = placement(model)
+    assert where.complete and where.compute == {"CPU": ["Conv conv", "MatMul fc"]} and where.subgraphs == {}
+    assert where.nodes["CPU"] >= 2 and set(where.nodes) == {"CPU"}
+    facts = where.facts()
+    assert facts["placement_ok"] is True and facts["compute_elsewhere"] == [] and facts["compute_nodes"] == {"CPU": 2}
+    # The same assignment judged against another requested provider: every compute node is elsewhere.
+    assignment = [(sg.ep_name, [(n.op_type, n.name) for n in sg.get_nodes()])
+                  for sg in model.session.get_provider_graph_assignment_info()]
+    on_cuda = classify(assignment, "cuda")
+    assert not on_cuda.complete and on_cuda.elsewhere == ["Conv conv on CPU", "MatMul fc on CPU"]
+
+
+def test_tensorrt_subgraphs_count_the_nodes_inside_them():
+    engine = [("Cast", "cast"), ("Transpose", "nchw"), ("Conv", "conv"), ("Relu", "relu"), ("MatMul", "fc")]
+    split = classify([("TensorrtExecutionProvider", engine), ("CUDAExecutionProvider", [("Gemm", "head")]),
+                      ("CPUExecutionProvider", [("Shape", "shape")])], "tensorrt")
+    assert split.nodes == {"Tensorrt": 5, "CUDA": 1, "CPU": 1} and split.subgraphs == {"Tensorrt": 1}
+    assert not split.complete and split.elsewhere == ["Gemm head on CUDA"]
+    whole = classify([("TensorrtExecutionProvider", [*engine, ("Gemm", "head")]),
+                      ("CPUExecutionProvider", [("Shape", "shape")])], "tensorrt")
+    assert whole.complete and whole.compute == {"Tensorrt": ["Conv conv", "MatMul fc", "Gemm head"]}
+    nothing = classify([("TensorrtExecutionProvider", []), ("CPUExecutionProvider", [("Relu", "r")])], "tensorrt")
+    assert not nothing.complete            # registered, but took no node
+
+
+def test_tensorrt_options_explicit_profile_keyed_cache_and_no_int8_switch(model_path, tmp_path):
+    profile = trt_profile(onnx.load(model_path), {"image": (4, 32, 32, 3)})
+    assert profile == "image:4x32x32x3"
+    with pytest.raises(ValueError, match="no shape given"):
+        trt_profile(onnx.load(model_path), {})
+    root = tmp_path / "trt"
+    providers, cache = provider_options("tensorrt", model_path, trt_fp16=True, cache_dir=root, profile=profile)
+    name, options = providers[0]
+    assert name == "TensorrtExecutionProvider" and [p if isinstance(p, str) else p[0] for p in providers[1:]] == [
+        "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert options["trt_profile_min_shapes"] == options["trt_profile_opt_shapes"] == options["trt_profile_max_shapes"] \
+        == profile
+    assert "trt_int8_enable" not in options and options["trt_fp16_enable"] is True
+    assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(cache.staging)
+    slug = re.sub(r"[^a-z0-9]+", "-", (gpu_name() or "unknown-gpu").lower()).strip("-")
+    key = f"{model_hash(model_path)}-{slug}-trt{tensorrt_version() or 'unknown'}-ort{ort.__version__}"
+    assert cache.folder.parent == root / key and not cache.folder.exists()
+    cache.discard()
+    assert list(root.iterdir()) == []
+
+
+def test_engine_cache_appears_only_after_success(tmp_path):
+    failed = EngineCache.prepare(tmp_path, "key", "batch4")
+    assert failed.staging.is_dir() and not failed.folder.exists() and not failed.hit
+    failed.discard()
+    assert list(tmp_path.iterdir()) == []
+    built = EngineCache.prepare(tmp_path, "key", "batch4")
+    (built.staging / "model.engine").write_bytes(b"engine")
+    built.publish()
+    assert (tmp_path / "key" / "batch4" / "model.engine").is_file() and built.staging is None
+    assert [p.name for p in tmp_path.iterdir()] == ["key"]
+    again = EngineCache.prepare(tmp_path, "key", "batch4")
+    assert again.hit and again.path == tmp_path / "key" / "batch4"
+
+
+def test_int8_target_reads_the_calibration_metadata():
+    assert int8_target({"toolkit.precision": "fp32"}) is None
+    assert int8_target({"toolkit.precision": "int8"}) == "cpu"
+    assert int8_target({"toolkit.precision": "int8", "toolkit.calibration": '{"target":"tensorrt"}'}) == "tensorrt"
+
+
+def test_preload_prints_nothing(capfd):
+    failures = gpu.preload("cuda")
+    assert isinstance(failures, str) and gpu.preload("cpu") == ""
+    out, _ = capfd.readouterr()
+    assert out == ""                     # preload_dlls' own print()s would corrupt --json output
+
+
+# ----------------------------------------------------------------------------- on a GPU
+
+@pytest.mark.parametrize("provider", GPU)
+def test_gpu_session_matches_cpu(model_path, tmp_path, provider):
+    need(provider)
+    batch = images(4)
+    model = open_model(model_path, provider, cache_dir=tmp_path, shapes={"image": batch.shape})
+    first_run(model, {"image": batch})
+    expected = open_model(model_path, "cpu").run(batch)
+    np.testing.assert_allclose(model.run(batch), expected, rtol=1e-2, atol=1e-3)
+    where = placement(model)
+    short = {"cuda": "CUDA", "tensorrt": "Tensorrt"}[provider]
+    assert where.complete and set(where.compute) == {short}, where.facts()
+    if provider == "tensorrt":
+        assert where.subgraphs.get("Tensorrt", 0) >= 1 and where.nodes["Tensorrt"] >= 2
+
+
+@pytest.mark.parametrize("provider", GPU)
+@pytest.mark.parametrize("include_copy", [False, True])
+def test_gpu_bench_rows(model_path, tmp_path, provider, include_copy):
+    need(provider)
+    args = ["--include-copy"] if include_copy else []
+    result = CliRunner().invoke(app, ["bench", "--model", str(model_path), "--provider", provider,
+                                      "--batch-size", "1", "--batch-size", "8", "--runs", "3", "--warmup", "0",
+                                      "--no-roof", "--json", *args])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["machine"]["gpus"] and [r["batch_size"] for r in doc["rows"]] == [1, 8]
+    for row in doc["rows"]:
+        assert row["provider"] == provider and row["io_binding"] is (not include_copy) and row["placement_ok"]
+        assert row["first_run_s"] > 0
+        if provider == "tensorrt":     # an engine per batch size, its build timed apart, one warm-up enforced
+            assert row["engine_build_s"] >= row["first_run_s"] and row["engine_cache"] in ("hit", "miss")
+            assert row["warmup_runs"] == 1 and row["shapes"]["image"][0] == row["batch_size"]
+
+
+def test_tensorrt_cache_is_published_keyed_and_reused(model_path, tmp_path):
+    need("tensorrt")
+    batch = images(2)
+    model = open_model(model_path, "tensorrt", cache_dir=tmp_path, shapes={"image": batch.shape})
+    cache = model.engine_cache
+    assert cache is not None and not cache.hit and not cache.folder.exists()
+    first_run(model, {"image": batch})
+    assert cache.folder.is_dir() and any(cache.folder.iterdir())
+    assert cache.folder.parent.name == (f"{model_hash(model_path)}-"
+                                        f"{re.sub(r'[^a-z0-9]+', '-', gpu_name().lower()).strip('-')}-"
+                                        f"trt{tensorrt_version()}-ort{ort.__version__}")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]
+    again = open_model(model_path, "tensorrt", cache_dir=tmp_path, shapes={"image": batch.shape})
+    assert again.engine_cache is not None and again.engine_cache.hit
+
+
+def test_tensorrt_version_is_the_loaded_library(model_path, tmp_path):
+    need("tensorrt")
+    open_model(model_path, "tensorrt", cache_dir=tmp_path, shapes={"image": (1, 32, 32, 3)})
+    loaded = gpu.tensorrt_library()
+    assert loaded is not None and str(loaded[0]) in Path("/proc/self/maps").read_text()
+    major = gpu.linked_soname("libonnxruntime_providers_tensorrt.so", "libnvinfer").rsplit(".", 1)[-1]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", loaded[1]) and loaded[1].split(".")[0] == major
+
+
+def test_tensorrt_first_run_failure_is_one_line(model_path, tmp_path):
+    need("tensorrt")
+    model = open_model(model_path, "tensorrt", cache_dir=tmp_path, shapes={"image": (2, 32, 32, 3)})
+    with pytest.raises(ProviderError) as caught:
+        first_run(model, {"image": images(8)})           # outside the engine's profile
+    assert len(str(caught.value).splitlines()) == 1 and "first run" in str(caught.value)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]     # nothing published
+
+
+def test_cuda_from_a_torch_free_process(model_path):
+    need("cuda")
+    code = ("import sys; from toolkit.core.sessions import open_model; "
+            f"open_model({str(model_path)!r}, 'cuda'); assert 'torch' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def dft_model(path: Path) -> Path:
+    """float [N, 16] → MatMul → Unsqueeze → DFT: CUDA has no DFT kernel, so that node runs on the CPU."""
+    weight = numpy_helper.from_array(np.eye(16, dtype=np.float32), "w")
+    axes = numpy_helper.from_array(np.array([-1], dtype=np.int64), "axes")
+    nodes = [helper.make_node("MatMul", ["z", "w"], ["m"], name="mm"),
+             helper.make_node("Unsqueeze", ["m", "axes"], ["u"], name="unsqueeze"),
+             helper.make_node("DFT", ["u"], ["image"], name="dft", axis=1)]
+    graph = helper.make_graph(nodes, "dft", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 16, 2])], [weight, axes])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    return path
+
+
+def test_partial_placement_is_marked_and_refused_when_strict(tmp_path):
+    need("cuda")
+    path = dft_model(tmp_path / "dft.onnx")
+    args = ["bench", "--model", str(path), "--provider", "cuda", "--batch-size", "2", "--runs", "2", "--no-roof"]
+    marked = CliRunner().invoke(app, [*args, "--json"])
+    assert marked.exit_code == 0, marked.stderr
+    row = json.loads(marked.stdout)["rows"][0]
+    assert row["placement_ok"] is False and row["compute_elsewhere"] == ["DFT dft on CPU"]
+    strict = CliRunner().invoke(app, [*args, "--strict-placement"])
+    assert strict.exit_code == 1 and "--strict-placement" in strict.stderr
+    assert len(strict.stderr.strip().splitlines()) == 1
