@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATASETS ?= ../shared/datasets
 
-.PHONY: install models clean-models wheel data demo lint test bench robustness clean
+.PHONY: install models clean-models wheel data demo lint test bench gpu-check robustness clean
 
 install: $(STAMP)
 
@@ -30,7 +30,7 @@ MODEL_FILES := $(foreach s,$(ZOO_STEMS),models/$(s).onnx models/$(s).fp16.onnx) 
                models/cifar_cnn.fft_lowpass.onnx models/fft_lowpass.onnx models/walsh_compress.onnx \
                models/cifar_cnn.tta.onnx models/cifar_resnet.tta.onnx
 EXPORT      := $(BIN)/toolkit export
-MODEL_DEPS  := toolkit/__init__.py | $(STAMP)
+MODEL_DEPS  := toolkit/_version.py | $(STAMP)
 
 models: $(MODEL_FILES)
 
@@ -97,6 +97,22 @@ test: install models
 # (per-run timings in <machine>.timings.json, not committed); run it on a quiet machine.
 bench: install models
 	$(BIN)/python benchmarks/run_bench.py
+
+# On a GPU machine, one command (under 5 minutes once the wheels are in): versions, CUDA and TensorRT library
+# discovery, the GPU tests with TOOLKIT_REQUIRE_GPU=1, CUDA and TensorRT against the CPU on real images for every
+# shipped precision, bench at batch 1 and 256 → benchmarks/results/<machine>.{json,md,png,parity.md}. Without an
+# NVIDIA driver it stops at its first line, before the GPU wheels (several GB) are downloaded.
+GPU_STAMP := $(VENV)/.gpu-installed
+
+$(GPU_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[gpu,tensorrt]'
+	touch $@
+
+gpu-check: install models
+	@$(BIN)/python benchmarks/gpu_check.py --preflight
+	@$(MAKE) --no-print-directory $(GPU_STAMP)
+	@if [ -d $(DATASETS) ]; then $(MAKE) --no-print-directory data; fi
+	$(BIN)/python benchmarks/gpu_check.py
 
 # Classifier accuracy under noise and JPEG, with and without the low-pass → benchmarks/results/robustness.*
 robustness: install data

@@ -29,17 +29,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from toolkit.core import quality
+from toolkit.core import bench, quality
+from toolkit.core.bench.machine import machine_lines
 from toolkit.core.data import list_images, load_image, resize
+from toolkit.core.fsio import atomic_write_text
+from toolkit.core.infer import generate
+from toolkit.core.sessions import open_model
 
 HOLDOUT = 2000           # the last 2,000 faces (by name) are kept out of DCGAN training
 # The reference measure of issue #5; one seed for every row, so all rows use the same patch
@@ -52,16 +54,9 @@ def load_faces(files: list[Path]) -> np.ndarray:
     return np.stack([resize(load_image(f), IMAGE_SIZE, IMAGE_SIZE) for f in files])
 
 
-def generate(model_path: str, n: int, seed: int, threads: int, batch_size: int = 250) -> np.ndarray:
+def generated_faces(model_path: str, n: int, seed: int, threads: int) -> np.ndarray:
     """n uint8 [n, 64, 64, 3] faces from standard-normal latents, drawn as `toolkit generate` does."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
-    z_input = session.get_inputs()[0]
-    latent_dim = z_input.shape[1] if isinstance(z_input.shape[1], int) else 100
-    z = np.random.default_rng(seed).standard_normal((n, latent_dim)).astype(np.float32)
-    batches = [session.run(None, {z_input.name: z[i:i + batch_size]})[0] for i in range(0, n, batch_size)]
-    images = np.concatenate(batches)
+    images = generate(open_model(model_path, "cpu", threads=threads or None), n, seed, batch_size=250)
     if images.dtype != np.uint8 or images.shape != (n, IMAGE_SIZE, IMAGE_SIZE, 3):
         raise SystemExit(f"{model_path}: expected uint8 [N, 64, 64, 3] images, got {images.dtype} "
                          f"{list(images.shape)}")
@@ -78,29 +73,6 @@ def measure(name: str, images: np.ndarray, validation: np.ndarray, validation_di
     return row
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
-            f"Python {platform.python_version()}, numpy {np.__version__}, onnxruntime {ort.__version__}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def markdown(report: dict) -> str:
     levels = list(report["rows"][0]["swd"])
     head = ("| set vs validation | " + " | ".join(f"SWD {lv}" for lv in levels)
@@ -108,9 +80,9 @@ def markdown(report: dict) -> str:
     lines = [
         f"# DCGAN sample quality ({report['n']:,} images per set)",
         "",
-        "Sliced Wasserstein distance ×1000 on 7×7 Laplacian-pyramid patches (Karras et al. 2018, §5) "
-        f"against the last {report['n']:,} held-out faces; lower is better. Diversity ratio: mean "
-        "pairwise distance at 16×16 relative to the validation faces (≈ 1 is as varied as real faces).",
+        ("Sliced Wasserstein distance ×1000 on 7×7 Laplacian-pyramid patches (Karras et al. 2018, §5) "
+         f"against the last {report['n']:,} held-out faces; lower is better. Diversity ratio: mean "
+         "pairwise distance at 16×16 relative to the validation faces (≈ 1 is as varied as real faces)."),
         "",
         head,
         "|" + "---|" * (len(levels) + 3),
@@ -119,8 +91,10 @@ def markdown(report: dict) -> str:
         cells = [f"{row['swd'][lv]:.1f}" for lv in levels]
         lines.append(f"| {row['name']} | " + " | ".join(cells)
                      + f" | **{row['swd_mean']:.1f}** | {row['diversity_ratio']:.3f} |")
-    lines += ["", f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ",
-              f"Measured {report['date']} in {report['seconds']:.0f} s.", ""]
+    threads = report["threads"] or "its choice"
+    lines += ["", (f"Command: `{report['command']}` (onnxruntime threads: {threads}, OMP_NUM_THREADS="
+                   f"{report['omp_num_threads']}). Measured {report['date']} in {report['seconds']:.0f} s."),
+              "", *[f"- {line}" for line in machine_lines(report["machine"])], ""]
     return "\n".join(lines)
 
 
@@ -152,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     noise = np.random.default_rng(args.seed).integers(0, 256, real.shape, dtype=np.uint8)
     validation_diversity = quality.diversity(validation)
 
-    rows = [measure(f"generated: {path}", generate(path, args.n, args.seed, args.threads),
+    rows = [measure(f"generated: {path}", generated_faces(path, args.n, args.seed, args.threads),
                     validation, validation_diversity) for path in args.model]
     rows += [measure("real faces (reference floor)", real, validation, validation_diversity),
              measure("real faces blurred 4×", quality.blur(real, 4), validation, validation_diversity),
@@ -166,13 +140,15 @@ def main(argv: list[str] | None = None) -> None:
         "validation_diversity": validation_diversity,
         "rows": rows,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine(),
+        "threads": args.threads,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "machine": bench.machine_info(),
         "date": time.strftime("%Y-%m-%d"),
         "seconds": time.perf_counter() - start,
     }
     out = Path(args.out_dir)
-    write_atomic(out / "dcgan_quality.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(out / "dcgan_quality.md", markdown(report))
+    atomic_write_text(out / "dcgan_quality.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "dcgan_quality.md", markdown(report))
     print(f"wrote {out / 'dcgan_quality.json'} and {out / 'dcgan_quality.md'}")
 
 

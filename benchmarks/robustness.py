@@ -144,7 +144,8 @@ def markdown(args, grid: dict, latency: list[dict], n_images: int, wall_s: float
     lines += ["", "Change against the unfiltered classifier, in points:", "",
               "| input | " + " | ".join(columns[1:]) + " |", "|---|" + "---:|" * (len(columns) - 1)]
     for corruption, row in grid.items():
-        lines.append(f"| {corruption} | " + " | ".join(f"{100 * (a - row['none']):+.1f}" for a in list(row.values())[1:]) + " |")
+        changes = [f"{100 * (a - row['none']):+.1f}" for a in list(row.values())[1:]]
+        lines.append(f"| {corruption} | " + " | ".join(changes) + " |")
     lines += ["", (f"## CPU latency (onnxruntime, {args.threads} thread{'s' if args.threads > 1 else ''}, "
                    "p50, 32×32 images)"), "",
               "| op | form | batch 1 (ms) | batch 256 (ms) | batch 256 (µs/image) |", "|---|---|---:|---:|---:|"]
@@ -185,6 +186,10 @@ def plot(grid: dict, sigmas: list[float], qualities: list[int], path: Path) -> N
         plt.close(fig)
 
 
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
 def noise_name(sigma: float) -> str:
     return "clean" if sigma == 0 else f"noise σ={sigma:g}"
 
@@ -207,7 +212,6 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    log = lambda message: print(message, flush=True)
     images, labels = validation_images(args.data, args.per_class)
     log(f"{len(images)} validation images from {args.data}")
     classifier = open_model(args.model, "cpu", threads=args.threads)

@@ -64,7 +64,7 @@ def worker(jobs: Any, results: Any, data_path: str, device: str, run_dir: str, d
     import numpy as np
     import torch
 
-    from toolkit.build.config import ClassifierConfig, ResNetConfig
+    from toolkit.recipes import ClassifierConfig, ResNetConfig
     from toolkit.build.nets import resnet
     from toolkit.build.train_classifier import train_classifier
     from toolkit.core.data import LabelledImages

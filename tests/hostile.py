@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from toolkit import __version__
+from toolkit._version import __version__
 from toolkit.core.data import CIFAR10_LABELS
 
 OPSET = 17

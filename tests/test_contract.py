@@ -68,6 +68,24 @@ def test_write_model_refuses_a_broken_contract(tmp_path, breakage, message):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_wrapped_foreign_model_may_keep_opset_13(tmp_path):
+    """Files the toolkit builds need opset 17; a wrapped foreign graph keeps its own, at least 13."""
+    proto = tiny_classifier()
+    reduce = proto.graph.node[1]                     # ReduceMean takes its axes as an attribute before 18
+    del reduce.input[1]
+    reduce.attribute.append(helper.make_attribute("axes", [1, 2]))
+    del proto.graph.initializer[1]
+    proto.opset_import[0].version = 13
+    with pytest.raises(contract.ExportError, match="opset 13 < 17"):
+        contract.write_model(proto, tmp_path / "made.onnx")
+    contract.set_metadata(proto, "classify", "tiny", "fp32", wrapped={"layout": "nhwc"})
+    assert contract.write_model(proto, tmp_path / "wrapped.onnx").is_file()
+    proto.opset_import[0].version = 12
+    with pytest.raises(contract.ExportError, match="opset 12 < 13"):
+        contract.write_model(proto, tmp_path / "old.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wrapped.onnx"]
+
+
 def test_a_failing_gate_leaves_nothing(tmp_path):
     def gate(path):
         assert path.exists() and path.parent == tmp_path

@@ -24,7 +24,7 @@ def test_generator_and_discriminator_shapes_and_size():
 
 def test_training_step_writes_weights_samples_and_resumes(tmp_path):
     from toolkit.build.checkpoint import load_tensors
-    from toolkit.build.config import GanConfig
+    from toolkit.recipes import GanConfig
     from toolkit.build.train_gan import train_gan
     faces = tmp_path / "faces"
     faces.mkdir()

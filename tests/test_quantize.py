@@ -14,7 +14,7 @@ runner = CliRunner(env={"COLUMNS": "200"})
 @pytest.fixture(scope="module")
 def trained_weights(tmp_path_factory, class_tree):
     """A CNN briefly trained on the generated colour-coded tree: confident enough to quantize."""
-    from toolkit.build.config import ClassifierConfig
+    from toolkit.recipes import ClassifierConfig
     from toolkit.build.train_classifier import train_classifier
     out = tmp_path_factory.mktemp("trained") / "cnn.safetensors"
     summary = train_classifier(ClassifierConfig(data=str(class_tree), epochs=3, batch_size=16, lr=2e-3, seed=0,
@@ -123,6 +123,23 @@ def test_tensorrt_scheme_has_symmetric_int8_activations(tmp_path, trained_onnx, 
     assert not any(n.op_type == "DequantizeLinear" and n.input[0] in int32 for n in model.graph.node)
     meta = {p.key: p.value for p in model.metadata_props}
     assert '"target":"tensorrt"' in meta["toolkit.calibration"]
+
+
+def test_export_passes_the_int8_target_through(tmp_path, trained_weights, class_tree):
+    from toolkit import zoo
+    from toolkit.build.export import default_output
+
+    out = tmp_path / "cnn.trt.int8.onnx"
+    args = ["export", "--model", "cifar-cnn", "--weights", str(trained_weights), "--data", str(class_tree),
+            "--target", "tensorrt", "--calibration-images", "64"]
+    result = runner.invoke(app, [*args, "--precision", "int8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "target tensorrt" in result.output
+    zero_points = activation_zero_points(out)
+    assert zero_points and all(zp.dtype == np.int8 and not zp.any() for zp in zero_points)
+    refused = runner.invoke(app, [*args, "--precision", "fp16", "--out", str(tmp_path / "x.onnx")])
+    assert refused.exit_code == 1 and "int8 classifiers only" in refused.output
+    assert default_output(zoo.CIFAR_CNN, "int8", target="tensorrt").name == "cifar_cnn.trt.int8.onnx"
 
 
 def test_unlabeled_guard_on_a_flat_folder(tmp_path, trained_onnx, class_tree):

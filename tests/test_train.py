@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import write_class_tree
 from toolkit.build.checkpoint import load_tensors
-from toolkit.build.config import ClassifierConfig, GanConfig, ResNetConfig
+from toolkit.recipes import ClassifierConfig, GanConfig, ResNetConfig
 from toolkit.build.loop import Interrupted
 from toolkit.cli import app
 

@@ -1,7 +1,9 @@
 """toolkit — train small image models in PyTorch, ship them as self-describing ONNX files,
 quantize them and measure what each precision and provider costs."""
 
-__version__ = "0.1.0"
+from toolkit._version import __version__
+
+__all__ = ["__version__"]
 
 # The Python API (toolkit/api.py), loaded on first use so that `import toolkit` stays light.
 _API = ("bench", "classify", "evaluate", "export_module", "open_model", "quantize", "wrap")

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from toolkit import __version__
+from toolkit._version import __version__
 
 OPSET = 18
 

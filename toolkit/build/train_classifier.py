@@ -3,7 +3,7 @@
     toolkit train cifar-cnn --data data/cifar10-jpeg/train
     toolkit train cifar-resnet --data data/cifar10-jpeg/train [--device cuda]
 
-One recipe skeleton for both, set by the config (toolkit/build/config.py): AdamW or SGD-Nesterov,
+One recipe skeleton for both, set by the config (toolkit/recipes.py): AdamW or SGD-Nesterov,
 warm-up then cosine or linear decay, label smoothing, flip + translate augmentation, optional
 weight averaging. The training images live as one uint8 NHWC tensor on the training device and
 are augmented there, batch by batch, from random numbers drawn on the CPU once per epoch — the
@@ -23,7 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from toolkit import __version__, zoo
+from toolkit import zoo
+from toolkit._version import __version__
 from toolkit.build.checkpoint import (
     atomic_save_tensors,
     load_weights,
@@ -32,7 +33,6 @@ from toolkit.build.checkpoint import (
     restore_optimizer,
     unprefixed,
 )
-from toolkit.build.config import ClassifierConfig, check_outputs
 from toolkit.build.loop import Position, console, run
 from toolkit.build.nets.layers import Classifier
 from toolkit.core.data import (
@@ -41,6 +41,7 @@ from toolkit.core.data import (
     read_labelled,
     split_indices,
 )
+from toolkit.recipes import ClassifierConfig, check_outputs
 
 
 def lr_schedule(step: int, total: int, peak: float, warmup: float = 0.25, shape: str = "cosine",

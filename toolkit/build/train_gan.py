@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toolkit import __version__, zoo
+from toolkit import zoo
+from toolkit._version import __version__
 from toolkit.build.checkpoint import (
     atomic_save_tensors,
     optimizer_tensors,
@@ -26,10 +27,10 @@ from toolkit.build.checkpoint import (
     restore_optimizer,
     unprefixed,
 )
-from toolkit.build.config import GanConfig, check_outputs
 from toolkit.build.loop import Position, console, run
 from toolkit.build.train_classifier import read_images
 from toolkit.core.data import list_images, make_grid, read_flat_folder, save_image
+from toolkit.recipes import GanConfig, check_outputs
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,7 @@ def export(
         _export_module(module, weights, input_size, out, labels, mean, std, data, precision, calibration_images,
                        calibration_method, max_drop, target)
         return
+    assert model is not None                    # exactly one of --model and --module, checked above
     try:
         result = export_model(model=model, precision=precision, weights=weights, out=out, data=data,
                               preprocess=preprocess, calibration_images=calibration_images,
@@ -91,13 +92,13 @@ def _export_module(module: str, weights: Path | None, input_size, out: Path | No
 
 def _train_command(name: str, config_cls: type, trainer: str, doc: str, skip: tuple[str, ...] = ()) -> None:
     """Register `toolkit train <name>` with one option per field of `config_cls`: defaults and help
-    texts are the dataclass's (toolkit/build/config.py), never restated here."""
+    texts are the dataclass's (toolkit/recipes.py), never restated here."""
     import dataclasses
     import inspect
     import typing
 
     from toolkit import zoo
-    from toolkit.build.config import help_text
+    from toolkit.recipes import help_text
 
     keyword = inspect.Parameter.KEYWORD_ONLY
     hints = typing.get_type_hints(config_cls)
@@ -134,7 +135,7 @@ def _train_command(name: str, config_cls: type, trainer: str, doc: str, skip: tu
 
 
 def _register_train_commands() -> None:
-    from toolkit.build.config import ClassifierConfig, GanConfig, ResNetConfig
+    from toolkit.recipes import ClassifierConfig, GanConfig, ResNetConfig
     _train_command("cifar-cnn", ClassifierConfig, "train_classifier:train_classifier",
                    "Train the paper's CIFAR-10 CNN; validation accuracy is reported after every epoch.")
     _train_command("cifar-resnet", ResNetConfig, "train_classifier:train_classifier",

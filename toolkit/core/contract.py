@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from toolkit import __version__
+from toolkit._version import __version__
 from toolkit.core.fsio import InputError, atomic_write, read_regular_file, shown
 
 MIN_OPSET = 17                      # files the toolkit builds (torch export, transform graphs)

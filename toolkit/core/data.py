@@ -27,6 +27,7 @@ from toolkit.core.fsio import InputError, atomic_write, read_regular_file, shown
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MAX_PIXELS = 64_000_000          # an 8k × 8k photo; a header declaring more is refused, not decoded
+MAX_SIDE = 65_535                # JPEG's own limit; a 1 × 4,000,000 strip costs Pillow 8 bytes a row
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 # Pillow would otherwise return a half-grey picture for a truncated file without complaint.
@@ -39,38 +40,48 @@ class ImageError(InputError):
     """A file that is not a usable image. The message is one line, fit for the user."""
 
 
-def _grey_to_uint8(a: np.ndarray, lo: float, top: float) -> np.ndarray:
-    """Map [lo, top] onto 0..255, a block of rows at a time so the float copy stays small."""
-    out = np.empty(a.shape, dtype=np.uint8)
-    step = max(1, (1 << 20) // max(1, a.shape[1]))
+def _grey_to_rgb(a: np.ndarray, lo: float, top: float) -> np.ndarray:
+    """Map grey values in [lo, top] onto 0..255 RGB, a block of rows at a time so that the
+    float copy stays small whatever the image size."""
+    out = np.empty((*a.shape, 3), dtype=np.uint8)
+    step = max(1, (1 << 16) // max(1, a.shape[1]))
     for r in range(0, a.shape[0], step):
-        block = (a[r:r + step].astype(np.float64) - lo) / (top - lo) if top > lo else np.zeros_like(a[r:r + step], float)
-        out[r:r + step] = np.clip(block * 255.0 + 0.5, 0, 255)
+        block = np.nan_to_num(a[r:r + step].astype(np.float64), nan=lo, posinf=top, neginf=lo)
+        scaled = (block - lo) / (top - lo) if top > lo else np.zeros_like(block)
+        out[r:r + step] = np.clip(scaled * 255.0 + 0.5, 0, 255)[..., None]
     return out
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _over_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite RGBA over an opaque white background (as a viewer shows transparency), a block
+    of rows at a time in integers: out = (rgb·a + 255·(255 − a)) / 255, rounded."""
+    out = np.empty((*rgba.shape[:2], 3), dtype=np.uint8)
+    step = max(1, (1 << 16) // max(1, rgba.shape[1]))
+    for r in range(0, rgba.shape[0], step):
+        block = rgba[r:r + step].astype(np.uint32)
+        alpha = block[..., 3:]
+        out[r:r + step] = (block[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
+    return out
+
+
+def _rgb_pixels(img: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 3] of any Pillow mode (possibly a read-only view). Conversions run a block
+    of rows at a time, so the peak stays near the decoded image plus its RGB copy."""
     if img.mode == "RGB":
-        return img
+        return np.asarray(img)
     if img.mode.startswith("I"):
         # 16-bit (PNG/TIFF) and 32-bit integer grey: map the 16-bit range onto 8 bits rather
         # than clipping at 255; an "I" image that only holds 0..255 is already 8-bit.
         a = np.asarray(img)
-        top = 255.0 if img.mode == "I" and a.max() <= 255 else 65535.0
-        return Image.fromarray(_grey_to_uint8(a, 0.0, top), "L").convert("RGB")
+        return _grey_to_rgb(a, 0.0, 255.0 if img.mode == "I" and a.max() <= 255 else 65535.0)
     if img.mode == "F":
         a = np.asarray(img)
         finite = a[np.isfinite(a)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        return Image.fromarray(_grey_to_uint8(np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo), lo, hi), "L").convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        # Transparent pixels become white, as an image viewer shows them.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+        return _grey_to_rgb(a, lo, hi)
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        return _over_white(np.asarray(img if img.mode == "RGBA" else img.convert("RGBA")))
+    return np.asarray(img.convert("RGB"))
 
 
 def _upright(img: Image.Image) -> Image.Image:
@@ -80,6 +91,24 @@ def _upright(img: Image.Image) -> Image.Image:
     except (OSError, SyntaxError, ValueError, KeyError, TypeError, IndexError):
         # A malformed EXIF block says nothing reliable about orientation; the pixels are still good.
         return img
+
+
+def _decode(data: bytes, name: str) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        w, h = img.size
+        if w * h > MAX_PIXELS or max(w, h) > MAX_SIDE:
+            raise ImageError(f"{name}: image too large ({w}×{h} pixels; limits {MAX_PIXELS:,} pixels, "
+                             f"{MAX_SIDE:,} per side)")
+        if w == 0 or h == 0:
+            raise ImageError(f"{name}: image has zero size")
+        try:
+            img.load()
+            upright = _upright(img)
+            pixels = _rgb_pixels(upright)
+        finally:
+            img.close()               # frees the decoded buffer before the copy below
+    del upright
+    return pixels if pixels.flags.writeable else pixels.copy()
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -92,15 +121,7 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
             # Pillow warns on stderr about odd EXIF and the like; the user gets one line or none.
             warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ImageError(f"{name}: image too large ({w}×{h} pixels, limit {MAX_PIXELS:,})")
-                if w == 0 or h == 0:
-                    raise ImageError(f"{name}: image has zero size")
-                img.load()
-                rgb = _to_rgb(_upright(img))
-                return np.array(rgb, dtype=np.uint8)
+            return _decode(data, name)
     except ImageError:
         raise
     except UnidentifiedImageError:

@@ -241,6 +241,9 @@ def failure_line(provider: str, text: str, preload_failures: str = "") -> str:
     """One line: what failed, the versions that matter, and what to install."""
     reason = cause(text) or (f"its libraries did not load ({preload_failures})" if preload_failures else
                              "onnxruntime created no session on it and gave no reason")
-    hint = f"; {INSTALL_HINT[provider]}" if ".so" in reason and provider in INSTALL_HINT else ""
+    if "libcuda.so" in reason:
+        hint = "; libcuda.so.1 comes with the NVIDIA driver (pip cannot install it)"
+    else:
+        hint = f"; {INSTALL_HINT[provider]}" if ".so" in reason and provider in INSTALL_HINT else ""
     return (f"provider '{provider}' cannot run here: {reason}; {version_facts(provider)}{hint}; "
             "refusing to fall back")

@@ -232,11 +232,25 @@ def evaluate_stream(models: list[Model], listing, source: str, on_error: OnError
 
 
 def compare_to_reference(results: list[Evaluation]) -> None:
-    """Fill Δ accuracy and top-1 agreement against the first fp32 result (or the first result)."""
-    if not results:
-        return
-    ref = next((r for r in results if r.precision == "fp32"), results[0])
-    for r in results:
+    """Fill Δ accuracy and top-1 agreement of each result against the fp32 file of its own model
+    (`toolkit.model`): the plain one (no flip averaging, no transform in front) where it was
+    evaluated too, else that model's first fp32, else its first result. Rows of different models
+    are never compared with each other."""
+    from toolkit.core.contract import ModelFileError, inspect_model
+
+    def identity(result: Evaluation) -> tuple[str, bool]:
+        try:
+            meta = inspect_model(result.model).metadata
+        except ModelFileError:
+            meta = {}
+        plain = "toolkit.tta" not in meta and "toolkit.preprocess" not in meta
+        return meta.get("toolkit.model", result.model), plain
+
+    rows = [(r, *identity(r)) for r in results]
+    for r, name, _ in rows:
+        own = [(o, plain) for o, other, plain in rows if other == name]
+        fp32 = [(o, plain) for o, plain in own if o.precision == "fp32"]
+        ref = next((o for o, plain in fp32 if plain), fp32[0][0] if fp32 else own[0][0])
         r.delta_vs_reference = r.accuracy - ref.accuracy
         r.agreement_with_reference = float(np.mean(r.predictions == ref.predictions))
 

@@ -153,7 +153,7 @@ def cache_dir() -> Path:
 def _builder_digest() -> str:
     """A hash of everything that decides a graph's bytes: the code that builds it and writes its
     metadata, the package and onnx versions."""
-    from toolkit import __version__
+    from toolkit._version import __version__
     h = hashlib.sha256(f"{__version__} onnx {onnx.__version__}".encode())
     for file in (ops.__file__, spectral_graphs.__file__, __file__, contract.__file__):
         h.update(Path(file).read_bytes())

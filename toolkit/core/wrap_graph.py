@@ -287,7 +287,7 @@ def _all_names(graph: onnx.GraphProto) -> set[str]:
 
 def build_wrapped(model: onnx.ModelProto, spec: WrapSpec, name: str, io: Interface) -> onnx.ModelProto:
     """The contract model: preprocessing → the foreign graph → `logits`, with metadata."""
-    from toolkit import __version__
+    from toolkit._version import __version__
 
     precision = source_precision(model)
     model, io = _prepare(model, io)

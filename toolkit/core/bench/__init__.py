@@ -15,7 +15,8 @@ the machine's fingerprint and its measured roof. On CUDA and TensorRT the inputs
 stay on the device (IO binding) unless `--include-copy`. Every row reports where its nodes ran.
 
 The package, by job: inputs.py (signatures, shapes, real and synthesised inputs, multiply-adds),
-runtime.py (one call per runtime), measure.py (timing, statistics, plans, the whole run),
+runtime.py (one call per runtime), timing.py (timed runs, statistics, accuracy), measure.py
+(plans, interleaved rounds, the whole run),
 machine.py (fingerprint), roof.py + roof.c (the measured roof), report.py (tables, plots, JSON,
 comparison). Nothing here imports torch: the PyTorch rows are made by toolkit/build/torch_bench.py
 and handed in as `BenchConfig.torch_rows`.
@@ -40,17 +41,12 @@ from toolkit.core.bench.inputs import (
 from toolkit.core.bench.machine import available_cores, machine_info, machine_slug
 from toolkit.core.bench.measure import (
     DEFAULT_BATCH_SIZES,
-    DEFAULT_RUNS,
-    MIN_TIMED_RUNS,
     BenchConfig,
     Context,
     Plan,
-    accuracy_of,
     default_models,
-    latency_stats,
     measure_plans,
     run_benchmark,
-    time_runs,
 )
 from toolkit.core.bench.report import (
     compare_rows,
@@ -65,6 +61,7 @@ from toolkit.core.bench.report import (
     write_reports,
 )
 from toolkit.core.bench.roof import measure_roof, shares
+from toolkit.core.bench.timing import DEFAULT_RUNS, MIN_TIMED_RUNS, accuracy_of, latency_stats, time_runs
 
 __all__ = [
     "BUFFER_BYTES", "DEFAULT_BATCH_SIZES", "DEFAULT_RUNS", "MAX_BUFFERS", "MIN_BUFFERS", "MIN_TIMED_RUNS",

@@ -149,13 +149,8 @@ def batch_of(specs: list[TensorSpec], shapes: dict[str, tuple[int, ...]]) -> int
 def image_pool(size: tuple[int, int], data: Path | None) -> InputPool:
     """Real images at `size`: the validation part of `data` (fixed split), else the sample images
     in models/samples, else uniform noise — and the report says which."""
-    from toolkit.core.data import (
-        ImageError,
-        list_images,
-        load_image,
-        read_split,
-        resize,
-    )
+    from toolkit.core.data import ImageError, list_images, load_image, resize
+    from toolkit.core.datasets import read_split
 
     if data is not None:
         skipped: list[str] = []
@@ -277,7 +272,7 @@ def multiply_adds(proto, shapes: dict[str, tuple[int, ...]] | None = None) -> in
         s = known.get(name)
         if s is None or None in s:
             raise LookupError(name)
-        return s  # type: ignore[return-value]
+        return s
 
     total = 0
     try:
