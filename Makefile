@@ -108,9 +108,9 @@ $(GPU_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[gpu,tensorrt]'
 	touch $@
 
-gpu-check: install models
+gpu-check: install
 	@$(BIN)/python benchmarks/gpu_check.py --preflight
-	@$(MAKE) --no-print-directory $(GPU_STAMP)
+	@$(MAKE) --no-print-directory models $(GPU_STAMP)
 	@if [ -d $(DATASETS) ]; then $(MAKE) --no-print-directory data; fi
 	$(BIN)/python benchmarks/gpu_check.py
 

@@ -80,7 +80,7 @@ def run_batched(model, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
 
 def accuracy_grid(pipelines: dict, corruptions: dict, labels: np.ndarray, log) -> dict:
     """{corruption: {column: accuracy}}; each pipeline is a list of ONNX models run in turn."""
-    grid = {}
+    grid: dict[str, dict[str, float]] = {}
     for corruption, images in corruptions.items():
         grid[corruption] = {}
         for name, models in pipelines.items():
@@ -108,8 +108,11 @@ def latency_rows(classifier_path: Path, images: np.ndarray, threads: int, second
         for batch_size in (1, 256):
             batches = [images[i * batch_size % len(images):][:batch_size] for i in range(4)]
             batches = [b for b in batches if len(b) == batch_size] or [images[:batch_size]]
-            timings = bench.time_runs(lambda i, model=model, batches=batches: model.run(batches[i % len(batches)]),
-                                      warmup=5, seconds=seconds)
+
+            def call(i: int, model=model, batches=batches) -> object:
+                return model.run(batches[i % len(batches)])
+
+            timings = bench.time_runs(call, warmup=5, seconds=seconds)
             stats = bench.latency_stats(timings, batch_size)
             rows.append({"op": name, "form": form, "batch": batch_size, **stats})
             log(f"  {name} {form} batch {batch_size}: p50 {stats['p50_ms']:.3f} ms")

@@ -1,11 +1,13 @@
 """Image decoding and validation, dataset readers and the fixed split."""
 
 import io
+import os
 import pickle
+import unittest.mock
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from toolkit.core import data
 from toolkit.core.data import ImageError, load_image
@@ -125,3 +127,54 @@ def test_flat_folder_reader_resizes(tmp_path):
     (tmp_path / "notes.txt").write_text("ignored: not an image name")
     faces = data.read_flat_folder(tmp_path, (64, 64))
     assert faces.shape == (3, 64, 64, 3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pillows_own_transpose(tmp_path, orientation):
+    pixels = np.random.default_rng(orientation).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = save(Image.fromarray(pixels), tmp_path / "o.png", exif=exif)
+    with Image.open(path) as img:
+        expected = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    assert np.array_equal(load_image(path), expected)
+
+
+def test_big_grey_and_alpha_images_convert_strip_by_strip(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "STRIP_PIXELS", 7)          # many strips, some of them one row
+    grey = np.arange(12 * 5, dtype=np.uint16).reshape(12, 5) * 1000
+    rgba = np.zeros((12, 5, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, np.arange(60, dtype=np.uint8).reshape(12, 5) * 4
+    got_grey = load_image(save(Image.fromarray(grey), tmp_path / "g.png"))
+    got_rgba = load_image(save(Image.fromarray(rgba), tmp_path / "a.png"))
+    assert np.array_equal(got_grey[..., 0], np.round(grey / 65535 * 255).astype(np.uint8))
+    alpha = rgba[..., 3].astype(int)
+    assert np.array_equal(got_rgba[..., 0], (200 * alpha + 255 * (255 - alpha) + 127) // 255)
+    assert (got_rgba[..., 1] == (255 * (255 - alpha) + 127) // 255).all()
+
+
+def test_streamed_split_equals_the_whole_split(tmp_path, class_tree):
+    root, _, _ = write_cifar_batches(tmp_path / "cifar-10-batches-py", n=40)
+    for source in (root, class_tree):
+        listing = data.list_split(source, "val")
+        whole = data.read_split(source, "val")
+        chunks = list(listing.chunks([(32, 32), (16, 16)], chunk=3))
+        assert max(len(c.labels) for c in chunks) == 3 and len(listing) == len(whole)
+        assert np.array_equal(np.concatenate([c.images[(32, 32)] for c in chunks]), whole.images)
+        assert np.concatenate([c.images[(16, 16)] for c in chunks]).shape[1:3] == (16, 16)
+        assert np.array_equal(np.concatenate([c.labels for c in chunks]), whole.labels)
+
+
+def test_folders_that_cannot_be_listed_are_reported(tmp_path):
+    problems = []
+    assert data.expand_inputs([tmp_path / "gone"], on_error=problems.append) == [tmp_path / "gone"]
+    (tmp_path / "f.png").write_bytes(b"")
+    os_error = OSError(13, "Permission denied", str(tmp_path / "locked"))
+    real_walk = os.walk
+
+    def walk(top, onerror=None, **kw):
+        onerror(os_error)
+        yield from real_walk(top, onerror=onerror, **kw)
+    with unittest.mock.patch.object(data.os, "walk", walk):
+        files = data.expand_inputs([tmp_path], on_error=problems.append)
+    assert files == [tmp_path / "f.png"] and problems == [f"{tmp_path / 'locked'}: cannot list folder (Permission denied)"]

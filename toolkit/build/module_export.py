@@ -75,7 +75,7 @@ def load_module(target: str):
             source = importlib.import_module(where)
     except ModuleExportError:
         raise
-    except Exception as exc:  # (user code may raise anything while importing)
+    except Exception as exc:  # noqa: BLE001  (user code may raise anything while importing)
         raise ModuleExportError(f"cannot import {shown(where)}: {first_line(exc, typed=True)}") from None
     factory = getattr(source, name, None)
     if factory is None:
@@ -86,7 +86,7 @@ def load_module(target: str):
         raise ModuleExportError(f"{name} is neither an nn.Module class nor a factory function")
     try:
         module = factory()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (user code may raise anything)
         raise ModuleExportError(f"{name}() failed (it must take no arguments): {first_line(exc, typed=True)}") from None
     if not isinstance(module, nn.Module):
         raise ModuleExportError(f"{name}() returned {type(module).__name__}, not an nn.Module")
@@ -109,8 +109,9 @@ def load_state_dict(path: str | os.PathLike) -> dict:
         from safetensors.torch import load_file
         try:
             return load_file(str(path), device="cpu")
-        except Exception as exc:  # (safetensors raises its own error types)
-            raise ModuleExportError(f"{shown(path)}: not a readable safetensors file ({first_line(exc, typed=True)})") from None
+        except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types)
+            raise ModuleExportError(f"{shown(path)}: not a readable safetensors file "
+                                    f"({first_line(exc, typed=True)})") from None
     try:
         # weights_only=True is explicit, so no environment variable can turn full unpickling back on.
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -118,7 +119,7 @@ def load_state_dict(path: str | os.PathLike) -> dict:
         raise ModuleExportError(f"{shown(path)}: refused: it needs full unpickling (it stores Python objects, "
                                 f"not only tensors), which can run code; nothing in it was run. Save "
                                 f"model.state_dict() instead, or use safetensors") from None
-    except Exception as exc:  # (corrupt zip, truncated file, …)
+    except Exception as exc:  # noqa: BLE001  (corrupt zip, truncated file, …)
         raise ModuleExportError(f"{shown(path)}: not a readable torch file ({first_line(exc, typed=True)})") from None
     return _tensors_of(obj, path)
 
@@ -210,7 +211,7 @@ def _export_fp32(module: str, weights, input_size, out: Path, labels, mean, std,
     with torch.no_grad():
         try:
             probe = net(torch.zeros(2, 3, height, width))
-        except Exception as exc:  # (the user's forward may raise anything)
+        except Exception as exc:  # noqa: BLE001  (the user's forward may raise anything)
             raise ModuleExportError(f"the module fails on a [2, 3, {height}, {width}] input: "
                                     f"{first_line(exc, typed=True)}") from None
     if not torch.is_tensor(probe) or probe.dim() != 2 or probe.shape[0] != 2:
@@ -224,7 +225,7 @@ def _export_fp32(module: str, weights, input_size, out: Path, labels, mean, std,
     try:
         proto = torch_to_onnx(head, (torch.zeros((2, height, width, 3), dtype=torch.uint8),),
                               ["image"], ["logits"], log=log)
-    except Exception as exc:  # (the exporter raises many types for unsupported code)
+    except Exception as exc:  # noqa: BLE001  (the exporter raises many types for unsupported code)
         raise ModuleExportError(f"torch.onnx.export failed: {first_line(exc, typed=True)}") from None
     # File names only: the metadata travels with the model and should not reveal the builder's folders.
     where, _, attr = module.rpartition(":")

@@ -164,7 +164,8 @@ def fold_pooled_batchnorm(proto: onnx.ModelProto) -> int:
         weight = g.array(conv.input[1])
         has_bias = len(conv.input) > 2 and bool(conv.input[2])
         bias = g.array(conv.input[2]) if has_bias else None
-        if weight is None or weight.dtype != np.float32 or (has_bias and bias is None) or any(p is None for p in params):
+        if weight is None or weight.dtype != np.float32 or (has_bias and bias is None) \
+                or any(p is None for p in params):
             continue
         if bias is None:
             bias = np.zeros(weight.shape[0], dtype=np.float32)

@@ -46,10 +46,15 @@ def infer(
     from toolkit import zoo
     from toolkit.core.data import expand_inputs
     from toolkit.core.fsio import shown
-    from toolkit.core.infer import classify_files
+    from toolkit.core.infer import classify_files, require_task
+    from toolkit.core.sessions import ModelError
 
     check_batch_sizes(batch_size)
     session = _open(model or zoo.CIFAR_CNN.onnx_path(), provider, precision_hint)
+    try:
+        require_task(session, "classify")
+    except ModelError as exc:
+        fail(_one_line(exc))
     failed = 0
 
     def bad(message: str) -> None:

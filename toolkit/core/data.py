@@ -5,10 +5,11 @@ same layout the ONNX artifacts take — and never imports torch.
 
 Limits, so that one input can neither stall a call nor exhaust memory: only regular files are
 read (fsio.read_regular_file), at most MAX_FILE_BYTES each, and an image whose header declares
-more than MAX_PIXELS pixels is refused before a single pixel is decoded. Decoding one image at
-the limit peaks at about 12 bytes per pixel (Pillow's buffer, the RGB copy, the alpha blend).
-Data sets are streamed: `list_split` names the files of a part of the fixed split and
-`SplitListing.chunks` decodes them a chunk at a time, so memory follows the chunk, not the data set.
+more than MAX_PIXELS pixels (or a side over MAX_SIDE) is refused before a single pixel is
+decoded. Conversions to RGB and the EXIF rotation work on strips and arrays rather than chains of
+whole-image copies, so decoding one image peaks at about 8 bytes per pixel (Pillow's buffer plus
+the RGB result: ≈ 0.5 GB at the limit); tests/test_properties.py holds it under 16.
+The data-set readers (streamed a chunk at a time for evaluation) are in datasets.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from struct import error as struct_error  # Pillow's plug-ins raise it on short headers
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from toolkit.core.fsio import InputError, atomic_write, read_regular_file, shown
 
@@ -40,57 +41,73 @@ class ImageError(InputError):
     """A file that is not a usable image. The message is one line, fit for the user."""
 
 
+STRIP_PIXELS = 1 << 16           # conversions run a strip of rows this large at a time
+
+# EXIF orientation → how to make the stored pixels upright (ImageOps.exif_transpose's table, on arrays).
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1),
+}
+
+
 def _grey_to_rgb(a: np.ndarray, lo: float, top: float) -> np.ndarray:
-    """Map grey values in [lo, top] onto 0..255 RGB, a block of rows at a time so that the
-    float copy stays small whatever the image size."""
-    out = np.empty((*a.shape, 3), dtype=np.uint8)
-    step = max(1, (1 << 16) // max(1, a.shape[1]))
-    for r in range(0, a.shape[0], step):
-        block = np.nan_to_num(a[r:r + step].astype(np.float64), nan=lo, posinf=top, neginf=lo)
-        scaled = (block - lo) / (top - lo) if top > lo else np.zeros_like(block)
-        out[r:r + step] = np.clip(scaled * 255.0 + 0.5, 0, 255)[..., None]
-    return out
+    """Grey values in [lo, top] onto 0..255 RGB."""
+    block = np.nan_to_num(a.astype(np.float64), nan=lo, posinf=top, neginf=lo)
+    scaled = (block - lo) / (top - lo) if top > lo else np.zeros_like(block)
+    return np.repeat(np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
 def _over_white(rgba: np.ndarray) -> np.ndarray:
-    """Composite RGBA over an opaque white background (as a viewer shows transparency), a block
-    of rows at a time in integers: out = (rgb·a + 255·(255 − a)) / 255, rounded."""
-    out = np.empty((*rgba.shape[:2], 3), dtype=np.uint8)
-    step = max(1, (1 << 16) // max(1, rgba.shape[1]))
-    for r in range(0, rgba.shape[0], step):
-        block = rgba[r:r + step].astype(np.uint32)
-        alpha = block[..., 3:]
-        out[r:r + step] = (block[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
-    return out
+    """RGBA over an opaque white background, as a viewer shows transparency: (rgb·a + 255·(255 − a)) / 255."""
+    block = rgba.astype(np.uint32)
+    alpha = block[..., 3:]
+    return ((block[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
-def _rgb_pixels(img: Image.Image) -> np.ndarray:
-    """uint8 [H, W, 3] of any Pillow mode (possibly a read-only view). Conversions run a block
-    of rows at a time, so the peak stays near the decoded image plus its RGB copy."""
-    if img.mode == "RGB":
-        return np.asarray(img)
-    if img.mode.startswith("I"):
-        # 16-bit (PNG/TIFF) and 32-bit integer grey: map the 16-bit range onto 8 bits rather
-        # than clipping at 255; an "I" image that only holds 0..255 is already 8-bit.
-        a = np.asarray(img)
-        return _grey_to_rgb(a, 0.0, 255.0 if img.mode == "I" and a.max() <= 255 else 65535.0)
+def _strip_rgb(strip: Image.Image, grey_range: tuple[float, float]) -> np.ndarray:
+    if strip.mode == "RGB":
+        return np.asarray(strip)
+    if strip.mode.startswith("I") or strip.mode == "F":
+        return _grey_to_rgb(np.asarray(strip), *grey_range)
+    if strip.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (strip.mode == "P" and "transparency" in strip.info):
+        return _over_white(np.asarray(strip.convert("RGBA")))
+    return np.asarray(strip.convert("RGB"))
+
+
+def _grey_range(img: Image.Image) -> tuple[float, float]:
+    """What 0 and 255 stand for in a 16/32-bit integer or float grey image."""
     if img.mode == "F":
         a = np.asarray(img)
         finite = a[np.isfinite(a)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        return _grey_to_rgb(a, lo, hi)
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
-        return _over_white(np.asarray(img if img.mode == "RGBA" else img.convert("RGBA")))
-    return np.asarray(img.convert("RGB"))
+        return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if img.mode.startswith("I"):
+        # 16-bit (PNG/TIFF) and 32-bit integer grey: the 16-bit range maps onto 8 bits rather than
+        # clipping at 255; an "I" image that only holds 0..255 is already 8-bit.
+        top = img.getextrema()[1]
+        return 0.0, 255.0 if img.mode == "I" and isinstance(top, (int, float)) and top <= 255 else 65535.0
+    return 0.0, 255.0
 
 
-def _upright(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation, so a photo stored sideways is classified as it is seen."""
+def _rgb_pixels(img: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 3] of any Pillow mode, converted a strip of rows at a time into one array,
+    so the peak is the decoded image plus its RGB copy, not a chain of whole-image copies."""
+    w, h = img.size
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    grey_range = _grey_range(img)
+    step = max(1, STRIP_PIXELS // w)
+    for r in range(0, h, step):
+        out[r:r + step] = _strip_rgb(img.crop((0, r, w, min(h, r + step))), grey_range)
+    return out
+
+
+def _orientation(img: Image.Image) -> int:
     try:
-        return ImageOps.exif_transpose(img) or img
-    except (OSError, SyntaxError, ValueError, KeyError, TypeError, IndexError):
+        value = img.getexif().get(0x0112, 1)
+        return int(value) if value in _UPRIGHT else 1
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError, IndexError, struct_error):
         # A malformed EXIF block says nothing reliable about orientation; the pixels are still good.
-        return img
+        return 1
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:
@@ -103,12 +120,12 @@ def _decode(data: bytes, name: str) -> np.ndarray:
             raise ImageError(f"{name}: image has zero size")
         try:
             img.load()
-            upright = _upright(img)
-            pixels = _rgb_pixels(upright)
+            orientation = _orientation(img)
+            pixels = _rgb_pixels(img)
         finally:
-            img.close()               # frees the decoded buffer before the copy below
-    del upright
-    return pixels if pixels.flags.writeable else pixels.copy()
+            img.close()               # frees the decoded buffer before the upright copy below
+    # EXIF orientation applied, so a photo stored sideways is classified as it is seen.
+    return np.ascontiguousarray(_UPRIGHT[orientation](pixels)) if orientation != 1 else pixels
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:

@@ -30,7 +30,7 @@ OnError = Callable[[str], None]
 
 def require_task(model: Model, task: str) -> None:
     if model.task != task:
-        raise ModelError(f"{shown(model.path)}: a '{model.task or 'unknown'}' model, but this command needs a "
+        raise ModelError(f"{shown(model.path)}: a '{shown(model.task) or 'unknown'}' model, but this command needs a "
                          f"'{task}' model")
 
 

@@ -230,8 +230,8 @@ def quantize_classifier(source: str | os.PathLike, out: str | os.PathLike, preci
             raise QuantizeError(str(exc)) from None
         finally:
             q_tmp.unlink(missing_ok=True)
-        calibration = {"method": calibration_method, "images": len(images.calibration),
-                       "excluded_nodes": guard.excluded}
+        calibration: dict[str, object] = {"method": calibration_method, "images": len(images.calibration),
+                                          "excluded_nodes": guard.excluded}
         if target != "cpu":
             calibration["target"] = target
         meta["toolkit.calibration"] = json.dumps(calibration, separators=(",", ":"))

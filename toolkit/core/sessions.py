@@ -165,9 +165,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
-               trt_fp16: bool = False, cache_dir: Path | None = None, profile: bool = False,
-               precision_hint: str | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
-               device_id: int = 0) -> Model:
+               trt_fp16: bool = False, cache_dir: Path | None = None, precision_hint: str | None = None,
+               shapes: dict[str, tuple[int, ...]] | None = None, device_id: int = 0) -> Model:
     """Create a session on `provider` or raise ProviderError / ModelError with a one-line message.
     `shapes` (tensorrt): the input shapes to build the engine for (an explicit profile); without
     them TensorRT builds on the first run for the shapes it sees. `precision_hint` (f32 | bf16)
@@ -195,9 +194,6 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    if profile:
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"toolkit_profile_{os.getpid()}")
     trt = provider == "tensorrt"
     try:
         profile_shapes = trt_profile(model_file.proto, shapes) if trt and shapes else None
@@ -214,15 +210,20 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
         if cache is not None:
             cache.discard()
         message = _first_line(exc)
-        if on_gpu and ("EP_FAIL" in message or type(exc).__name__ == "EPFail" or gpu.cause("\n".join(text))):
-            raise ProviderError(gpu.failure_line(provider, "\n".join(text) + "\n" + message, preload_failures)) from None
+        logged = "\n".join(text)
+        if on_gpu and ("EP_FAIL" in message or type(exc).__name__ == "EPFail" or gpu.cause(logged)):
+            raise ProviderError(gpu.failure_line(provider, logged + "\n" + message, preload_failures)) from None
         raise ModelError(f"{path}: cannot load model ({message[:300]})") from None
     session.disable_fallback()
     if PROVIDERS[provider] not in session.get_providers():
         if cache is not None:
             cache.discard()
         raise ProviderError(gpu.failure_line(provider, "\n".join(text), preload_failures))
-    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    try:  # a damaged file may hold names or metadata that are not UTF-8; the binding fails on reading them
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+        [(value.name, value.type) for value in [*session.get_inputs(), *session.get_outputs()]]
+    except UnicodeDecodeError:
+        raise ModelError(f"{path}: not a usable model (names or metadata are not UTF-8)") from None
     model = Model(path=path, session=session, provider=provider, metadata=metadata, engine_cache=cache)
     if cache is not None and cache.staging is not None:
         weakref.finalize(model, shutil.rmtree, cache.staging, True)   # never run: nothing published
