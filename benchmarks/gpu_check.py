@@ -166,7 +166,7 @@ def shipped_files() -> list[Path]:
 
 def parity(out: Path, slug: str) -> list[str]:
     from toolkit.core.fsio import atomic_write
-    from toolkit.core.sessions import first_run, int8_target, open_model, placement
+    from toolkit.core.sessions import ProviderError, first_run, int8_target, open_model, placement
 
     failures, lines = [], []
     inputs_seen = set()
@@ -182,11 +182,21 @@ def parity(out: Path, slug: str) -> list[str]:
         inputs_seen.add(source)
         expected = run_padded(cpu, feed)
         label = f"{cpu.precision}{' (TensorRT scheme)' if int8_target(cpu.metadata) == 'tensorrt' else ''}"
+        cpu_scheme_int8 = int8_target(cpu.metadata) == "cpu"
         for provider in ("cuda", "tensorrt"):
             shapes = {spec.name: (BATCH, *feed.shape[1:])}
-            model = open_model(path, provider, shapes=shapes if provider == "tensorrt" else None,
-                               trt_fp16=cpu.precision == "fp16")
-            first_run(model, {spec.name: padded(feed[:BATCH])})
+            try:
+                model = open_model(path, provider, shapes=shapes if provider == "tensorrt" else None,
+                                   trt_fp16=cpu.precision == "fp16")
+                first_run(model, {spec.name: padded(feed[:BATCH])})
+            except ProviderError as exc:
+                # uint8 Q/DQ is not TensorRT's int8 (the `--target tensorrt` file is): noted, not a failure.
+                expected_failure = provider == "tensorrt" and cpu_scheme_int8
+                lines.append(f"| {path.name} | {label} | {provider} | — | — | does not run: {exc} |")
+                print("  " + lines[-1].strip("| ").replace(" | ", ", "))
+                if not expected_failure:
+                    failures.append(f"{path.name} on {provider}: {exc}")
+                continue
             got = run_padded(model, feed)
             where = placement(model)
             placed = "all" if where.complete else "partial: " + ", ".join(where.elsewhere[:3])
@@ -221,7 +231,11 @@ def parity(out: Path, slug: str) -> list[str]:
 # ----------------------------------------------------------------------------- 5: bench
 
 def benchmark(out: Path, seconds: float) -> list[str]:
+    import onnx
+
     from toolkit.core import bench
+    from toolkit.core.contract import read_metadata
+    from toolkit.core.sessions import int8_target
 
     models = [p for p in shipped_files() if p.name.split(".")[0] in BENCH_STEMS]
     cfg = bench.BenchConfig(models=models, providers=["cpu", "cuda", "tensorrt"], batch_sizes=[1, BATCH],
@@ -237,7 +251,14 @@ def benchmark(out: Path, seconds: float) -> list[str]:
     doc = bench.run_benchmark(cfg, on_row=on_row, on_error=errors.append)
     for path in bench.write_reports(doc, out):
         print(f"wrote {path}")
-    return [f"bench: {e}" for e in errors]
+    # A CPU-scheme (uint8 Q/DQ) int8 file that TensorRT cannot build is reported, not failed: TensorRT's
+    # int8 is the `--target tensorrt` file.
+    cpu_scheme = [p for p in models if int8_target(read_metadata(onnx.load(str(p), load_external_data=False)))
+                  == "cpu"]
+    expected = [e for e in errors if "tensorrt" in e and any(p.name in e for p in cpu_scheme)]
+    for e in expected:
+        print(f"  note: {e}")
+    return [f"bench: {e}" for e in errors if e not in expected]
 
 
 def main() -> None:

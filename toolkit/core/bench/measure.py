@@ -104,8 +104,9 @@ class Context:
 
 
 def default_models() -> list[Path]:
-    """Every shipped classifier precision that exists, then the generator if it exists."""
-    candidates = [zoo.CIFAR_CNN.onnx_path(p) for p in ("fp32", "fp16", "int8")] + [zoo.DCGAN.onnx_path()]
+    """Every precision of every shipped classifier of the zoo that exists, then the generator."""
+    classifiers = [spec for spec in zoo.REGISTRY.values() if spec.task == "classify"]
+    candidates = [spec.onnx_path(p) for spec in classifiers for p in ("fp32", "fp16", "int8")] + [zoo.DCGAN.onnx_path()]
     return [p for p in candidates if p.is_file()]
 
 
