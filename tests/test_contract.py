@@ -26,7 +26,8 @@ def tiny_classifier(contract_metadata: bool = True) -> onnx.ModelProto:
     nodes = [helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
              helper.make_node("ReduceMean", ["x", "axes"], ["colour"], keepdims=0),
              helper.make_node("MatMul", ["colour", "w"], ["logits"])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 32, 32, 3])],
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 32, 32, 3])
+    graph = helper.make_graph(nodes, "tiny", [image],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [weight, axes])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
     if contract_metadata:
@@ -100,10 +101,13 @@ def test_a_failing_gate_leaves_nothing(tmp_path):
 def test_contract_model_with_external_data_is_refused_by_every_reader(tmp_path, image_dir):
     model = tmp_path / "ext.onnx"
     save_with_external_data(tiny_classifier(), model)
-    with pytest.raises(contract.ModelFileError, match="must be one file.*external data"):
+    with pytest.raises(contract.ModelFileError, match=r"must be one file.*external data"):
         contract.check_model_file(model)
+    tree = tmp_path / "tree" / "airplane"          # eval reads its data (class folders) before the models
+    tree.mkdir(parents=True)
+    (tree / "a.png").write_bytes((image_dir / "a.png").read_bytes())
     for args in (["infer", str(image_dir), "--model", str(model)],
-                 ["eval", "--model", str(model), "--data", str(image_dir)],
+                 ["eval", "--model", str(model), "--data", str(tree.parent)],
                  ["bench", "--model", str(model), "--runs", "1", "--warmup", "0", "--batch-size", "1"]):
         result = runner.invoke(app, args)
         assert result.exit_code != 0, (args, result.output)
@@ -168,3 +172,29 @@ def test_metadata_helpers_round_trip():
     meta = contract.read_metadata(proto)
     assert meta["toolkit.precision"] == "fp16" and meta["toolkit.tta"] == "1"
     assert json.loads(meta["toolkit.labels"]) == ["a", "b"] and list(meta)[:4] == list(contract.REQUIRED_KEYS)
+
+
+def test_eval_compares_each_row_with_the_fp32_file_of_its_own_model(tmp_path):
+    """`toolkit eval`'s Δ/agreement: a row is compared with its own model's plain fp32 file (by
+    `toolkit.model`), never with another model's; a flip-averaged variant with its model's plain one."""
+    from toolkit.core.infer import Evaluation, compare_to_reference
+
+    def evaluated(name: str, model: str, precision: str, predictions: list[int], **extra) -> Evaluation:
+        proto = tiny_classifier()
+        contract.set_metadata(proto, "classify", model, precision, **extra)
+        path = contract.write_model(proto, tmp_path / name)
+        preds = np.asarray(predictions)
+        return Evaluation(model=str(path), precision=precision, size_mb=0.0, n=len(preds),
+                          accuracy=float(np.mean(preds == 0)), per_class={}, predictions=preds)
+
+    a_tta = evaluated("a.tta.onnx", "a", "fp32", [0, 0, 0, 0], tta="1")   # listed before its plain fp32
+    a = evaluated("a.onnx", "a", "fp32", [0, 0, 1, 1])
+    a_int8 = evaluated("a.int8.onnx", "a", "int8", [0, 0, 0, 1])
+    b_int8 = evaluated("b.int8.onnx", "b", "int8", [1, 1, 1, 0])
+    b = evaluated("b.onnx", "b", "fp32", [1, 1, 1, 1])
+    compare_to_reference([a_tta, a, a_int8, b_int8, b])
+    assert (a.delta_vs_reference, a.agreement_with_reference) == (0.0, 1.0)
+    assert (a_tta.delta_vs_reference, a_tta.agreement_with_reference) == (0.5, 0.5)
+    assert (a_int8.delta_vs_reference, a_int8.agreement_with_reference) == (0.25, 0.75)
+    assert (b_int8.delta_vs_reference, b_int8.agreement_with_reference) == (0.25, 0.75)
+    assert (b.delta_vs_reference, b.agreement_with_reference) == (0.0, 1.0)

@@ -167,7 +167,7 @@ def test_tensorrt_subgraphs_count_the_nodes_inside_them():
     assert not nothing.complete            # registered, but took no node
 
 
-def test_tensorrt_options_explicit_profile_keyed_cache_and_no_int8_switch(model_path, tmp_path):
+def test_tensorrt_options_explicit_profile_keyed_cache_and_no_int8_switch_for_float(model_path, tmp_path):
     profile = trt_profile(onnx.load(model_path), {"image": (4, 32, 32, 3)})
     assert profile == "image:4x32x32x3"
     with pytest.raises(ValueError, match="no shape given"):
@@ -186,6 +186,23 @@ def test_tensorrt_options_explicit_profile_keyed_cache_and_no_int8_switch(model_
     assert cache.folder.parent == root / key and not cache.folder.exists()
     cache.discard()
     assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize(("major", "expected"), [(10, True), (11, False)])
+def test_tensorrt_int8_builder_flag_only_for_qdq_files_on_tensorrt_10(model_path, tmp_path, monkeypatch, major,
+                                                                      expected):
+    # TensorRT 10 refuses a Q/DQ graph unless the builder's INT8 flag is set; TensorRT 11 has no such flag.
+    monkeypatch.setattr("toolkit.core.sessions._tensorrt_major", lambda: major)
+    providers, cache = provider_options("tensorrt", model_path, cache_dir=tmp_path / "trt", trt_qdq_int8=True)
+    options = providers[0][1]
+    assert options.get("trt_int8_enable", False) is expected
+    if expected:
+        assert options["trt_int8_use_native_calibration_table"] is False   # scales come from the file's Q/DQ
+    plain, plain_cache = provider_options("tensorrt", model_path, cache_dir=tmp_path / "trt2")
+    assert "trt_int8_enable" not in plain[0][1]
+    for c in (cache, plain_cache):
+        if c is not None:
+            c.discard()
 
 
 def test_engine_cache_appears_only_after_success(tmp_path):

@@ -14,8 +14,8 @@ runner = CliRunner(env={"COLUMNS": "200"})
 @pytest.fixture(scope="module")
 def trained_weights(tmp_path_factory, class_tree):
     """A CNN briefly trained on the generated colour-coded tree: confident enough to quantize."""
-    from toolkit.recipes import ClassifierConfig
     from toolkit.build.train_classifier import train_classifier
+    from toolkit.recipes import ClassifierConfig
     out = tmp_path_factory.mktemp("trained") / "cnn.safetensors"
     summary = train_classifier(ClassifierConfig(data=str(class_tree), epochs=3, batch_size=16, lr=2e-3, seed=0,
                                                 translate=0, label_smoothing=0.0), out)
@@ -67,8 +67,8 @@ def test_accuracy_guard_excludes_the_most_sensitive_nodes(tmp_path, trained_weig
     val = read_split(class_tree, "all")
     black = np.zeros((16, 32, 32, 3), dtype=np.uint8)
     messages = []
-    proto, report = quantize.quantize_int8(fp32, tmp_path / "q.onnx", black, val.images, val.labels,
-                                           max_drop=0.0, log=messages.append)
+    _, report = quantize.quantize_int8(fp32, tmp_path / "q.onnx", black, val.images, val.labels,
+                                       max_drop=0.0, log=messages.append)
     assert len(report.attempts) >= 2 and report.excluded            # the first attempt failed
     assert report.attempts[0]["accuracy"] < report.fp32_accuracy
     assert report.drop_points <= 0.0

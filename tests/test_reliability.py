@@ -7,6 +7,7 @@ runs in-process (Typer's CliRunner); a subprocess only where a real process is t
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -62,7 +63,11 @@ def bad_images(folder: Path) -> list[Path]:
     (folder / "cut.png").write_bytes(whole[: len(whole) // 2])
     (folder / "zero.png").symlink_to("/dev/zero")
     (folder / "a\nb.png").write_text("newline in the name")
-    return [folder / n for n in ("text.png", "empty.jpg", "lies.png", "cut.png", "zero.png", "a\nb.png",
+    tiff = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(tiff, "TIFF")
+    spp = tiff.getvalue().find(b"\x15\x01\x03\x00\x01\x00\x00\x00") + 8     # SamplesPerPixel, SHORT, 1
+    (folder / "spp.tif").write_bytes(tiff.getvalue()[:spp] + b"\x03\x14" + tiff.getvalue()[spp + 2:])  # 5123: Pillow logs it
+    return [folder / n for n in ("text.png", "empty.jpg", "lies.png", "cut.png", "zero.png", "a\nb.png", "spp.tif",
                                  "missing.png")] + [Path("/dev/zero"), UNREADABLE]
 
 

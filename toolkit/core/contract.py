@@ -276,6 +276,19 @@ def _external_files(proto: onnx.ModelProto, folder: Path) -> list[ExternalFile]:
     return found
 
 
+def _all_text(message) -> bool:
+    """Whether every string field (names, op types, metadata) is text: protobuf hands a string that
+    is not UTF-8 over as bytes, which every later step (sorting, joining, printing) trips on."""
+    # The type constants are read off each field's descriptor: google.protobuf ships no type stubs.
+    for descriptor, value in message.ListFields():
+        values = value if descriptor.is_repeated else [value]
+        if descriptor.type == descriptor.TYPE_STRING and any(isinstance(v, bytes) for v in values):
+            return False
+        if descriptor.type == descriptor.TYPE_MESSAGE and not all(_all_text(v) for v in values):
+            return False
+    return True
+
+
 def inspect_model(path: str | os.PathLike) -> ModelFile:
     """Parse an ONNX file (bounded read, regular files only, external data not loaded).
 
@@ -298,6 +311,8 @@ def inspect_model(path: str | os.PathLike) -> ModelFile:
         raise ModelFileError(f"{shown(path)}: not an ONNX model ({first_line(exc, 200)})") from None
     if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.output:
         raise ModelFileError(f"{shown(path)}: not an ONNX model (no graph with outputs)")
+    if not _all_text(proto):
+        raise ModelFileError(f"{shown(path)}: not a usable ONNX model (names or metadata are not UTF-8)")
     return ModelFile(path=path, proto=proto, file_size=len(data), external=_external_files(proto, path.parent))
 
 

@@ -15,6 +15,7 @@ The data-set readers (streamed a chunk at a time for evaluation) are in datasets
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -33,6 +34,9 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 
 # Pillow would otherwise return a half-grey picture for a truncated file without complaint.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow logs some refusals (e.g. a TIFF's absurd samples per pixel) besides raising; with no
+# handler, Python would print them on stderr next to our one-line error.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 OnError = Callable[[str], None]
 

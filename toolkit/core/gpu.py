@@ -34,9 +34,6 @@ LOGGED_ERROR = re.compile(r"\[E:onnxruntime:[^\]]*\] ([^\n]+)")
 INSTALL_HINT = {"cuda": "pip install 'toolkit[gpu]' installs the CUDA and cuDNN wheels",
                 "tensorrt": "pip install 'toolkit[gpu,tensorrt]' installs the CUDA, cuDNN and TensorRT wheels"}
 
-_preloaded: dict[str, str] = {}
-
-
 def _ort():
     import onnxruntime as ort
     return ort
@@ -73,6 +70,7 @@ def _tensorrt_wheel_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+@functools.cache
 def _preload_tensorrt() -> str:
     """Load the TensorRT wheel's libraries by path (global symbols), so that the TensorRT
     provider's `libnvinfer.so.N` resolves to them; a system install is found by the loader as is."""
@@ -92,28 +90,29 @@ def _preload_tensorrt() -> str:
     return "; ".join(failures)
 
 
-def preload(provider: str) -> str:
-    """Load the libraries `provider` needs from the pip wheels, once per process; returns what
-    failed to load ('' when nothing did). onnxruntime's preload_dlls print()s its failures, which
-    would corrupt `--json` output, so they are captured and returned instead."""
-    if provider not in GPU_PROVIDERS:
-        return ""
-    if provider in _preloaded:
-        return _preloaded[provider]
-    ort = _ort()
+@functools.cache
+def _preload_cuda() -> str:
+    """onnxruntime.preload_dlls(): the CUDA and cuDNN libraries of the pip wheels, loaded by path.
+    It print()s its failures, which would corrupt `--json` output: they are captured and returned."""
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         try:
-            if "cuda" not in _preloaded and "tensorrt" not in _preloaded:
-                ort.preload_dlls()
+            _ort().preload_dlls()
         except (RuntimeError, OSError) as exc:
-            print(f"preload_dlls: {exc}")
+            print(f"Failed to load the CUDA libraries: {exc}")
     lines = [ANSI.sub("", line).strip() for line in text.getvalue().splitlines()]
-    failed = "; ".join(line for line in lines if line.startswith("Failed to load"))
+    return "; ".join(line for line in lines if line.startswith("Failed to load"))
+
+
+def preload(provider: str) -> str:
+    """Load the libraries `provider` needs from the pip wheels (once per process); returns what
+    failed to load, '' when nothing did."""
+    if provider not in GPU_PROVIDERS:
+        return ""
+    failed = [_preload_cuda()]
     if provider == "tensorrt":
-        failed = "; ".join(part for part in (failed, _preload_tensorrt()) if part)
-    _preloaded[provider] = failed
-    return failed
+        failed.append(_preload_tensorrt())
+    return "; ".join(part for part in failed if part)
 
 
 @contextlib.contextmanager

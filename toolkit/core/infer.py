@@ -29,9 +29,12 @@ OnError = Callable[[str], None]
 
 
 def require_task(model: Model, task: str) -> None:
+    """ModelError unless `model` is a `task` model whose metadata that task needs is usable."""
     if model.task != task:
         raise ModelError(f"{shown(model.path)}: a '{shown(model.task) or 'unknown'}' model, but this command needs a "
                          f"'{task}' model")
+    if task == "classify":
+        _ = model.labels          # raises ModelError for labels that are not a JSON list of names
 
 
 def _runtime_failure(model: Model, exc: Exception) -> str:

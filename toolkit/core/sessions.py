@@ -89,9 +89,18 @@ def short(provider_name: str) -> str:
 
 
 def provider_options(provider: str, model_path: Path, trt_fp16: bool = False, cache_dir: Path | None = None,
-                     device_id: int = 0, profile: str | None = None) -> tuple[list, EngineCache | None]:
+                     device_id: int = 0, profile: str | None = None,
+                     trt_qdq_int8: bool = False) -> tuple[list, EngineCache | None]:
     """The providers list for InferenceSession — the requested one first, then the host providers
-    for the nodes it cannot take, which `placement` reports — and the TensorRT cache it uses."""
+    for the nodes it cannot take, which `placement` reports — and the TensorRT cache it uses.
+
+    `trt_qdq_int8`: the file is a Q/DQ int8 graph of the TensorRT scheme. TensorRT 10 refuses to
+    build such a graph unless the builder's INT8 flag is set ("Int8 precision has been set for a
+    layer … but int8 is not configured in the builder": onnxruntime#13381, TensorRT#4021), and
+    onnxruntime's only way to set that flag is `trt_int8_enable`. For a Q/DQ graph onnxruntime sets
+    no dynamic ranges and reads no calibration table (onnxruntime#8969): the scales are the file's
+    own, so this is explicit quantization, not the old implicit calibration. TensorRT 11 drops the
+    flag (strongly typed networks), so it is set for TensorRT ≤ 10 only."""
     if provider not in PROVIDERS or provider == "openvino":
         raise ProviderError(f"unknown onnxruntime provider {provider!r} (choose from cpu, cuda, tensorrt)")
     if provider == "cpu":
@@ -104,8 +113,7 @@ def provider_options(provider: str, model_path: Path, trt_fp16: bool = False, ca
     opts: dict[str, object] = {
         "device_id": device_id,
         # TensorRT 10 (what this onnxruntime build links) builds weakly typed networks: without this
-        # an fp16 file's layers may be computed in fp32. int8 files are Q/DQ graphs that carry their
-        # own scales; the implicit-calibration switch (trt_int8_enable) is never set.
+        # an fp16 file's layers may be computed in fp32.
         "trt_fp16_enable": trt_fp16,
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache.path),
@@ -113,6 +121,8 @@ def provider_options(provider: str, model_path: Path, trt_fp16: bool = False, ca
         "trt_timing_cache_path": str(cache.path),
         "trt_engine_hw_compatible": False,
     }
+    if trt_qdq_int8 and _tensorrt_major() <= 10:
+        opts.update(trt_int8_enable=True, trt_int8_use_native_calibration_table=False)
     if profile is not None:
         opts.update(trt_profile_min_shapes=profile, trt_profile_opt_shapes=profile, trt_profile_max_shapes=profile)
     return [("TensorrtExecutionProvider", opts), cuda, "CPUExecutionProvider"], cache
@@ -135,7 +145,13 @@ class Model:
 
     @property
     def labels(self) -> list[str]:
-        return json.loads(self.metadata.get("toolkit.labels", "[]"))
+        try:
+            labels = json.loads(self.metadata.get("toolkit.labels", "[]"))
+        except ValueError:
+            labels = None
+        if not isinstance(labels, list) or not all(isinstance(name, str) for name in labels):
+            raise ModelError(f"{self.path}: metadata toolkit.labels is not a JSON list of names")
+        return labels
 
     @property
     def precision(self) -> str:
@@ -175,7 +191,7 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
-    from toolkit.core.contract import ModelFileError, check_model_file
+    from toolkit.core.contract import ModelFileError, check_model_file, read_metadata
     try:  # the contract is enforced when reading too: one file, external data only inside the folder
         model_file = check_model_file(path)
     except ModelFileError as exc:
@@ -199,7 +215,8 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
         profile_shapes = trt_profile(model_file.proto, shapes) if trt and shapes else None
     except ValueError as exc:
         raise ProviderError(str(exc)) from None
-    providers, cache = provider_options(provider, path, trt_fp16, cache_dir, device_id, profile_shapes)
+    trt_qdq_int8 = trt and int8_target(read_metadata(model_file.proto)) == "tensorrt"
+    providers, cache = provider_options(provider, path, trt_fp16, cache_dir, device_id, profile_shapes, trt_qdq_int8)
     on_gpu = provider in gpu.GPU_PROVIDERS
     text: list[str] = []
     try:
@@ -252,6 +269,13 @@ def first_run(model: Model, feeds: dict[str, np.ndarray]) -> float:
     if model.engine_cache is not None:
         model.engine_cache.publish()
     return elapsed
+
+
+def _tensorrt_major() -> int:
+    """Major version of the TensorRT library onnxruntime loads (10, what this build links, if unknown)."""
+    from toolkit.core.tensorrt import tensorrt_version
+    version = tensorrt_version()
+    return int(version.split(".")[0]) if version and version.split(".")[0].isdigit() else 10
 
 
 def int8_target(metadata: dict) -> str | None:
