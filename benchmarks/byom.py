@@ -104,7 +104,7 @@ def export_theirs(path: Path, size: int) -> int:
 
 def classes_predicted(model: Path, size: int, n: int) -> int:
     """How many distinct classes the model predicts for the first `n` validation images."""
-    from toolkit.core.data import read_split
+    from toolkit.core.datasets import read_split
     from toolkit.core.infer import predict
     from toolkit.core.sessions import open_model
 
@@ -135,13 +135,13 @@ def report(machine: dict, rows: list[dict], facts: dict) -> str:
     base = {r["batch_size"]: r for r in rows if Path(r["file"]).name == facts["original"]}
     lines = [
         "# Bring your own model: a foreign ResNet-18 through wrap → int8 → bench", "",
-        f"`{facts['command']}` — {facts['created']}. onnxruntime CPU, {rows[0]['threads']} threads; each row "
-        f"measured for {facts['seconds']:g} s after {facts['warmup']} warm-up runs, interleaved with the others "
-        f"over {facts['rounds']} rounds (`toolkit bench --rounds`).", "",
+        (f"`{facts['command']}` — {facts['created']}. onnxruntime CPU, {rows[0]['threads']} threads; each row "
+         f"measured for {facts['seconds']:g} s after {facts['warmup']} warm-up runs, interleaved with the others "
+         f"over {facts['rounds']} rounds (`toolkit bench --rounds`)."), "",
         *[f"- {line}" for line in machine_lines(machine)], "",
-        f"Their model: ResNet-18 (torchvision's topology and initialisation, {facts['parameters']:,} parameters) "
-        f"at random initialisation, exported with plain `torch.onnx.export`: float32 NCHW, ImageNet mean/std "
-        f"expected outside the graph, dynamic batch.", "",
+        (f"Their model: ResNet-18 (torchvision's topology and initialisation, {facts['parameters']:,} parameters) "
+         f"at random initialisation, exported with plain `torch.onnx.export`: float32 NCHW, ImageNet mean/std "
+         f"expected outside the graph, dynamic batch."), "",
         "| model | input | precision | size (MB) | batch | p50 (ms) | p90 (ms) | images/s | p50 vs original |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -157,17 +157,17 @@ def report(machine: dict, rows: list[dict], facts: dict) -> str:
     verdict = "within" if head <= HEAD_COST_LIMIT else "OVER"
     lines += [
         "",
-        f"**Contract head cost at batch {largest}: {head:+.1%}** of the original's p50 ({verdict} the "
-        f"{HEAD_COST_LIMIT:.0%} limit). The head converts uint8 NHWC pixels (a quarter of the bytes of the "
-        f"float input the original is fed) to normalised float NCHW inside the graph.",
-        f"- wrap: parity with the original fed numpy-preprocessed images: max |Δ| {facts['wrap_max_diff']:.1e} on "
-        f"{facts['wrap_images']} CIFAR-10 images upscaled to {facts['size']}×{facts['size']}, top-1 identical.",
-        f"- int8 (static QDQ, per-channel, {facts['calibration']} calibration images): top-1 agreement with fp32 "
-        f"{facts['agreement']:.1%} on {facts['guard_images']} validation images (guard ≥ "
-        f"{facts['min_agreement']:.0%}); nodes kept in float: {', '.join(facts['excluded']) or 'none'}. There are "
-        f"no ImageNet labels here, and the random net predicts only {facts['classes_predicted']} distinct "
-        f"class(es) for those images, so this agreement says little about int8 accuracy: that evidence is the "
-        f"CIFAR models' (README).",
+        (f"**Contract head cost at batch {largest}: {head:+.1%}** of the original's p50 ({verdict} the "
+         f"{HEAD_COST_LIMIT:.0%} limit). The head converts uint8 NHWC pixels (a quarter of the bytes of the "
+         f"float input the original is fed) to normalised float NCHW inside the graph."),
+        (f"- wrap: parity with the original fed numpy-preprocessed images: max |Δ| {facts['wrap_max_diff']:.1e} on "
+         f"{facts['wrap_images']} CIFAR-10 images upscaled to {facts['size']}×{facts['size']}, top-1 identical."),
+        (f"- int8 (static QDQ, per-channel, {facts['calibration']} calibration images): top-1 agreement with fp32 "
+         f"{facts['agreement']:.1%} on {facts['guard_images']} validation images (guard ≥ "
+         f"{facts['min_agreement']:.0%}); nodes kept in float: {', '.join(facts['excluded']) or 'none'}. There are "
+         f"no ImageNet labels here, and the random net predicts only {facts['classes_predicted']} distinct "
+         f"class(es) for those images, so this agreement says little about int8 accuracy: that evidence is the "
+         f"CIFAR models' (README)."),
     ]
     return "\n".join(lines) + "\n"
 

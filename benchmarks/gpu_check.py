@@ -135,7 +135,8 @@ def gpu_tests() -> list[str]:
 # ----------------------------------------------------------------------------- 4: parity
 
 def real_images(size: tuple[int, int]) -> tuple[np.ndarray, str]:
-    from toolkit.core.data import list_images, load_image, read_split, resize
+    from toolkit.core.data import list_images, load_image, resize
+    from toolkit.core.datasets import read_split
 
     if DATA.is_dir():
         return read_split(DATA, "val", size, limit=PARITY_IMAGES).images, f"{PARITY_IMAGES} validation images"

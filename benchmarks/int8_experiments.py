@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.core import bench, quantize
-from toolkit.core.data import CIFAR10_LABELS
+from toolkit.core.datasets import CIFAR10_LABELS
 from toolkit.core.fsio import atomic_write_text
 from toolkit.core.int8_recipe import CPU_RECIPE, TODAY_RECIPE
 from toolkit.core.quantize_classifier import read_quantization_data

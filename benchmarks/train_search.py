@@ -7,7 +7,8 @@ the command's defaults (ResNetConfig / ClassifierConfig), i.e. exactly what `too
 cifar-resnet: a grid on seed 0, then seeds 1 and 2 of the best candidate. cifar-cnn (5 epochs,
 architecture fixed): every candidate on seeds 0, 1, 2. Results go to OUT/search.json as they
 arrive (mean ± std per candidate); the seed-0 weights of every cifar-cnn candidate and of the best
-cifar-resnet candidate are copied to OUT as they arrive. A deadline stops starting runs so the file is complete before an outside limit.
+cifar-resnet candidate are copied to OUT as they arrive. A deadline stops starting runs so the file
+is complete before an outside limit.
 Needs torch, numpy, Pillow, safetensors and rich only (what a bare GPU machine has).
 """
 
@@ -51,7 +52,8 @@ def decode_all(root: str, workers: int) -> str:
     """Decode the image tree once (in parallel) into an .npz the runs share."""
     import numpy as np
 
-    from toolkit.core.data import class_folder_files, load_image
+    from toolkit.core.data import load_image
+    from toolkit.core.datasets import class_folder_files
     files, labels, classes = class_folder_files(root)
     with mp.get_context("spawn").Pool(workers) as pool:
         images = pool.map(load_image, files, chunksize=256)
@@ -64,10 +66,10 @@ def worker(jobs: Any, results: Any, data_path: str, device: str, run_dir: str, d
     import numpy as np
     import torch
 
-    from toolkit.recipes import ClassifierConfig, ResNetConfig
     from toolkit.build.nets import resnet
     from toolkit.build.train_classifier import train_classifier
-    from toolkit.core.data import LabelledImages
+    from toolkit.core.datasets import LabelledImages
+    from toolkit.recipes import ClassifierConfig, ResNetConfig
 
     torch.set_num_threads(2)
     npz = np.load(data_path)

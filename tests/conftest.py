@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.core.data import CIFAR10_LABELS
+from toolkit.core.datasets import CIFAR10_LABELS
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "datasets"
@@ -40,7 +40,8 @@ def fresh_weights(tmp_path_factory) -> Path:
     import torch
 
     from toolkit import zoo
-    from toolkit.build.checkpoint import atomic_save_tensors, prefixed as _prefixed
+    from toolkit.build.checkpoint import atomic_save_tensors
+    from toolkit.build.checkpoint import prefixed as _prefixed
 
     torch.manual_seed(0)
     net = zoo.CIFAR_CNN.build()

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from toolkit import zoo
 from toolkit.cli import app
-from toolkit.core.data import CIFAR10_LABELS
+from toolkit.core.datasets import CIFAR10_LABELS
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -145,7 +145,7 @@ SHARED_TRAIN = __import__("tests.conftest", fromlist=["REPO"]).REPO / "data" / "
 @pytest.mark.skipif(not (SHARED_TRAIN.exists()), reason="real data not extracted (make data)")
 def test_shipped_classifier_on_real_validation_images():
     """Integration: the shipped model meets its accuracy on the real validation split."""
-    from toolkit.core.data import read_split
+    from toolkit.core.datasets import read_split
     from toolkit.core.infer import evaluate
     from toolkit.core.sessions import open_model
 

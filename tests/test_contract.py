@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from toolkit.cli import app
 from toolkit.core import contract
-from toolkit.core.data import CIFAR10_LABELS
+from toolkit.core.datasets import CIFAR10_LABELS
 
 runner = CliRunner(env={"COLUMNS": "200"})
 

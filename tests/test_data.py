@@ -20,7 +20,8 @@ def save(img: Image.Image, path, **kw):
 
 def test_grey_palette_rgba_and_16bit_become_rgb(tmp_path):
     grey = save(Image.new("L", (5, 4), 100), tmp_path / "grey.png")
-    palette = save(Image.new("RGB", (5, 4), (10, 200, 30)).convert("P", palette=Image.Palette.ADAPTIVE), tmp_path / "palette.png")
+    palette = save(Image.new("RGB", (5, 4), (10, 200, 30)).convert("P", palette=Image.Palette.ADAPTIVE),
+                   tmp_path / "palette.png")
     rgba = save(Image.new("RGBA", (5, 4), (255, 0, 0, 0)), tmp_path / "rgba.png")
     sixteen = save(Image.fromarray(np.full((4, 5), 65535, dtype=np.uint16)), tmp_path / "16bit.png")
     for path in (grey, palette, rgba, sixteen):
@@ -71,7 +72,7 @@ def test_class_folder_reader_and_fixed_split(class_tree):
 
 def test_split_on_the_real_layout_is_the_last_500_of_5000():
     labels = np.repeat(np.arange(10), 5000)
-    train, val = data.split_indices(labels)
+    _, val = data.split_indices(labels)
     assert len(val) == 5000 and all((val[c * 500: (c + 1) * 500] % 5000 >= 4500).all() for c in range(10))
 
 
@@ -177,4 +178,5 @@ def test_folders_that_cannot_be_listed_are_reported(tmp_path):
         yield from real_walk(top, onerror=onerror, **kw)
     with unittest.mock.patch.object(data.os, "walk", walk):
         files = data.expand_inputs([tmp_path], on_error=problems.append)
-    assert files == [tmp_path / "f.png"] and problems == [f"{tmp_path / 'locked'}: cannot list folder (Permission denied)"]
+    assert files == [tmp_path / "f.png"]
+    assert problems == [f"{tmp_path / 'locked'}: cannot list folder (Permission denied)"]

@@ -24,8 +24,8 @@ def test_generator_and_discriminator_shapes_and_size():
 
 def test_training_step_writes_weights_samples_and_resumes(tmp_path):
     from toolkit.build.checkpoint import load_tensors
-    from toolkit.recipes import GanConfig
     from toolkit.build.train_gan import train_gan
+    from toolkit.recipes import GanConfig
     faces = tmp_path / "faces"
     faces.mkdir()
     rng = np.random.default_rng(0)
@@ -48,8 +48,9 @@ def fresh_generator(tmp_path_factory):
     import torch
 
     from toolkit import zoo
+    from toolkit.build.checkpoint import atomic_save_tensors
+    from toolkit.build.checkpoint import prefixed as _prefixed
     from toolkit.build.export import export_generator
-    from toolkit.build.checkpoint import atomic_save_tensors, prefixed as _prefixed
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("gen")

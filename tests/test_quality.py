@@ -100,7 +100,10 @@ def test_blur_keeps_layout_and_removes_detail():
     images = noise_images(4, seed=13)
     blurred = quality.blur(images, factor=4)
     assert blurred.shape == images.shape and blurred.dtype == np.uint8
-    fine = lambda x: np.abs(quality.laplacian_pyramid(x)[0]).mean()
+
+    def fine(x: np.ndarray) -> float:
+        return float(np.abs(quality.laplacian_pyramid(x)[0]).mean())
+
     assert fine(blurred) < 0.2 * fine(images)
     flat = np.full((1, 64, 64, 3), 77, dtype=np.uint8)
     np.testing.assert_array_equal(quality.blur(flat), flat)

@@ -56,7 +56,7 @@ def test_accuracy_guard_excludes_the_most_sensitive_nodes(tmp_path, trained_weig
     quantized model fails the guard; it must keep nodes in float until the accuracy holds."""
     from toolkit.build.export import export_classifier
     from toolkit.core import quantize
-    from toolkit.core.data import read_split
+    from toolkit.core.datasets import read_split
     from toolkit.core.int8_recipe import TODAY_RECIPE
 
     # The plain recipe: its uint8 logits are what black-image calibration ruins (float logits survive it).
@@ -78,7 +78,7 @@ def test_accuracy_guard_excludes_the_most_sensitive_nodes(tmp_path, trained_weig
 def test_accuracy_guard_fails_when_it_cannot_hold(tmp_path, trained_weights, class_tree, monkeypatch):
     from toolkit.build.export import export_classifier
     from toolkit.core import quantize
-    from toolkit.core.data import read_split
+    from toolkit.core.datasets import read_split
     from toolkit.core.int8_recipe import TODAY_RECIPE
 
     fp32 = tmp_path / "fp32.onnx"
@@ -157,7 +157,7 @@ def test_unlabeled_guard_on_a_flat_folder(tmp_path, trained_onnx, class_tree):
 
 def test_agreement_guard_keeps_nodes_in_float_until_it_holds(tmp_path, trained_onnx, class_tree, monkeypatch):
     from toolkit.core import quantize
-    from toolkit.core.data import read_split
+    from toolkit.core.datasets import read_split
     from toolkit.core.int8_recipe import TODAY_RECIPE
 
     monkeypatch.setattr(quantize, "CPU_RECIPE", TODAY_RECIPE)       # see the guard tests above

@@ -66,7 +66,8 @@ def bad_images(folder: Path) -> list[Path]:
     tiff = io.BytesIO()
     Image.new("RGB", (4, 4)).save(tiff, "TIFF")
     spp = tiff.getvalue().find(b"\x15\x01\x03\x00\x01\x00\x00\x00") + 8     # SamplesPerPixel, SHORT, 1
-    (folder / "spp.tif").write_bytes(tiff.getvalue()[:spp] + b"\x03\x14" + tiff.getvalue()[spp + 2:])  # 5123: Pillow logs it
+    # 5123 samples per pixel: Pillow refuses it and also logs it
+    (folder / "spp.tif").write_bytes(tiff.getvalue()[:spp] + b"\x03\x14" + tiff.getvalue()[spp + 2:])
     return [folder / n for n in ("text.png", "empty.jpg", "lies.png", "cut.png", "zero.png", "a\nb.png", "spp.tif",
                                  "missing.png")] + [Path("/dev/zero"), UNREADABLE]
 
@@ -115,7 +116,8 @@ def test_eval_one_bad_model_or_image_does_not_stop_the_others(work):
 
 def test_bench_one_bad_model_does_not_stop_the_others(work):
     code, err, out = run("bench", "--model", work / "junk.onnx", "--model", work / "tiny.onnx", "--model",
-                         work / "missing.onnx", "--batch-size", "1", "--runs", "2", "--warmup", "0", "--no-roof", "--json")
+                         work / "missing.onnx", "--batch-size", "1", "--runs", "2", "--warmup", "0", "--no-roof",
+                         "--json")
     assert code == 1 and len(errors(err)) == 2
     doc = json.loads(out)
     assert {r["model"] for r in doc["rows"]} == {"tiny-classifier"} and len(doc["errors"]) == 2
@@ -199,7 +201,7 @@ def test_eval_memory_follows_the_batch_not_the_data_set(tmp_path):
 
 
 def test_generate_streams_to_files_and_grid(work):
-    code, err, out = run("generate", "--model", "gen.onnx", "--n", "70", "--out-dir", "faces", "--out", "g.png")
+    code, err, _ = run("generate", "--model", "gen.onnx", "--n", "70", "--out-dir", "faces", "--out", "g.png")
     assert code == 0 and not err
     assert len(list((work / "faces").glob("*.png"))) == 70
     assert Image.open(work / "g.png").size == (9 * 66 + 2, 8 * 66 + 2)       # 9 columns, 8 rows of 64 + 2 px
@@ -301,7 +303,8 @@ def test_ctrl_c_says_interrupted_and_exits_130(tmp_path):
         "    yield\n"
         "infer.classify_files = stall\n"
         "from toolkit.cli import main\n"
-        f"sys.argv = ['toolkit', 'infer', {str(REPO / 'models' / 'samples')!r}, '--model', {str(tmp_path / 'm.onnx')!r}]\n"
+        f"sys.argv = ['toolkit', 'infer', {str(REPO / 'models' / 'samples')!r},\n"
+        f"            '--model', {str(tmp_path / 'm.onnx')!r}]\n"
         "main()\n")
     hostile.classifier(tmp_path / "m.onnx")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)

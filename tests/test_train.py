@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from tests.conftest import write_class_tree
 from toolkit.build.checkpoint import load_tensors
-from toolkit.recipes import ClassifierConfig, GanConfig, ResNetConfig
 from toolkit.build.loop import Interrupted
 from toolkit.cli import app
+from toolkit.recipes import ClassifierConfig, GanConfig, ResNetConfig
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -107,7 +107,8 @@ def test_bad_arguments_fail_before_any_work(tmp_path, small_tree, faces):
         (["train", "cifar-cnn", "--data", str(folder), "--out", str(tmp_path / "c.st")], "do not match"),
         (["train", "cifar-cnn", "--data", str(small_tree), "--out", str(folder)], "is a folder"),
         (["train", "cifar-resnet", "--data", str(tmp_path / "missing")], "not a folder"),
-        (["train", "cifar-cnn", "--data", str(small_tree), "--epochs", "0", "--out", str(tmp_path / "a.st")], "--epochs"),
+        (["train", "cifar-cnn", "--data", str(small_tree), "--epochs", "0", "--out", str(tmp_path / "a.st")],
+         "--epochs"),
         (["train", "cifar-cnn", "--data", str(small_tree), "--schedule", "step", "--out", str(tmp_path / "a.st")],
          "--schedule"),
         (["train", "cifar-resnet", "--data", str(small_tree), "--resume", "--out", str(tmp_path / "b.st")],

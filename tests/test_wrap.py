@@ -272,7 +272,7 @@ def bare_cnn_onnx(path, nhwc_bgr=False):
 @pytest.fixture(scope="module")
 def shipped_accuracy(tmp_path_factory):
     from toolkit.build.export import export_classifier
-    from toolkit.core.data import read_split
+    from toolkit.core.datasets import read_split
     from toolkit.core.infer import evaluate
     from toolkit.core.sessions import open_model
 

@@ -111,7 +111,7 @@ def classify(model: Model | PathLike, images: Sequence[PathLike] | PathLike, k: 
 
 def evaluate(model: Model | PathLike, data: PathLike, split: str = "val") -> Evaluation:
     """Top-1 accuracy on a class-per-folder tree or CIFAR-10 batches (`split`: val | train | all)."""
-    from toolkit.core.data import read_split
+    from toolkit.core.datasets import read_split
     from toolkit.core.infer import evaluate as run_eval
 
     session = _model(model)

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.core.data import CIFAR10_LABELS
+from toolkit.core.datasets import CIFAR10_LABELS
 
 
 def _models_dir() -> Path:

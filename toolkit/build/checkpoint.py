@@ -31,7 +31,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     """Read a safetensors file (no pickle involved) and its metadata, JSON values decoded."""
     tensors, meta = {}, {}
     with safe_open(str(path), framework="pt") as fh:
-        for k in fh.keys():
+        for k in fh.keys():  # noqa: SIM118  (safe_open is not iterable: keys() is its only listing)
             tensors[k] = fh.get_tensor(k)
         for k, v in (fh.metadata() or {}).items():
             try:

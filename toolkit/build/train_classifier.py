@@ -35,7 +35,7 @@ from toolkit.build.checkpoint import (
 )
 from toolkit.build.loop import Position, console, run
 from toolkit.build.nets.layers import Classifier
-from toolkit.core.data import (
+from toolkit.core.datasets import (
     LabelledImages,
     is_cifar_batches,
     read_labelled,
@@ -80,7 +80,8 @@ def cut_out(images: torch.Tensor, centre: torch.Tensor, size: int, fill: torch.T
     return torch.where(inside[..., None], fill, images)
 
 
-def augment(images: torch.Tensor, flip: torch.Tensor | None, shift: torch.Tensor | None, translate: int) -> torch.Tensor:
+def augment(images: torch.Tensor, flip: torch.Tensor | None, shift: torch.Tensor | None,
+            translate: int) -> torch.Tensor:
     """Horizontal flips where `flip` [N] is set, and shifts by `shift` [2, N] − translate pixels
     (reflect padding), of a uint8 NHWC batch on any device."""
     n, h, w, _ = images.shape

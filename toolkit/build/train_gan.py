@@ -29,7 +29,8 @@ from toolkit.build.checkpoint import (
 )
 from toolkit.build.loop import Position, console, run
 from toolkit.build.train_classifier import read_images
-from toolkit.core.data import list_images, make_grid, read_flat_folder, save_image
+from toolkit.core.data import list_images, make_grid, save_image
+from toolkit.core.datasets import read_flat_folder
 from toolkit.recipes import GanConfig, check_outputs
 
 
@@ -106,7 +107,8 @@ class GanTask:
         self.noise_gen.set_state(tensors["rng.noise"])
 
     def begin_epoch(self, epoch: int) -> None:
-        self.order = torch.randperm(len(self.faces), generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch))
+        shuffle = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
+        self.order = torch.randperm(len(self.faces), generator=shuffle)
         self.G.train()
         self.D.train()
 
@@ -137,12 +139,13 @@ class GanTask:
         samples_dir = Path(self.cfg.samples_dir)
         self.G.eval()
         with torch.no_grad():
-            path = save_image(make_grid(to_uint8(self.G(self.fixed_z)), ncols=8), samples_dir / f"epoch_{epoch + 1:03d}.png")
+            path = save_image(make_grid(to_uint8(self.G(self.fixed_z)), ncols=8),
+                              samples_dir / f"epoch_{epoch + 1:03d}.png")
             if self.cfg.ema:
                 save_image(make_grid(to_uint8(self.shipped_generator()(self.fixed_z)), ncols=8),
                            samples_dir / f"epoch_{epoch + 1:03d}_ema.png")
-        return {"loss_d": round(averages.get("D", float("nan")), 4), "loss_g": round(averages.get("G", float("nan")), 4),
-                "samples": str(path)}
+        return {"loss_d": round(averages.get("D", float("nan")), 4),
+                "loss_g": round(averages.get("G", float("nan")), 4), "samples": str(path)}
 
     def shipped_generator(self) -> torch.nn.Module:
         if not self.cfg.ema:
@@ -175,7 +178,8 @@ def train_gan(cfg: GanConfig, out: str | os.PathLike, checkpoint: str | os.PathL
     task = GanTask(cfg, faces)
     pos = run(task, cfg.epochs, ckpt, asdict(cfg), resume, on_step=on_step, quiet=quiet, show_every=5)
     final = task.shipped_generator()
-    summary = {"model": task.name, "epochs": cfg.epochs, "images_seen": pos.epoch * task.steps_per_epoch * cfg.batch_size,
+    summary = {"model": task.name, "epochs": cfg.epochs,
+               "images_seen": pos.epoch * task.steps_per_epoch * cfg.batch_size,
                "train_seconds": round(pos.elapsed_s, 1), "history": pos.history, "config": asdict(cfg),
                "toolkit_version": __version__, "torch_version": torch.__version__}
     atomic_save_tensors(prefixed("model", final.state_dict()), out_path, summary)

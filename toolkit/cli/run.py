@@ -122,6 +122,8 @@ def evaluate(
         listing = list_split(data, part)
     except (FileNotFoundError, ValueError) as exc:
         fail(_one_line(exc))
+    if not len(listing):
+        fail(f"--data {shown(data)}: no images in the {split} part")
     failed = 0
 
     def bad(message: str) -> None:
@@ -132,7 +134,7 @@ def evaluate(
     sessions = []
     for path in model:        # one model that cannot be opened is one error; the others are evaluated
         try:
-            sessions.append(open_model(path, provider, precision_hint))
+            sessions.append(open_model(path, provider, precision_hint=precision_hint))
         except ModelError as exc:
             bad(_one_line(exc))
         except ProviderError as exc:       # the provider is the whole call's, not one model's

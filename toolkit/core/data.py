@@ -18,9 +18,10 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from struct import error as struct_error  # Pillow's plug-ins raise it on short headers
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -182,7 +183,7 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def expand_inputs(inputs: list[str | os.PathLike], on_error: OnError | None = None) -> list[Path]:
+def expand_inputs(inputs: Sequence[str | os.PathLike], on_error: OnError | None = None) -> list[Path]:
     """Expand folders (recursively, sorted) into image files; plain files are kept as given, so a
     non-image file named explicitly is reported as a bad input rather than skipped. Only regular
     files are taken from folders. A folder that cannot be listed goes to `on_error` (without it,
@@ -263,7 +264,7 @@ _DATASET_NAMES = frozenset({
 })
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     if name in _DATASET_NAMES:
         from toolkit.core import datasets
         return getattr(datasets, name)

@@ -125,7 +125,7 @@ def _load_batch(path: Path) -> dict:
     except Exception as exc:  # noqa: BLE001  (a damaged pickle raises many types)
         raise ValueError(f"{shown(path)}: not a CIFAR batch ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{shown(path)}: not a CIFAR batch")  # noqa: TRY004  (a bad file, not a bad argument)
+        raise ValueError(f"{shown(path)}: not a CIFAR batch")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 

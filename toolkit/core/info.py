@@ -39,7 +39,8 @@ def _status(model: ModelFile) -> str:
     outside = [e for e in model.external if not e.inside]
     missing = [e for e in model.external if e.inside and e.size is None]
     if model.is_contract and model.external:
-        return "contract: VIOLATED — a toolkit model must be one file, its weights sit in external data (refused by every command)"
+        return ("contract: VIOLATED — a toolkit model must be one file, its weights sit in external data "
+                "(refused by every command)")
     if outside:
         return "foreign model: external data outside its folder (refused by every command)"
     if missing:

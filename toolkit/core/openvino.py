@@ -21,11 +21,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from toolkit.core.model import DEFAULT_CACHE, Model, ModelError, ProviderError
 from toolkit.core.options import PRECISION_HINTS
-from toolkit.core.sessions import DEFAULT_CACHE, Model, ModelError, ProviderError
 
 DEFAULT_HINT = "f32"
 # What INFERENCE_PRECISION_HINT reads back as, per hint.
@@ -48,10 +49,10 @@ class OpenVINOModel(Model):
     precision_hint: str = DEFAULT_HINT
     compile_s: float = 0.0
     cache_hit: bool = False
-    request: object = None
+    request: Any = None          # OpenVINO's InferRequest (the library ships no types)
 
     @property
-    def input(self):
+    def input(self) -> TensorInfo:
         return self.inputs[0]
 
     def run(self, feed: np.ndarray) -> np.ndarray:
@@ -61,12 +62,12 @@ class OpenVINOModel(Model):
         """All outputs, in the ONNX graph's order, for one set of named inputs."""
         # share_inputs: OpenVINO reads the numpy buffers in place, as onnxruntime does; outputs are
         # copied (the default), since the request reuses its output memory on the next call.
-        result = self.request.infer(feeds, share_inputs=True)  # type: ignore[attr-defined]
-        return [np.asarray(result[port]) for port in self.session.outputs]  # type: ignore[attr-defined]
+        result = self.request.infer(feeds, share_inputs=True)
+        return [np.asarray(result[port]) for port in self.session.outputs]
 
     def runtime_precisions(self) -> dict[str, int]:
         """How many nodes of the compiled graph compute in each element type (u8, i8, bf16, f32, …)."""
-        ops = self.session.get_runtime_model().get_ops()  # type: ignore[attr-defined]
+        ops = self.session.get_runtime_model().get_ops()
         counts = Counter(str(op.get_rt_info()["runtimePrecision"].astype(str)) for op in ops
                          if str(op.get_rt_info()["layerType"].astype(str)) not in ("Const", "Input", "Output"))
         return dict(counts)

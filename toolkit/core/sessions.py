@@ -26,16 +26,16 @@ import json
 import os
 import shutil
 import tempfile
-import time
 import weakref
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from toolkit.core import gpu
+from toolkit.core.model import DEFAULT_CACHE, Model, ModelError, ProviderError, first_line, first_run
 from toolkit.core.tensorrt import (
     EngineCache,
     cache_key,
@@ -46,10 +46,11 @@ from toolkit.core.tensorrt import (
     trt_profile,
 )
 
-# gpu_name, model_hash and tensorrt_version live in tensorrt.py and are offered here too.
-__all__ = ["COMPUTE_OPS", "PROVIDERS", "Model", "ModelError", "Placement", "ProviderError", "check_provider",
-           "classify", "first_run", "gpu_name", "int8_target", "model_hash", "open_model", "placement",
-           "provider_options", "softmax", "tensorrt_version", "topk", "usable_providers"]
+# Model, its errors and first_run live in model.py (shared with openvino.py), gpu_name, model_hash
+# and tensorrt_version in tensorrt.py; callers open models here and find them here too.
+__all__ = ["COMPUTE_OPS", "DEFAULT_CACHE", "PROVIDERS", "Model", "ModelError", "Placement", "ProviderError",
+           "check_provider", "classify", "first_run", "gpu_name", "int8_target", "model_hash", "open_model",
+           "placement", "provider_options", "softmax", "tensorrt_version", "topk", "usable_providers"]
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -65,16 +66,6 @@ COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", 
                          "MatMulIntegerToFloat", "DFT", "STFT"})
 # Providers that compile a subgraph into one kernel (an engine) rather than running node by node.
 COMPILING = frozenset({"TensorrtExecutionProvider"})
-DEFAULT_CACHE = Path(os.environ.get("TOOLKIT_CACHE", Path.home() / ".cache" / "toolkit"))
-
-
-class ProviderError(RuntimeError):
-    """The provider the user asked for cannot run this session."""
-
-
-class ModelError(ValueError):
-    """The file is not a usable toolkit ONNX model."""
-
 
 def _ort():
     import onnxruntime as ort
@@ -130,56 +121,6 @@ def provider_options(provider: str, model_path: Path, trt_fp16: bool = False, ca
 
 # ----------------------------------------------------------------------------- sessions
 
-@dataclass
-class Model:
-    """An ONNX model opened for inference: the session plus what its metadata says."""
-    path: Path
-    session: object
-    provider: str
-    metadata: dict = field(default_factory=dict)
-    engine_cache: EngineCache | None = None
-
-    @property
-    def task(self) -> str:
-        return self.metadata.get("toolkit.task", "")
-
-    @property
-    def labels(self) -> list[str]:
-        try:
-            labels = json.loads(self.metadata.get("toolkit.labels", "[]"))
-        except ValueError:
-            labels = None
-        if not isinstance(labels, list) or not all(isinstance(name, str) for name in labels):
-            raise ModelError(f"{self.path}: metadata toolkit.labels is not a JSON list of names")
-        return labels
-
-    @property
-    def precision(self) -> str:
-        return self.metadata.get("toolkit.precision", "fp32")
-
-    @property
-    def input(self):
-        return self.session.get_inputs()[0]  # type: ignore[attr-defined]
-
-    @property
-    def input_hw(self) -> tuple[int, int] | None:
-        """(H, W) of an image input with fixed spatial size, else None."""
-        shape = self.input.shape
-        if len(shape) == 4 and isinstance(shape[1], int) and isinstance(shape[2], int):
-            return shape[1], shape[2]
-        return None
-
-    def run(self, feed: np.ndarray) -> np.ndarray:
-        if self.engine_cache is not None and self.engine_cache.staging is not None:
-            first_run(self, {self.input.name: feed})
-        return self.session.run(None, {self.input.name: feed})[0]  # type: ignore[attr-defined]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
                trt_fp16: bool = False, cache_dir: Path | None = None, precision_hint: str | None = None,
                shapes: dict[str, tuple[int, ...]] | None = None, device_id: int = 0) -> Model:
@@ -226,7 +167,7 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
     except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types)
         if cache is not None:
             cache.discard()
-        message = _first_line(exc)
+        message = first_line(exc)
         logged = "\n".join(text)
         if on_gpu and ("EP_FAIL" in message or type(exc).__name__ == "EPFail" or gpu.cause(logged)):
             raise ProviderError(gpu.failure_line(provider, logged + "\n" + message, preload_failures)) from None
@@ -245,30 +186,6 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
     if cache is not None and cache.staging is not None:
         weakref.finalize(model, shutil.rmtree, cache.staging, True)   # never run: nothing published
     return model
-
-
-def first_run(model: Model, feeds: dict[str, np.ndarray]) -> float:
-    """Run once and return the seconds it took. On TensorRT this is where an engine without an
-    explicit profile is built (with one, it was built at session creation); a failure here is a
-    one-line ProviderError, and the engine cache is published only after it succeeds."""
-    run = getattr(model, "run_feeds", None) or (lambda f: model.session.run(None, f))  # type: ignore[attr-defined]
-    on_gpu = model.provider in gpu.GPU_PROVIDERS
-    text: list[str] = []
-    start = time.perf_counter()
-    try:
-        with gpu.captured() if on_gpu else contextlib.nullcontext(text) as text:
-            run(feeds)
-    except Exception as exc:
-        if model.engine_cache is not None:
-            model.engine_cache.discard()
-        if not on_gpu:
-            raise
-        reason = gpu.cause("\n".join(text)) or _first_line(exc)
-        raise ProviderError(f"{model.provider}: the first run of {model.path.name} failed: {reason[:300]}") from None
-    elapsed = time.perf_counter() - start
-    if model.engine_cache is not None:
-        model.engine_cache.publish()
-    return elapsed
 
 
 def _tensorrt_major() -> int:
@@ -336,7 +253,7 @@ def classify(subgraphs: Iterable[tuple[str, list[tuple[str, str]]]], requested: 
 
 def placement(model: Model) -> Placement:
     """The session's graph assignment, as onnxruntime recorded it when it partitioned the graph."""
-    info = model.session.get_provider_graph_assignment_info()  # type: ignore[attr-defined]
+    info = model.session.get_provider_graph_assignment_info()
     return classify(((sg.ep_name, [(n.op_type, n.name) for n in sg.get_nodes()]) for sg in info), model.provider)
 
 

@@ -24,7 +24,7 @@ import json
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -340,7 +340,7 @@ def _transform_one(source: Path, destination: Path, op: str, params: dict, form:
     return written
 
 
-def run_transform(inputs: list[str | os.PathLike], op: str, params: dict, out: str | os.PathLike,
+def run_transform(inputs: Sequence[str | os.PathLike], op: str, params: dict, out: str | os.PathLike,
                   form: str | None = None, compare: bool = False, provider: str = "cpu",
                   on_written: Callable[[Written], None] | None = None,
                   on_error: Callable[[str], None] | None = None) -> int:

@@ -10,6 +10,10 @@ class UInt8Normalize(nn.Module):
     The /255 is folded into the constants, so the graph is Cast, Transpose, Sub, Mul.
     """
 
+    # Buffers, declared so that the type checker sees tensors rather than nn.Module's __getattr__.
+    mean: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, mean, std):
         super().__init__()
         mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0

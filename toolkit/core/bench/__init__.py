@@ -17,8 +17,8 @@ stay on the device (IO binding) unless `--include-copy`. Every row reports where
 The package, by job: inputs.py (signatures, shapes, real and synthesised inputs, multiply-adds),
 runtime.py (one call per runtime), timing.py (timed runs, statistics, accuracy), measure.py (plans,
 interleaved rounds, the whole run), machine.py (fingerprint), roof.py + roof.c (the measured roof),
-report.py (tables, plots, JSON, comparison). Nothing here imports torch: the PyTorch rows are made by toolkit/build/torch_bench.py
-and handed in as `BenchConfig.torch_rows`.
+report.py (tables, plots, JSON, comparison). Nothing here imports torch: the PyTorch rows are made
+by toolkit/build/torch_bench.py and handed in as `BenchConfig.torch_rows`.
 """
 
 from toolkit.core.bench.inputs import (

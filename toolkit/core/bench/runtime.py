@@ -25,8 +25,8 @@ def run_feeds(model: Model) -> Callable[[Feeds], list]:
     if run is not None:
         return run
     session = model.session
-    outputs = [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
-    return lambda feeds: session.run(outputs, feeds)  # type: ignore[attr-defined]
+    outputs = [o.name for o in session.get_outputs()]
+    return lambda feeds: session.run(outputs, feeds)
 
 
 def step(model: Model, feeds: list[Feeds], device: bool) -> Callable[[int], object]:
@@ -39,17 +39,17 @@ def step(model: Model, feeds: list[Feeds], device: bool) -> Callable[[int], obje
     import onnxruntime as ort
 
     session = model.session
-    outputs = [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
+    outputs = [o.name for o in session.get_outputs()]
     bindings = []
     for feed in feeds:
-        binding = session.io_binding()  # type: ignore[attr-defined]
+        binding = session.io_binding()
         for name, array in feed.items():
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
         for output in outputs:
             binding.bind_output(output, "cuda", 0)
         bindings.append(binding)
     # run_with_iobinding synchronises the device before returning, so the wall time is complete.
-    return lambda i: session.run_with_iobinding(bindings[i % len(bindings)])  # type: ignore[attr-defined]
+    return lambda i: session.run_with_iobinding(bindings[i % len(bindings)])
 
 
 def placement(model: Model) -> dict:
