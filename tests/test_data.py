@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from toolkit.core import data
+from toolkit.core import data, datasets
 from toolkit.core.data import ImageError, load_image
 
 
@@ -60,19 +60,19 @@ def test_absurdly_large_image_is_refused_before_decoding(tmp_path, monkeypatch):
 
 
 def test_class_folder_reader_and_fixed_split(class_tree):
-    files, labels, classes = data.class_folder_files(class_tree)
-    assert classes == sorted(data.CIFAR10_LABELS) and len(files) == 300
-    train, val = data.split_indices(labels)
+    files, labels, classes = datasets.class_folder_files(class_tree)
+    assert classes == sorted(datasets.CIFAR10_LABELS) and len(files) == 300
+    train, val = datasets.split_indices(labels)
     assert len(val) == 30 and len(train) == 270 and not set(train) & set(val)
     # the validation part is the last 10% of each class, by file name
     assert {files[i].name for i in val} == {"0027.jpg", "0028.jpg", "0029.jpg"}
-    part = data.read_split(class_tree, "val")
+    part = datasets.read_split(class_tree, "val")
     assert part.images.shape == (30, 32, 32, 3) and len(part.labels) == 30
 
 
 def test_split_on_the_real_layout_is_the_last_500_of_5000():
     labels = np.repeat(np.arange(10), 5000)
-    _, val = data.split_indices(labels)
+    _, val = datasets.split_indices(labels)
     assert len(val) == 5000 and all((val[c * 500: (c + 1) * 500] % 5000 >= 4500).all() for c in range(10))
 
 
@@ -81,7 +81,7 @@ def test_bad_files_in_a_tree_are_reported_and_skipped(tmp_path):
     root = write_class_tree(tmp_path / "t", per_class=2, classes=["a", "b"])
     (root / "a" / "9999.jpg").write_bytes(b"")
     errors = []
-    got = data.read_class_folder(root, on_error=errors.append)
+    got = datasets.read_class_folder(root, on_error=errors.append)
     assert len(got) == 4 and len(errors) == 1 and "empty" in errors[0]
 
 
@@ -94,15 +94,15 @@ def write_cifar_batches(root, n=20, seed=0):
         with open(root / name, "wb") as fh:
             pickle.dump({b"data": images, b"labels": labels, b"batch_label": b"x"}, fh, protocol=2)
     with open(root / "batches.meta", "wb") as fh:
-        pickle.dump({b"label_names": [n.encode() for n in data.CIFAR10_LABELS]}, fh, protocol=2)
+        pickle.dump({b"label_names": [n.encode() for n in datasets.CIFAR10_LABELS]}, fh, protocol=2)
     return root, images, labels
 
 
 def test_cifar_batches_reader(tmp_path):
     root, images, labels = write_cifar_batches(tmp_path / "cifar-10-batches-py")
-    got = data.read_cifar_batches(root, "train")
+    got = datasets.read_cifar_batches(root, "train")
     assert got.images.shape == (20, 32, 32, 3) and list(got.labels) == labels
-    assert got.class_names == data.CIFAR10_LABELS
+    assert got.class_names == datasets.CIFAR10_LABELS
     # channel-planar rows → HWC: red plane first
     assert got.images[0, 0, 0, 0] == images[0, 0] and got.images[0, 0, 0, 1] == images[0, 1024]
 
@@ -119,14 +119,14 @@ def test_cifar_reader_refuses_pickled_code(tmp_path):
     with open(root / "data_batch_1", "wb") as fh:
         pickle.dump({b"data": Exploit(), b"labels": [0]}, fh, protocol=2)
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        data.read_cifar_batches(root)
+        datasets.read_cifar_batches(root)
 
 
 def test_flat_folder_reader_resizes(tmp_path):
     for i, size in enumerate([(10, 10), (80, 60), (64, 64)]):
         Image.new("RGB", size, (i * 50, 0, 0)).save(tmp_path / f"{i}.png")
     (tmp_path / "notes.txt").write_text("ignored: not an image name")
-    faces = data.read_flat_folder(tmp_path, (64, 64))
+    faces = datasets.read_flat_folder(tmp_path, (64, 64))
     assert faces.shape == (3, 64, 64, 3)
 
 
@@ -157,8 +157,8 @@ def test_big_grey_and_alpha_images_convert_strip_by_strip(tmp_path, monkeypatch)
 def test_streamed_split_equals_the_whole_split(tmp_path, class_tree):
     root, _, _ = write_cifar_batches(tmp_path / "cifar-10-batches-py", n=40)
     for source in (root, class_tree):
-        listing = data.list_split(source, "val")
-        whole = data.read_split(source, "val")
+        listing = datasets.list_split(source, "val")
+        whole = datasets.read_split(source, "val")
         chunks = list(listing.chunks([(32, 32), (16, 16)], chunk=3))
         assert max(len(c.labels) for c in chunks) == 3 and len(listing) == len(whole)
         assert np.array_equal(np.concatenate([c.images[(32, 32)] for c in chunks]), whole.images)

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from tests import hostile
 from tests.conftest import REPO, write_class_tree
 from toolkit.cli import app
-from toolkit.core import data
+from toolkit.core import data, datasets
 from toolkit.core.fsio import atomic_write
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -169,13 +169,13 @@ def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(work):
 def test_eval_streams_the_data_set_in_chunks_of_the_batch_size(work, monkeypatch):
     tree = write_class_tree(work / "tree", per_class=3)
     seen: list[int] = []
-    chunks = data.SplitListing.chunks
+    chunks = datasets.SplitListing.chunks
 
     def spy(self, *args, **kwargs):
         for chunk in chunks(self, *args, **kwargs):
             seen.append(len(chunk.labels))
             yield chunk
-    monkeypatch.setattr(data.SplitListing, "chunks", spy)
+    monkeypatch.setattr(datasets.SplitListing, "chunks", spy)
     code, _, out = run("eval", "--model", "tiny.onnx", "--data", tree, "--batch-size", "4", "--json")
     assert code == 0 and json.loads(out)["n"] == 30 and max(seen) == 4 and sum(seen) == 30
 
@@ -191,7 +191,7 @@ def test_eval_memory_follows_the_batch_not_the_data_set(tmp_path):
     peaks = []
     for n in (4, 16):
         tree = write_class_tree(tmp_path / f"t{n}", per_class=n, size=(96, 96))
-        listing = data.list_split(tree, "all")
+        listing = datasets.list_split(tree, "all")
         tracemalloc.start()
         results = evaluate_stream([model], listing, "tree", on_error=pytest.fail, batch_size=8)
         peaks.append(tracemalloc.get_traced_memory()[1])

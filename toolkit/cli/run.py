@@ -108,7 +108,7 @@ def evaluate(
     from rich.progress import Progress
     from rich.table import Table
 
-    from toolkit.core.data import is_cifar_batches, list_split
+    from toolkit.core.datasets import is_cifar_batches, list_split
     from toolkit.core.fsio import shown
     from toolkit.core.infer import accuracy_markdown, compare_to_reference, evaluate_stream
     from toolkit.core.sessions import ModelError, ProviderError, open_model
@@ -286,7 +286,7 @@ def bench(
     check_batch_sizes(batch_size)
     check_output_dir(out, "--out")
     if data is not None:       # the data set is the whole call's: checked here, not as each model's failure
-        from toolkit.core.data import list_split
+        from toolkit.core.datasets import list_split
         from toolkit.core.fsio import shown
         try:
             list_split(data, "val")

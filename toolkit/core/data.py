@@ -21,7 +21,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from struct import error as struct_error  # Pillow's plug-ins raise it on short headers
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -253,19 +252,3 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     picture = Image.fromarray(np.ascontiguousarray(image))
     return atomic_write(path, lambda tmp: picture.save(tmp, format=fmt))
-
-
-# The data-set readers live in datasets.py (which imports this module); their names stay
-# importable from here, resolved on first use so that neither module needs the other half-loaded.
-_DATASET_NAMES = frozenset({
-    "CHUNK", "CIFAR10_LABELS", "VAL_FRACTION", "Chunk", "LabelledImages", "SplitListing", "class_folder_files",
-    "is_cifar_batches", "list_split", "read_cifar_batches", "read_class_folder", "read_flat_folder",
-    "read_labelled", "read_split", "split_indices",
-})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _DATASET_NAMES:
-        from toolkit.core import datasets
-        return getattr(datasets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -204,7 +204,7 @@ class _Tally:
 
 def evaluate_stream(models: list[Model], listing, source: str, on_error: OnError,
                     batch_size: int = 256, progress: Callable[[int], None] | None = None) -> list[Evaluation]:
-    """Evaluate several classifiers on one streamed split (`data.list_split`), decoding each chunk
+    """Evaluate several classifiers on one streamed split (`datasets.list_split`), decoding each chunk
     once for all of them. A model that is not a classifier, whose labels do not cover the data's
     classes, that fails to run or gives non-finite scores is reported through `on_error` (one line)
     and left out; an unreadable image is reported once and left out for every model."""
