@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -294,7 +296,7 @@ def bench(
             fail(f"--data {shown(data)}: {_one_line(exc)}")
     if precision_hint and "openvino" not in (provider or []):
         fail("--precision-hint applies to --provider openvino only")
-    torch_rows = None
+    torch_rows: Callable[..., Any] | None = None
     if torch:
         try:
             from toolkit.build.torch_bench import torch_rows
@@ -330,7 +332,7 @@ def bench(
         if verbose:
             for line in bench_lib.placement_lines(doc):
                 console.print(f"placement: {line}")
-        if comparison:
+        if comparison and old:
             bench_lib.print_comparison(comparison, old, console)
     for path in written:
         status.print(f"wrote {path}")
