@@ -23,7 +23,7 @@ from toolkit import zoo
 from toolkit.core.bench import inputs as inp
 from toolkit.core.bench.inputs import BenchError, InputPool
 from toolkit.core.bench.machine import available_cores, machine_info
-from toolkit.core.bench.roof import measure_roof, remeasure_gemm, shares
+from toolkit.core.bench.roof import measure_roof, remeasure_roof, shares
 from toolkit.core.bench.runtime import backend, placement, step
 from toolkit.core.bench.timing import DEFAULT_RUNS, accuracy_of, latency_stats, time_runs
 from toolkit.core.fsio import shown
@@ -352,7 +352,7 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None
 
     measure_plans(plans, cfg, done)
     if roof:
-        remeasure_gemm(roof, ctx.log)
+        remeasure_roof(roof, ctx.log)
         for row in rows:
             row["isa_roof_share"], row["gemm_roof_share"] = shares(row, roof)
     return {"machine": machine_info(), "roof": roof, "rows": rows, "errors": errors,
