@@ -266,6 +266,13 @@ def roof_lines(roof: dict) -> list[str]:
         lines.append(f"- {runtime} GEMM roof (best of M×K×N {', '.join('×'.join(map(str, s)) for s in GEMM_SHAPES)}, "
                      "measured before and after the rows): "
                      + ", ".join(parts) + ".")
+    if isa:
+        beaten = sorted({kind for kinds in roof.get("gemm", {}).values() for kind, v in kinds.items()
+                         if kind in isa and v["macs_per_s"] > isa[kind]["macs_per_s"]})
+        if beaten:
+            lines.append(f"- **Caution:** a runtime's GEMM beat the probe's {', '.join(beaten)} issue roof in this "
+                         "run, so the probe under-measured it (a short window on a shared or virtualised CPU): read "
+                         "those ISA-roof shares as upper bounds and the GEMM-roof shares as the firmer figure.")
     lines.append("- A row's share = its throughput × the model's Conv/ConvTranspose/MatMul/Gemm multiply-adds per "
                  "item, over the roof of the precision it computes in (int8 files: int8; OpenVINO's bf16 hint: "
                  "bf16; fp32 and fp16 files: fp32, since the CPU runtimes compute fp16 convolutions in fp32). "
