@@ -47,3 +47,7 @@ CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = get_args(CalibrationMethod)
 # int8 activation schemes: cpu (uint8, x86 VNNI kernels) or tensorrt (symmetric int8, zero point 0).
 Int8Target = Literal["cpu", "tensorrt"]
 INT8_TARGETS: tuple[Int8Target, ...] = get_args(Int8Target)
+
+Layout = Literal["nchw", "nhwc"]                 # wrap: a foreign model's input layout
+Channels = Literal["rgb", "bgr"]                 # wrap: the channel order it expects
+OutputKind = Literal["logits", "probabilities"]  # wrap: what its output holds
