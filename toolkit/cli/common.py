@@ -193,3 +193,8 @@ def _open(path: Path, provider: str, precision_hint: str | None = None):
         fail(str(exc))
 
 
+def table_console() -> Any:
+    """A console for result tables on stdout. Piped output has no terminal width, and rich would
+    assume 80 columns and squash wide tables; names are text, never rich markup."""
+    from rich.console import Console
+    return Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 200)

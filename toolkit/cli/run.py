@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from toolkit.cli.common import (
     fail,
     metavar,
     report,
+    table_console,
 )
 from toolkit.core.options import PRECISION_HINTS, PROVIDERS, Form, Op, PrecisionHint, Provider, Split
 
@@ -76,7 +76,6 @@ def infer(
         else:
             rows.append(pred)
     if rows:
-        from rich.console import Console
         from rich.table import Table
         table = Table(title=f"{shown(session.path.name)} ({session.precision}, {session.provider})")
         table.add_column("image", overflow="fold")
@@ -84,7 +83,7 @@ def infer(
             table.add_column(f"#{i + 1}")
         for pred in rows:
             table.add_row(shown(pred.path), *[f"{t['label']} {t['prob']:.1%}" for t in pred.top])
-        Console(markup=False, highlight=False).print(table)   # names are text, never rich markup
+        table_console().print(table)
     if failed:
         raise typer.Exit(1)
 
@@ -162,7 +161,7 @@ def evaluate(
         for r in results:
             table.add_row(shown(Path(r.model).name), r.precision, f"{r.size_mb:.2f}", f"{r.accuracy:.2%}",
                           f"{(r.delta_vs_reference or 0) * 100:+.2f} pt", f"{r.agreement_with_reference or 0:.2%}")
-        Console(markup=False, highlight=False).print(table)
+        table_console().print(table)
     if markdown is not None:
         try:
             accuracy_markdown(results, title, markdown)
@@ -222,13 +221,12 @@ def generate(
 @app.command()
 def info(model: Path = typer.Argument(..., help="An .onnx file.")):
     """Inputs, outputs, metadata, opset, op-type counts, size (external data included) of an ONNX file."""
-    from rich.console import Console
 
     from toolkit.core.contract import ModelFileError
     from toolkit.core.info import describe_model
     try:
         # markup off: metadata and names are the file's text, never rich markup.
-        Console(markup=False, highlight=False).print(describe_model(model))
+        table_console().print(describe_model(model))
     except ModelFileError as exc:
         fail(_one_line(exc))
 
@@ -327,7 +325,7 @@ def bench(
         typer.echo(json.dumps({**doc, "compare": comparison} if comparison else doc))
     else:
         # Piped output has no terminal width; rich would assume 80 columns and squash the 16 columns.
-        console = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 200)
+        console = table_console()
         bench_lib.print_table(doc, console)
         if verbose:
             for line in bench_lib.placement_lines(doc):
