@@ -260,7 +260,7 @@ class SplitListing:
                 yield Chunk({s: np.stack(v) for s, v in decoded.items()}, self.labels[kept], paths)
 
 
-def _pick(index: np.ndarray, limit: int | None) -> np.ndarray:
+def evenly_spaced(index: np.ndarray, limit: int | None) -> np.ndarray:
     """With `limit`, an evenly spaced subset of `index`, so every class is represented."""
     if limit and limit < len(index):
         return index[np.linspace(0, len(index) - 1, limit).astype(int)]
@@ -278,7 +278,7 @@ def list_split(root: str | os.PathLike, part: str = "val", limit: int | None = N
         per_batch = [_cifar_labels(root, n) for n in names]
         labels = np.concatenate(per_batch)
         train, val = split_indices(labels)
-        index = np.sort(_pick({"train": train, "val": val}.get(part, np.arange(len(labels))), limit))
+        index = np.sort(evenly_spaced({"train": train, "val": val}.get(part, np.arange(len(labels))), limit))
         batches, offset = [], 0
         for name, lab in zip(names, per_batch):
             rows = index[(index >= offset) & (index < offset + len(lab))] - offset
@@ -289,7 +289,7 @@ def list_split(root: str | os.PathLike, part: str = "val", limit: int | None = N
         raise ValueError(f"{shown(root)}: a 'test' part exists only in CIFAR-10 batches")
     files, labels, classes = class_folder_files(root)
     train, val = split_indices(labels)
-    index = _pick({"train": train, "val": val}.get(part, np.arange(len(files))), limit)
+    index = evenly_spaced({"train": train, "val": val}.get(part, np.arange(len(files))), limit)
     return SplitListing(root, classes, labels[index], files=[files[i] for i in index])
 
 

@@ -33,6 +33,7 @@ from toolkit.core.contract import (
     run_onnx,
     write_model,
 )
+from toolkit.core.datasets import evenly_spaced
 from toolkit.core.fsio import shown
 from toolkit.core.options import QUANTIZED_PRECISIONS
 
@@ -107,12 +108,6 @@ def classifier_facts(path: Path) -> tuple[onnx.ModelProto, dict[str, str], tuple
 
 # ----------------------------------------------------------------------------- data
 
-def _evenly(index: np.ndarray, limit: int | None) -> np.ndarray:
-    if limit and limit < len(index):
-        return index[np.linspace(0, len(index) - 1, limit).astype(int)]
-    return index
-
-
 def _is_labelled(root: Path) -> bool:
     from toolkit.core.data import is_image_name
     from toolkit.core.datasets import is_cifar_batches
@@ -157,7 +152,8 @@ def read_quantization_data(data: str | os.PathLike, size: tuple[int, int], model
     train, val = split_indices(np.zeros(len(files), dtype=np.int64))
     parts = {"train": train, "val": val, "all": np.arange(len(files))}
     decoded = []
-    for part, index in (("train", _evenly(train, calibration_images)), (split, _evenly(parts[split], guard_images))):
+    picks = (("train", evenly_spaced(train, calibration_images)), (split, evenly_spaced(parts[split], guard_images)))
+    for part, index in picks:
         images = []
         for i in index:
             try:
@@ -214,7 +210,7 @@ def quantize_classifier(source: str | os.PathLike, out: str | os.PathLike, preci
     labels = json.loads(meta.get("toolkit.labels", "[]"))
     images = read_quantization_data(data, size, labels, split, calibration_images, guard_images, unlabeled, log)
     images.calibration = quantize.usable_calibration(images.calibration, calibration_method)
-    gate_images = images.guard[_evenly(np.arange(len(images.guard)), GATE_IMAGES)]
+    gate_images = images.guard[evenly_spaced(np.arange(len(images.guard)), GATE_IMAGES)]
     reference = run_onnx(source, gate_images)
     result = QuantizeResult(path=out, precision=precision, target=target, guard="logits")
     if precision == "fp16":
