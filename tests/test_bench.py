@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.conftest import write_class_tree
 from toolkit import zoo
 from toolkit.cli import app
 from toolkit.core import bench
@@ -161,12 +162,7 @@ def test_generator_gets_standard_normal_latents(model_path, tmp_path):
 
 
 def test_accuracy_and_real_images_from_data(model_path, tmp_path):
-    rng = np.random.default_rng(2)
-    for name in LABELS:
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(10):
-            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i:04d}.png")
+    write_class_tree(tmp_path / "data", per_class=10, seed=2, classes=LABELS)
     doc = run_json("--model", model_path, "--batch-size", 2, "--runs", 2, "--warmup", 0, "--data", tmp_path / "data")
     row = doc["rows"][0]
     assert row["accuracy_n"] == 2 and 0.0 <= row["accuracy"] <= 1.0

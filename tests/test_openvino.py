@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.conftest import write_class_tree
 from tests.test_bench import LABELS, tiny_classifier
 from toolkit import zoo
 from toolkit.cli import app
@@ -75,12 +76,7 @@ def test_bench_rows_per_precision_hint(tiny):
 
 
 def test_infer_and_eval_on_openvino(tiny, tmp_path):
-    rng = np.random.default_rng(3)
-    for name in LABELS:
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(4):
-            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i}.png")
+    write_class_tree(tmp_path / "data", per_class=4, seed=3, classes=LABELS)
     runner = CliRunner()
     on_cpu = runner.invoke(app, ["infer", str(tmp_path / "data"), "--model", str(tiny), "--json"])
     on_ov = runner.invoke(app, ["infer", str(tmp_path / "data"), "--model", str(tiny), "--json",
