@@ -58,6 +58,8 @@ FILE_VARIANTS = [
      replace(CPU_RECIPE, per_channel=False), ()),
     ("new recipe, u8u8", "uint8 weights (zero point 128) instead of int8: VNNI multiplies u8 × s8",
      replace(CPU_RECIPE, weight_type="uint8"), ()),
+    ("new recipe, im2col head", "conv1 as a 1×1 conv over 9 shifted uint8 copies of the image (27 channels)",
+     replace(CPU_RECIPE, im2col=True), ()),
     ("today, conv1 in float", "the first convolution (3 input channels) kept in fp32", TODAY_RECIPE, ("node_conv2d",)),
 ]
 # (name, what changed, session config entries, graph optimisation level, offline-optimised file)

@@ -69,6 +69,32 @@ def test_zero_point_border_differs_only_at_the_border(images):
     assert np.abs(run(model, images) - reference).max() < 0.5
 
 
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 0, 0, 0), (1, 0, 2, 1)])
+@pytest.mark.parametrize("border", ["exact", "zero-point"])
+def test_im2col_head_is_the_same_function(images, pads, border):
+    same = contract_cnn(pads)
+    int8_recipe.fold_input_head(same, border)
+    model = contract_cnn(pads)
+    int8_recipe.fold_input_head(model, border, im2col=True)
+    onnx.checker.check_model(model, full_check=True)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    weight = next(t for t in model.graph.initializer if t.name == conv.input[1])
+    assert list(weight.dims) == [4, 27, 1, 1] and sum(n.op_type == "Slice" for n in model.graph.node) == 9
+    np.testing.assert_allclose(run(model, images), run(same, images), atol=1e-4)
+
+
+def test_im2col_quantized_reads_the_copies(tmp_path, images):
+    fp32, pre = tmp_path / "fp32.onnx", tmp_path / "pre.onnx"
+    onnx.save(contract_cnn(), fp32)
+    quantize.preprocess_for_quantization(fp32, pre)
+    calibration = np.random.default_rng(2).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8)
+    recipe = int8_recipe.Int8Recipe(im2col=True)
+    tuned = quantize.quantize_int8_static(pre, tmp_path / "tuned.onnx", calibration, recipe=recipe)
+    assert any(n.op_type == "DequantizeLinear" and n.input[0] == "toolkit_int8/im2col/copies" for n in tuned.graph.node)
+    assert not any(n.op_type == "Cast" for n in tuned.graph.node)
+    assert np.abs(run(tuned, images) - run(contract_cnn(), images)).max() < 0.5
+
+
 def test_other_heads_are_left_alone():
     model = contract_cnn()
     model.graph.node[2].op_type = "Add"          # not the contract's Sub(mean)

@@ -39,6 +39,7 @@ class Int8Recipe:
     float_logits: bool = True           # no Q/DQ pair on the graph outputs
     per_channel: bool = True            # per-output-channel weight scales (else one per tensor)
     weight_type: str = "int8"           # int8 | uint8 (VNNI multiplies uint8 × int8 natively)
+    im2col: bool = False                # the folded k×k convolution reads k² shifted copies as a 1×1 conv
 
 
 CPU_RECIPE = Int8Recipe()
@@ -78,9 +79,12 @@ def _attribute(node, name: str, default=None):
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def fold_input_head(model: onnx.ModelProto, border: str = "exact") -> FoldedHead | None:
+def fold_input_head(model: onnx.ModelProto, border: str = "exact", im2col: bool = False) -> FoldedHead | None:
     """Rewrite, in place, the contract head `uint8 NHWC → Transpose → Cast → Sub(mean) → Mul(scale)
-    → Conv` into the integer head; None (model untouched) when the graph does not start that way."""
+    → Conv` into the integer head; None (model untouched) when the graph does not start that way.
+    `im2col`: a k×k, stride-1 first convolution over C channels becomes a 1×1 convolution over the
+    k²·C channels of k² shifted uint8 copies of the padded image (Slice + Concat); onnxruntime's
+    int8 kernels run a 3-channel convolution far below their speed on wide inputs."""
     if border not in BORDERS:
         raise ValueError(f"unknown border {border!r} (choose from {', '.join(BORDERS)})")
     graph = model.graph
@@ -124,6 +128,18 @@ def fold_input_head(model: onnx.ModelProto, border: str = "exact") -> FoldedHead
                               name=prefix + "transpose")]
     pixels_u8 = prefix + "nchw"
     pads = list(_attribute(conv, "pads", [0, 0, 0, 0]))
+    kernel = weights.shape[2:]
+    im2col = im2col and kernel[0] > 1 and list(_attribute(conv, "strides", [1, 1])) == [1, 1] \
+        and list(_attribute(conv, "dilations", [1, 1])) == [1, 1]
+    if im2col and border != "exact" and any(pads):
+        # The shifted copies need the border in the tensor: pad with the zero point z.
+        inits += [numpy_helper.from_array(np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64),
+                                          prefix + "pads"),
+                  numpy_helper.from_array(np.array(zero, np.uint8), prefix + "pad_value")]
+        nodes.append(helper.make_node("Pad", [pixels_u8, prefix + "pads", prefix + "pad_value"],
+                                      [prefix + "padded"], name=prefix + "pad"))
+        pixels_u8 = prefix + "padded"
+        _set_pads(conv, [0, 0, 0, 0])
     if border == "exact" and any(pads):
         # Zero padding of the normalised image is each channel's mean pixel: pad with 0, then put the
         # (rounded) mean into the border; Where broadcasts a [C, H, W] mask over the batch.
@@ -139,9 +155,10 @@ def fold_input_head(model: onnx.ModelProto, border: str = "exact") -> FoldedHead
                   helper.make_node("Where", [prefix + "border", prefix + "fill", prefix + "padded"],
                                    [prefix + "filled"], name=prefix + "fill")]
         pixels_u8 = prefix + "filled"
-        for attribute in conv.attribute:
-            if attribute.name == "pads":
-                attribute.ints[:] = [0, 0, 0, 0]
+        _set_pads(conv, [0, 0, 0, 0])
+    if im2col:
+        pixels_u8, folded = _shifted_copies(nodes, inits, pixels_u8, conv, folded, dims, pads)
+        inits[0] = numpy_helper.from_array(folded.astype(np.float32), prefix + "conv_weight")
     nodes += [helper.make_node("Cast", [pixels_u8], [prefix + "float"], to=TensorProto.FLOAT, name=prefix + "cast"),
               helper.make_node("Sub", [prefix + "float", prefix + "zero"], [PIXELS], name=prefix + "center")]
     conv.input[0], conv.input[1] = PIXELS, prefix + "conv_weight"
@@ -155,6 +172,38 @@ def fold_input_head(model: onnx.ModelProto, border: str = "exact") -> FoldedHead
     graph.node.extend(nodes + kept)
     graph.initializer.extend(inits)
     return FoldedHead(PIXELS, zero, prefix + "cast", prefix + "center")
+
+
+def _set_pads(conv, pads: list[int]) -> None:
+    for attribute in conv.attribute:
+        if attribute.name == "pads":
+            attribute.ints[:] = pads
+
+
+def _shifted_copies(nodes: list, inits: list, pixels: str, conv, weights: np.ndarray, dims,
+                    pads: list[int]) -> tuple[str, np.ndarray]:
+    """Append the Slice + Concat nodes that turn the padded uint8 NCHW image into its k² shifted
+    copies [N, k²·C, H', W'] (copy s = ky·k + kx holds channels s·C … s·C + C − 1), make `conv` a
+    1×1 convolution, and return the new input's name and the matching [O, k²·C, 1, 1] weights."""
+    prefix = "toolkit_int8/im2col/"
+    out_c, channels, kh, kw = weights.shape
+    out_h = dims[1].dim_value + pads[0] + pads[2] - kh + 1
+    out_w = dims[2].dim_value + pads[1] + pads[3] - kw + 1
+    inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), prefix + "axes"))
+    copies = []
+    for ky in range(kh):
+        for kx in range(kw):
+            tag = f"{ky}_{kx}"
+            inits += [numpy_helper.from_array(np.array([ky, kx], np.int64), prefix + "start" + tag),
+                      numpy_helper.from_array(np.array([ky + out_h, kx + out_w], np.int64), prefix + "end" + tag)]
+            nodes.append(helper.make_node("Slice", [pixels, prefix + "start" + tag, prefix + "end" + tag,
+                                                    prefix + "axes"], [prefix + "copy" + tag], name=prefix + tag))
+            copies.append(prefix + "copy" + tag)
+    nodes.append(helper.make_node("Concat", copies, [prefix + "copies"], axis=1, name=prefix + "concat"))
+    for attribute in conv.attribute:
+        if attribute.name == "kernel_shape":
+            attribute.ints[:] = [1, 1]
+    return prefix + "copies", weights.transpose(0, 2, 3, 1).reshape(out_c, kh * kw * channels, 1, 1)
 
 
 def finish_input_head(model: onnx.ModelProto, head: FoldedHead) -> None:

@@ -165,7 +165,7 @@ def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray
     exclude = preprocess_head(model) + list(exclude)
     source, head = pre_path, None
     if recipe and recipe.integer_head:
-        head = fold_input_head(model, recipe.border)
+        head = fold_input_head(model, recipe.border, recipe.im2col)
         if head is not None:
             extra["TensorQuantOverrides"] = head.overrides()
             source = out_path.with_name(f".{out_path.name}.head.onnx")
