@@ -274,3 +274,25 @@ def test_summary_names_the_best_int8_runtime():
     (line,) = bench.summary_lines(doc)
     assert "p50 0.080 ms (onnxruntime cpu)" in line and "PyTorch eager 0.500 ms" in line
     assert "33,000 img/s (openvino), 63% of the measured int8 roof" in line and "onnxruntime int8 20,000" in line
+
+
+def test_an_int8_file_for_one_runtime_runs_on_that_runtime(tmp_path):
+    from toolkit.core.bench.measure import _pairs
+
+    def int8_file(name: str, target: str | None):
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        model = helper.make_model(graph)
+        calibration = {"method": "minmax", **({"target": target} if target else {})}
+        helper.set_model_props(model, {"toolkit.model": "m", "toolkit.precision": "int8",
+                                       "toolkit.calibration": json.dumps(calibration)})
+        onnx.save(model, tmp_path / name)
+        return tmp_path / name
+
+    ort_file, ov_file, trt_file = int8_file("m.int8.onnx", None), int8_file("m.ov.int8.onnx", "openvino"), \
+        int8_file("m.trt.int8.onnx", "tensorrt")
+    pairs = _pairs([ort_file, ov_file, trt_file], ["cpu", "openvino", "tensorrt"])
+    assert sorted(pairs) == sorted([(ort_file, "cpu"), (ov_file, "openvino"), (trt_file, "tensorrt")])
+    # Given alone, a file is measured everywhere it was asked for.
+    assert sorted(p for _, p in _pairs([ov_file], ["cpu", "openvino"])) == ["cpu", "openvino"]

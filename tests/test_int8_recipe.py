@@ -69,30 +69,53 @@ def test_zero_point_border_differs_only_at_the_border(images):
     assert np.abs(run(model, images) - reference).max() < 0.5
 
 
-@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 0, 0, 0), (1, 0, 2, 1)])
-@pytest.mark.parametrize("border", ["exact", "zero-point"])
-def test_im2col_head_is_the_same_function(images, pads, border):
-    same = contract_cnn(pads)
-    int8_recipe.fold_input_head(same, border)
-    model = contract_cnn(pads)
-    int8_recipe.fold_input_head(model, border, im2col=True)
+def test_packed_head_is_the_same_function(images):
+    same = contract_cnn()
+    int8_recipe.fold_input_head(same, "exact")
+    model = contract_cnn()
+    head = int8_recipe.fold_input_head(model, "exact", pack=True)
+    assert head is not None and head.packed
     onnx.checker.check_model(model, full_check=True)
     conv = next(n for n in model.graph.node if n.op_type == "Conv")
     weight = next(t for t in model.graph.initializer if t.name == conv.input[1])
-    assert list(weight.dims) == [4, 27, 1, 1] and sum(n.op_type == "Slice" for n in model.graph.node) == 9
+    assert list(weight.dims) == [16, 12, 3, 2]           # 4 pixels × 4 outputs, 4 pixels × 3 channels, k × 2
     np.testing.assert_allclose(run(model, images), run(same, images), atol=1e-4)
 
 
-def test_im2col_quantized_reads_the_copies(tmp_path, images):
+@pytest.mark.parametrize("pads", [(0, 0, 0, 0), (1, 1, 0, 0)])
+def test_packing_needs_a_same_convolution(images, pads):
+    model = contract_cnn(pads)
+    head = int8_recipe.fold_input_head(model, "exact", pack=True)
+    assert head is not None and not head.packed
+    np.testing.assert_allclose(run(model, images), run(contract_cnn(pads), images), atol=0.02)
+
+
+def test_packed_quantized_keeps_the_unpacking_in_uint8(tmp_path, images):
     fp32, pre = tmp_path / "fp32.onnx", tmp_path / "pre.onnx"
     onnx.save(contract_cnn(), fp32)
     quantize.preprocess_for_quantization(fp32, pre)
     calibration = np.random.default_rng(2).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8)
-    recipe = int8_recipe.Int8Recipe(im2col=True)
-    tuned = quantize.quantize_int8_static(pre, tmp_path / "tuned.onnx", calibration, recipe=recipe)
-    assert any(n.op_type == "DequantizeLinear" and n.input[0] == "toolkit_int8/im2col/copies" for n in tuned.graph.node)
-    assert not any(n.op_type == "Cast" for n in tuned.graph.node)
-    assert np.abs(run(tuned, images) - run(contract_cnn(), images)).max() < 0.5
+    plain = quantize.quantize_int8_static(pre, tmp_path / "plain.onnx", calibration,
+                                          recipe=int8_recipe.Int8Recipe(pack=False))
+    packed = quantize.quantize_int8_static(pre, tmp_path / "packed.onnx", calibration,
+                                           recipe=int8_recipe.Int8Recipe(pack=True))
+    onnx.checker.check_model(packed, full_check=True)
+    assert any(n.op_type == "DequantizeLinear" and n.input[0] == int8_recipe.PACKED for n in packed.graph.node)
+    assert not any(n.op_type == "Cast" for n in packed.graph.node)
+    # The unpacking Transposes sit between QuantizeLinear/DequantizeLinear pairs: they move uint8.
+    produced_by = {out: n for n in packed.graph.node for out in n.output}
+    unpack = [n for n in packed.graph.node if n.op_type in ("Transpose", "Reshape") and n.input[0] != "image"
+              and n.output[0] != int8_recipe.PACKED and not n.output[0].startswith("toolkit_int8/pack/nhwc")]
+    assert unpack and all(produced_by[n.input[0]].op_type == "DequantizeLinear" for n in unpack)
+    # onnxruntime's NHWC layout cancels them: the optimised graph keeps no Transpose after the head.
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(tmp_path / "packed.onnx"), options, providers=["CPUExecutionProvider"])
+    optimised = onnx.load(str(tmp_path / "optimised.onnx"))
+    transposes = [n for n in optimised.graph.node if n.op_type == "Transpose"]
+    assert len(transposes) <= sum(n.op_type == "Transpose" for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node)
+    reference = run(contract_cnn(), images)
+    assert np.abs(run(packed, images) - reference).max() <= np.abs(run(plain, images) - reference).max() + 0.05
 
 
 def test_other_heads_are_left_alone():
@@ -111,7 +134,7 @@ def test_quantized_with_the_recipe(tmp_path, images):
     quantize.preprocess_for_quantization(fp32, pre)
     calibration = np.random.default_rng(2).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8)
     plain = quantize.quantize_int8_static(pre, tmp_path / "plain.onnx", calibration, recipe=int8_recipe.TODAY_RECIPE)
-    tuned = quantize.quantize_int8_static(pre, tmp_path / "tuned.onnx", calibration)
+    tuned = quantize.quantize_int8_static(pre, tmp_path / "tuned.onnx", calibration, target="openvino")
     onnx.checker.check_model(tuned, full_check=True)
     first_dq = next(n for n in tuned.graph.node
                     if n.op_type == "DequantizeLinear" and n.input[0] == "toolkit_int8/filled")

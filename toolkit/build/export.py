@@ -88,14 +88,15 @@ def _size(path: Path) -> str:
 
 def default_output(spec: zoo.ModelSpec, precision: str = "fp32", preprocess: str | None = None,
                    tta: bool = False, target: str = "cpu") -> Path:
-    """models/<stem>[.<preprocess op>][.tta][.trt][.<precision>].onnx (.trt: the TensorRT int8 scheme)"""
+    """models/<stem>[.<preprocess op>][.tta][.trt|.ov][.<precision>].onnx (.trt, .ov: the TensorRT and
+    OpenVINO int8 files)"""
     parts = [spec.file_stem]
     if preprocess:
         parts.append(preprocess.split(":")[0].replace("-", "_"))
     if tta:
         parts.append("tta")
-    if target == "tensorrt":
-        parts.append("trt")
+    if target in ("tensorrt", "openvino"):
+        parts.append({"tensorrt": "trt", "openvino": "ov"}[target])
     if precision != "fp32":
         parts.append(precision)
     return zoo.MODELS_DIR / (".".join(parts) + ".onnx")

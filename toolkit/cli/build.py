@@ -26,8 +26,10 @@ def export(
     calibration_method: CalibrationMethod = typer.Option("minmax", help="int8: how ranges are calibrated."),
     max_drop: float = typer.Option(0.5, min=0.0, help="int8: largest allowed validation-accuracy drop, in points."),
     dynamic: bool = typer.Option(False, help="int8: dynamic quantization (refused for models with convolutions)."),
-    target: Int8Target = typer.Option("cpu", help="int8 scheme: cpu (uint8 activations) or tensorrt (symmetric "
-                                                  "int8, zero point 0; default out: models/<name>.trt.int8.onnx)."),
+    target: Int8Target = typer.Option("cpu", help="int8 scheme: cpu (uint8 activations, onnxruntime's layout), "
+                                                  "openvino (the same, OpenVINO's layout; out models/<name>.ov.int8"
+                                                  ".onnx) or tensorrt (symmetric int8, zero point 0; out models/"
+                                                  "<name>.trt.int8.onnx)."),
     radius: float = typer.Option(0.5, help="fft-lowpass: cut-off radius in (0, 1]."),
     keep: float = typer.Option(0.5, help="walsh-compress: fraction of coefficients kept per side, in (0, 1]."),
     size: list[int] | None = typer.Option(None, help="Transforms: image size H W (repeat: --size 32 --size 32)."),

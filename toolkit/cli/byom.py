@@ -59,7 +59,8 @@ def quantize(
     unlabeled: bool = typer.Option(False, "--unlabeled", help="Ignore labels: guard on top-1 agreement with fp32."),
     min_agreement: float = typer.Option(0.98, min=0.0, max=1.0, help="Unlabelled guard: least top-1 agreement "
                                                                       "with fp32."),
-    target: Int8Target = typer.Option("cpu", help="int8 scheme: cpu (uint8 activations) or tensorrt "
+    target: Int8Target = typer.Option("cpu", help="int8 scheme: cpu (uint8 activations, onnxruntime's "
+                                                   "layout), openvino (the same, OpenVINO's layout) or tensorrt "
                                                    "(symmetric int8, zero point 0)."),
     guard_images: int | None = typer.Option(None, min=1, help="Measure the guard on this many images of the "
                                                                  "split (default: all)."),

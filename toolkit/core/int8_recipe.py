@@ -28,22 +28,26 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 PIXELS = "toolkit_int8/pixels"      # the centred pixels the first convolution quantizes (scale 1)
+PACKED = "toolkit_int8/packed"      # pack: the image as [N, G·C, H + k − 1, W/G + 1] uint8
 BORDERS = ("exact", "zero-point")
 
 
 @dataclass(frozen=True)
 class Int8Recipe:
-    """How a QDQ model is laid out for onnxruntime's CPU kernels (target cpu)."""
+    """How a QDQ model is laid out for a CPU runtime's kernels (targets cpu and openvino)."""
     integer_head: bool = True           # fold the uint8 head into the first convolution (see above)
     border: str = "exact"               # exact | zero-point: how the folded convolution pads
     float_logits: bool = True           # no Q/DQ pair on the graph outputs
     per_channel: bool = True            # per-output-channel weight scales (else one per tensor)
     weight_type: str = "int8"           # int8 | uint8 (VNNI multiplies uint8 × int8 natively)
-    im2col: bool = False                # the folded k×k convolution reads k² shifted copies as a 1×1 conv
+    pack: bool = True                   # the first conv reads G neighbouring pixels as one (see fold_input_head)
 
 
-CPU_RECIPE = Int8Recipe()
-TODAY_RECIPE = Int8Recipe(integer_head=False, float_logits=False)   # the recipe before the experiments
+CPU_RECIPE = Int8Recipe()                                           # onnxruntime's CPU kernels
+# OpenVINO runs the packed first convolution 2.3× slower (its own layouts do not cancel the
+# unpacking), so its files keep the plain integer head (benchmarks/results/int8-experiments.md).
+OPENVINO_RECIPE = Int8Recipe(pack=False)
+TODAY_RECIPE = Int8Recipe(integer_head=False, float_logits=False, pack=False)   # the recipe before the experiments
 
 
 @dataclass
@@ -53,6 +57,7 @@ class FoldedHead:
     zero: int
     cast: str                           # the Cast node, removed again once the model is quantized
     center: str                         # the Sub node that centres the pixels on `zero`
+    packed: bool = False                # pack: the unpacking Transposes must be quantized (kept in uint8)
 
     def overrides(self) -> dict:
         """quantize_static's TensorQuantOverrides: the pixels are exact as uint8 with scale 1."""
@@ -79,12 +84,13 @@ def _attribute(node, name: str, default=None):
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def fold_input_head(model: onnx.ModelProto, border: str = "exact", im2col: bool = False) -> FoldedHead | None:
+def fold_input_head(model: onnx.ModelProto, border: str = "exact", pack: bool = False) -> FoldedHead | None:
     """Rewrite, in place, the contract head `uint8 NHWC → Transpose → Cast → Sub(mean) → Mul(scale)
     → Conv` into the integer head; None (model untouched) when the graph does not start that way.
-    `im2col`: a k×k, stride-1 first convolution over C channels becomes a 1×1 convolution over the
-    k²·C channels of k² shifted uint8 copies of the padded image (Slice + Concat); onnxruntime's
-    int8 kernels run a 3-channel convolution far below their speed on wide inputs."""
+    `pack`: a "same" k×k stride-1 first convolution reads the NHWC image reshaped to [N, H, W/G, G·C]
+    (G neighbouring pixels as one, G·C a multiple of 4: G = 4 for RGB) with a k×2 kernel and G·O
+    outputs, unpacked again by Transpose → Reshape → Transpose (which onnxruntime's NHWC layout
+    cancels). No copy of the image is made, and the convolution takes the fast kernels."""
     if border not in BORDERS:
         raise ValueError(f"unknown border {border!r} (choose from {', '.join(BORDERS)})")
     graph = model.graph
@@ -124,22 +130,17 @@ def fold_input_head(model: onnx.ModelProto, border: str = "exact", im2col: bool 
     inits = [numpy_helper.from_array(folded.astype(np.float32), prefix + "conv_weight"),
              numpy_helper.from_array(folded_bias.astype(np.float32), prefix + "conv_bias"),
              numpy_helper.from_array(np.array(zero, np.float32), prefix + "zero")]
+    pads = list(_attribute(conv, "pads", [0, 0, 0, 0]))
+    if pack and border == "exact":
+        packed = _packed_head(graph, conv, folded, folded_bias, mean, dims, pads, users)
+        if packed is not None:
+            nodes, more, folded, folded_bias = packed
+            inits = [numpy_helper.from_array(folded.astype(np.float32), prefix + "conv_weight"),
+                     numpy_helper.from_array(folded_bias.astype(np.float32), prefix + "conv_bias"), inits[2], *more]
+            return _finish_fold(graph, nodes, inits, PACKED, conv, (transpose, cast, sub, mul), zero)
     nodes = [helper.make_node("Transpose", [image.name], [prefix + "nchw"], perm=[0, 3, 1, 2],
                               name=prefix + "transpose")]
     pixels_u8 = prefix + "nchw"
-    pads = list(_attribute(conv, "pads", [0, 0, 0, 0]))
-    kernel = weights.shape[2:]
-    im2col = im2col and kernel[0] > 1 and list(_attribute(conv, "strides", [1, 1])) == [1, 1] \
-        and list(_attribute(conv, "dilations", [1, 1])) == [1, 1]
-    if im2col and border != "exact" and any(pads):
-        # The shifted copies need the border in the tensor: pad with the zero point z.
-        inits += [numpy_helper.from_array(np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64),
-                                          prefix + "pads"),
-                  numpy_helper.from_array(np.array(zero, np.uint8), prefix + "pad_value")]
-        nodes.append(helper.make_node("Pad", [pixels_u8, prefix + "pads", prefix + "pad_value"],
-                                      [prefix + "padded"], name=prefix + "pad"))
-        pixels_u8 = prefix + "padded"
-        _set_pads(conv, [0, 0, 0, 0])
     if border == "exact" and any(pads):
         # Zero padding of the normalised image is each channel's mean pixel: pad with 0, then put the
         # (rounded) mean into the border; Where broadcasts a [C, H, W] mask over the batch.
@@ -156,9 +157,13 @@ def fold_input_head(model: onnx.ModelProto, border: str = "exact", im2col: bool 
                                    [prefix + "filled"], name=prefix + "fill")]
         pixels_u8 = prefix + "filled"
         _set_pads(conv, [0, 0, 0, 0])
-    if im2col:
-        pixels_u8, folded = _shifted_copies(nodes, inits, pixels_u8, conv, folded, dims, pads)
-        inits[0] = numpy_helper.from_array(folded.astype(np.float32), prefix + "conv_weight")
+    return _finish_fold(graph, nodes, inits, pixels_u8, conv, (transpose, cast, sub, mul), zero)
+
+
+def _finish_fold(graph, nodes: list, inits: list, pixels_u8: str, conv, old_head: tuple, zero: int) -> FoldedHead:
+    """Cast the uint8 tensor `pixels_u8` to float centred on `zero` (what the quantizer sees), make
+    it the folded convolution's input, and replace the old head's nodes by `nodes`."""
+    prefix = "toolkit_int8/"
     nodes += [helper.make_node("Cast", [pixels_u8], [prefix + "float"], to=TensorProto.FLOAT, name=prefix + "cast"),
               helper.make_node("Sub", [prefix + "float", prefix + "zero"], [PIXELS], name=prefix + "center")]
     conv.input[0], conv.input[1] = PIXELS, prefix + "conv_weight"
@@ -166,44 +171,99 @@ def fold_input_head(model: onnx.ModelProto, border: str = "exact", im2col: bool 
         conv.input[2] = prefix + "conv_bias"
     else:
         conv.input.append(prefix + "conv_bias")
-    old = {transpose.name, cast.name, sub.name, mul.name}
+    old = {node.name for node in old_head}
     kept = [n for n in graph.node if n.name not in old]
     del graph.node[:]
     graph.node.extend(nodes + kept)
     graph.initializer.extend(inits)
-    return FoldedHead(PIXELS, zero, prefix + "cast", prefix + "center")
+    _topological(graph)
+    return FoldedHead(PIXELS, zero, prefix + "cast", prefix + "center", pixels_u8 == PACKED)
+
+
+def _packed_head(graph, conv, weights: np.ndarray, bias: np.ndarray, mean: np.ndarray, dims, pads: list[int],
+                 users: dict) -> tuple[list, list, np.ndarray, np.ndarray] | None:
+    """The nodes, initializers, weights [G·O, G·C, k, 2] and bias of the packed first convolution
+    (see fold_input_head), with the unpacking after it (after its Relu, if one follows); None when
+    the convolution is not a "same" stride-1 one this packing covers. The border is exact: the
+    padded NHWC image is filled with each channel's mean pixel."""
+    out_c, channels, kh, kw = weights.shape
+    height, width = dims[1].dim_value, dims[2].dim_value
+    group = next(g for g in (1, 2, 4) if g * channels % 4 == 0) if channels % 4 else 1
+    top, left, bottom, right = pads
+    if list(_attribute(conv, "strides", [1, 1])) != [1, 1] or list(_attribute(conv, "dilations", [1, 1])) != [1, 1] \
+            or top + bottom != kh - 1 or left + right != kw - 1 or width % group or kw - 1 > group or group == 1:
+        return None
+    prefix = "toolkit_int8/pack/"
+    padded_h, padded_w = height + kh - 1, width + group
+    packed = np.zeros((group, out_c, group, channels, kh, 2))        # r, o, g, c, ky, jx
+    for r in range(group):
+        for g in range(group):
+            for jx in range(2):
+                dx = group * jx + g - r
+                if 0 <= dx < kw:
+                    packed[r, :, g, :, :, jx] = weights[:, :, :, dx]
+    mask = np.ones((padded_h, padded_w, channels), bool)
+    mask[top:top + height, left:left + width] = False
+    pad_amounts = np.array([0, top, left, 0, 0, bottom, group - left, 0], np.int64)
+    inits = [numpy_helper.from_array(pad_amounts, prefix + "pads"),
+             numpy_helper.from_array(mask, prefix + "border"),
+             numpy_helper.from_array(np.round(mean).astype(np.uint8), prefix + "fill"),
+             numpy_helper.from_array(np.array([-1, padded_h, padded_w // group, group * channels], np.int64),
+                                     prefix + "packed_shape"),
+             numpy_helper.from_array(np.array([-1, height, width, out_c], np.int64), prefix + "unpacked_shape")]
+    image = graph.input[0].name
+    nodes = [helper.make_node("Pad", [image, prefix + "pads"], [prefix + "padded"], name=prefix + "pad"),
+             helper.make_node("Where", [prefix + "border", prefix + "fill", prefix + "padded"], [prefix + "filled"],
+                              name=prefix + "fill"),
+             helper.make_node("Reshape", [prefix + "filled", prefix + "packed_shape"], [prefix + "nhwc"],
+                              name=prefix + "reshape"),
+             helper.make_node("Transpose", [prefix + "nhwc"], [PACKED], perm=[0, 3, 1, 2],
+                              name=prefix + "transpose")]
+    _set_pads(conv, [0, 0, 0, 0])
+    for attribute in conv.attribute:
+        if attribute.name == "kernel_shape":
+            attribute.ints[:] = [kh, 2]
+    # The unpacking goes after an elementwise Relu, so the quantizer still fuses Conv + Relu.
+    following = users.get(conv.output[0], [])
+    last = following[0] if len(following) == 1 and following[0].op_type == "Relu" else conv
+    source = last.output[0]
+    # Shapes inferred before (a pre-processed model carries them) are wrong for the packed tensors now.
+    stale = {conv.output[0], source}
+    kept_info = [v for v in graph.value_info if v.name not in stale]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    readers = [n for n in graph.node if source in n.input]
+    for node in readers:
+        node.input[:] = [prefix + "unpacked" if name == source else name for name in node.input]
+    graph.node.extend([
+        helper.make_node("Transpose", [source], [prefix + "out_nhwc"], perm=[0, 2, 3, 1], name=prefix + "out_nhwc"),
+        helper.make_node("Reshape", [prefix + "out_nhwc", prefix + "unpacked_shape"], [prefix + "out_unpacked"],
+                         name=prefix + "unpack"),
+        helper.make_node("Transpose", [prefix + "out_unpacked"], [prefix + "unpacked"], perm=[0, 3, 1, 2],
+                         name=prefix + "out_nchw")])
+    return nodes, inits, packed.reshape(group * out_c, group * channels, kh, 2), np.tile(bias, group)
+
+
+def _topological(graph) -> None:
+    """Order the graph's nodes so every input is produced before it is read (ONNX requires it)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            return                      # a cycle or a missing input: leave it for the checker to report
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def _set_pads(conv, pads: list[int]) -> None:
     for attribute in conv.attribute:
         if attribute.name == "pads":
             attribute.ints[:] = pads
-
-
-def _shifted_copies(nodes: list, inits: list, pixels: str, conv, weights: np.ndarray, dims,
-                    pads: list[int]) -> tuple[str, np.ndarray]:
-    """Append the Slice + Concat nodes that turn the padded uint8 NCHW image into its k² shifted
-    copies [N, k²·C, H', W'] (copy s = ky·k + kx holds channels s·C … s·C + C − 1), make `conv` a
-    1×1 convolution, and return the new input's name and the matching [O, k²·C, 1, 1] weights."""
-    prefix = "toolkit_int8/im2col/"
-    out_c, channels, kh, kw = weights.shape
-    out_h = dims[1].dim_value + pads[0] + pads[2] - kh + 1
-    out_w = dims[2].dim_value + pads[1] + pads[3] - kw + 1
-    inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), prefix + "axes"))
-    copies = []
-    for ky in range(kh):
-        for kx in range(kw):
-            tag = f"{ky}_{kx}"
-            inits += [numpy_helper.from_array(np.array([ky, kx], np.int64), prefix + "start" + tag),
-                      numpy_helper.from_array(np.array([ky + out_h, kx + out_w], np.int64), prefix + "end" + tag)]
-            nodes.append(helper.make_node("Slice", [pixels, prefix + "start" + tag, prefix + "end" + tag,
-                                                    prefix + "axes"], [prefix + "copy" + tag], name=prefix + tag))
-            copies.append(prefix + "copy" + tag)
-    nodes.append(helper.make_node("Concat", copies, [prefix + "copies"], axis=1, name=prefix + "concat"))
-    for attribute in conv.attribute:
-        if attribute.name == "kernel_shape":
-            attribute.ints[:] = [1, 1]
-    return prefix + "copies", weights.transpose(0, 2, 3, 1).reshape(out_c, kh * kw * channels, 1, 1)
 
 
 def finish_input_head(model: onnx.ModelProto, head: FoldedHead) -> None:

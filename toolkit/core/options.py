@@ -44,8 +44,9 @@ SPLITS: tuple[Split, ...] = get_args(Split)
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
 CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = get_args(CalibrationMethod)
 
-# int8 activation schemes: cpu (uint8, x86 VNNI kernels) or tensorrt (symmetric int8, zero point 0).
-Int8Target = Literal["cpu", "tensorrt"]
+# int8 schemes: cpu (uint8 activations, laid out for onnxruntime's x86 VNNI kernels), openvino (the
+# same scheme without onnxruntime's packed first convolution) or tensorrt (symmetric int8, zero point 0).
+Int8Target = Literal["cpu", "openvino", "tensorrt"]
 INT8_TARGETS: tuple[Int8Target, ...] = get_args(Int8Target)
 
 Layout = Literal["nchw", "nhwc"]                 # wrap: a foreign model's input layout

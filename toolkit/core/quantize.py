@@ -1,8 +1,10 @@
 """fp16 and int8 variants of an exported fp32 ONNX model, with parity gates and an accuracy guard.
 
 int8 is onnxruntime's static quantization in QDQ format: `quant_pre_process` first, per-channel
-symmetric int8 weights, calibrated on real training images. Two activation schemes (`target`):
-- `cpu`: asymmetric uint8 activations, the U8S8 pair x86 VNNI kernels are fastest with;
+symmetric int8 weights, calibrated on real training images. Activation schemes (`target`):
+- `cpu`: asymmetric uint8 activations, the U8S8 pair x86 VNNI kernels are fastest with, laid out
+  for onnxruntime (int8_recipe.CPU_RECIPE); `openvino`: the same without the packed first
+  convolution, which OpenVINO runs slower (OPENVINO_RECIPE);
 - `tensorrt`: symmetric signed int8 activations with zero point 0 and float biases — the only Q/DQ
   form TensorRT takes (it rejects uint8 or non-zero zero points, which would split the graph).
 The uint8 preprocessing head (Cast, Transpose, Sub, Mul) is never quantized: it is exact
@@ -29,6 +31,7 @@ import onnx
 
 from toolkit.core.int8_recipe import (
     CPU_RECIPE,
+    OPENVINO_RECIPE,
     Int8Recipe,
     drop_output_qdq,
     finish_input_head,
@@ -161,21 +164,23 @@ def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
     calibration = usable_calibration(calibration, method)
-    recipe = None if tensorrt else recipe or CPU_RECIPE
+    recipe = None if tensorrt else recipe or (OPENVINO_RECIPE if target == "openvino" else CPU_RECIPE)
     exclude = preprocess_head(model) + list(exclude)
     source, head = pre_path, None
     if recipe and recipe.integer_head:
-        head = fold_input_head(model, recipe.border, recipe.im2col)
+        head = fold_input_head(model, recipe.border, recipe.pack)
         if head is not None:
             extra["TensorQuantOverrides"] = head.overrides()
             source = out_path.with_name(f".{out_path.name}.head.onnx")
             onnx.save(model, str(source))
+    # A packed head's unpacking Transposes run in uint8 (onnxruntime's NHWC layout then cancels them).
+    op_types = list(QUANTIZABLE_OPS + PASS_THROUGH_OPS) + (["Transpose"] if head and head.packed else [])
     try:
         quantize_static(str(source), str(out_path), _reader(input_name, calibration, advance=advance),
                         quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel if recipe else True,
                         reduce_range=False, activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
                         weight_type=QuantType.QUInt8 if recipe and recipe.weight_type == "uint8" else QuantType.QInt8,
-                        op_types_to_quantize=list(QUANTIZABLE_OPS + PASS_THROUGH_OPS),
+                        op_types_to_quantize=op_types,
                         nodes_to_exclude=exclude, calibrate_method=calibrate, extra_options=extra)
     finally:
         if source != pre_path:

@@ -197,7 +197,8 @@ def _tensorrt_major() -> int:
 
 def int8_target(metadata: dict) -> str | None:
     """The int8 scheme a toolkit file was quantized for (`toolkit.calibration`): 'tensorrt'
-    (symmetric int8 activations, zero point 0) or 'cpu' (uint8 activations); None if not int8."""
+    (symmetric int8 activations, zero point 0), 'cpu' (uint8 activations, onnxruntime's layout) or
+    'openvino' (uint8, OpenVINO's); None if not int8."""
     if metadata.get("toolkit.precision") != "int8":
         return None
     try:

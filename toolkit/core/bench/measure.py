@@ -104,9 +104,11 @@ class Context:
 
 
 def default_models() -> list[Path]:
-    """Every precision of every shipped classifier of the zoo that exists, then the generator."""
+    """Every precision of every shipped classifier of the zoo that exists (int8: onnxruntime's and
+    OpenVINO's files), then the generator."""
     classifiers = [spec for spec in zoo.REGISTRY.values() if spec.task == "classify"]
-    candidates = [spec.onnx_path(p) for spec in classifiers for p in ("fp32", "fp16", "int8")] + [zoo.DCGAN.onnx_path()]
+    candidates = [spec.onnx_path(p) for spec in classifiers for p in ("fp32", "fp16", "int8", "ov.int8")]
+    candidates.append(zoo.DCGAN.onnx_path())
     return [p for p in candidates if p.is_file()]
 
 
@@ -232,9 +234,9 @@ def check_providers(providers: list[str]) -> None:
 
 
 def _pairs(models: list[Path], providers: list[str]) -> list[tuple[Path, str]]:
-    """Model × provider, except that an int8 file quantized for TensorRT (symmetric int8
-    activations) is measured on TensorRT and one quantized for the CPU (uint8 activations) on the
-    other providers, whenever both files of the same model are given."""
+    """Model × provider, except that an int8 file quantized for one runtime (`toolkit.calibration`
+    target: tensorrt, openvino, cpu = onnxruntime) is measured on that runtime only, whenever the
+    same model's file for the row's runtime is given too."""
     schemes = {}
     for path in models:
         meta = {p.key: p.value for p in _load(Path(path)).metadata_props}
@@ -244,7 +246,7 @@ def _pairs(models: list[Path], providers: list[str]) -> list[tuple[Path, str]]:
     for path in models:
         name, target = schemes[path]
         for provider in providers:
-            wanted = "tensorrt" if provider == "tensorrt" else "cpu"
+            wanted = provider if provider in ("tensorrt", "openvino") else "cpu"
             if target is None or target == wanted or (name, wanted) not in present:
                 pairs.append((Path(path), provider))
     return pairs
