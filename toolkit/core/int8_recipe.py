@@ -21,6 +21,7 @@ logits directly instead of rounding them to 256 levels.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,6 +194,12 @@ def _packed_head(graph, conv, weights: np.ndarray, bias: np.ndarray, mean: np.nd
     if list(_attribute(conv, "strides", [1, 1])) != [1, 1] or list(_attribute(conv, "dilations", [1, 1])) != [1, 1] \
             or top + bottom != kh - 1 or left + right != kw - 1 or width % group or kw - 1 > group or group == 1:
         return None
+    # The unpacking goes after an elementwise Relu, so the quantizer still fuses Conv + Relu.
+    following = users.get(conv.output[0], [])
+    last = following[0] if len(following) == 1 and following[0].op_type == "Relu" else conv
+    source = last.output[0]
+    if source in {o.name for o in graph.output}:
+        return None
     prefix = "toolkit_int8/pack/"
     padded_h, padded_w = height + kh - 1, width + group
     packed = np.zeros((group, out_c, group, channels, kh, 2))        # r, o, g, c, ky, jx
@@ -223,10 +230,6 @@ def _packed_head(graph, conv, weights: np.ndarray, bias: np.ndarray, mean: np.nd
     for attribute in conv.attribute:
         if attribute.name == "kernel_shape":
             attribute.ints[:] = [kh, 2]
-    # The unpacking goes after an elementwise Relu, so the quantizer still fuses Conv + Relu.
-    following = users.get(conv.output[0], [])
-    last = following[0] if len(following) == 1 and following[0].op_type == "Relu" else conv
-    source = last.output[0]
     # Shapes inferred before (a pre-processed model carries them) are wrong for the packed tensors now.
     stale = {conv.output[0], source}
     kept_info = [v for v in graph.value_info if v.name not in stale]
@@ -245,19 +248,29 @@ def _packed_head(graph, conv, weights: np.ndarray, bias: np.ndarray, mean: np.nd
 
 
 def _topological(graph) -> None:
-    """Order the graph's nodes so every input is produced before it is read (ONNX requires it)."""
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(name in available for name in n.input)]
-        if not ready:
-            return                      # a cycle or a missing input: leave it for the checker to report
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
-        pending = [n for n in pending if all(n is not r for r in ready)]
+    """Order the graph's nodes so every input is produced before it is read (ONNX requires it);
+    Kahn's algorithm, keeping the present order among nodes that are ready together."""
+    nodes = list(graph.node)
+    producer = {name: i for i, node in enumerate(nodes) for name in node.output}
+    waiting = [{producer[name] for name in node.input if name in producer} - {i} for i, node in enumerate(nodes)]
+    readers: dict[int, list[int]] = {}
+    for i, needs in enumerate(waiting):
+        for j in needs:
+            readers.setdefault(j, []).append(i)
+    ready = [i for i, needs in enumerate(waiting) if not needs]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for k in readers.get(i, []):
+            waiting[k].discard(i)
+            if not waiting[k]:
+                heapq.heappush(ready, k)
+    if len(order) != len(nodes):
+        return                          # a cycle: leave it for the checker to report
     del graph.node[:]
-    graph.node.extend(ordered)
+    graph.node.extend(nodes[i] for i in order)
 
 
 def _set_pads(conv, pads: list[int]) -> None:
