@@ -296,6 +296,9 @@ def test_ctrl_c_says_interrupted_and_exits_130(tmp_path):
     """A real SIGINT in the middle of a command, through the `toolkit` entry point."""
     script = (
         "import os, signal, sys, time\n"
+        # A shell starts background jobs with SIGINT ignored, and Python then installs no handler;
+        # a terminal's foreground command has Python's usual one.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import toolkit.core.infer as infer\n"
         "def stall(*a, **k):\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
