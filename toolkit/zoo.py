@@ -26,6 +26,8 @@ def _models_dir() -> Path:
 
 
 MODELS_DIR = _models_dir()
+# File-name part of an int8 file made for a runtime other than onnxruntime's CPU (`--target`).
+TARGET_SUFFIX = {"tensorrt": "trt", "openvino": "ov"}
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,11 @@ class ModelSpec:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     latent_dim: int = 0
 
-    def onnx_path(self, precision: str = "fp32") -> Path:
-        suffix = "" if precision == "fp32" else f".{precision}"
-        return MODELS_DIR / f"{self.file_stem}{suffix}.onnx"
+    def onnx_path(self, precision: str = "fp32", target: str = "cpu") -> Path:
+        """models/<stem>[.trt|.ov][.<precision>].onnx: `target` names the int8 file of another runtime."""
+        parts = [self.file_stem, *([TARGET_SUFFIX[target]] if target in TARGET_SUFFIX else []),
+                 *([precision] if precision != "fp32" else [])]
+        return MODELS_DIR / (".".join(parts) + ".onnx")
 
     @property
     def weights_path(self) -> Path:

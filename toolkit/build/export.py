@@ -95,8 +95,8 @@ def default_output(spec: zoo.ModelSpec, precision: str = "fp32", preprocess: str
         parts.append(preprocess.split(":")[0].replace("-", "_"))
     if tta:
         parts.append("tta")
-    if target in ("tensorrt", "openvino"):
-        parts.append({"tensorrt": "trt", "openvino": "ov"}[target])
+    if target in zoo.TARGET_SUFFIX:
+        parts.append(zoo.TARGET_SUFFIX[target])
     if precision != "fp32":
         parts.append(precision)
     return zoo.MODELS_DIR / (".".join(parts) + ".onnx")

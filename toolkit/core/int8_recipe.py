@@ -128,17 +128,16 @@ def fold_input_head(model: onnx.ModelProto, border: str = "exact", pack: bool = 
     folded = weights * scale[None, :, None, None]
     folded_bias = bias - (folded * (mean - zero)[None, :, None, None]).sum(axis=(1, 2, 3))
     prefix = "toolkit_int8/"
+    pads = list(_attribute(conv, "pads", [0, 0, 0, 0]))
+    packed = _packed_head(graph, conv, folded, folded_bias, mean, dims, pads, users) \
+        if pack and border == "exact" else None
+    if packed is not None:
+        nodes, pack_inits, folded, folded_bias = packed
     inits = [numpy_helper.from_array(folded.astype(np.float32), prefix + "conv_weight"),
              numpy_helper.from_array(folded_bias.astype(np.float32), prefix + "conv_bias"),
              numpy_helper.from_array(np.array(zero, np.float32), prefix + "zero")]
-    pads = list(_attribute(conv, "pads", [0, 0, 0, 0]))
-    if pack and border == "exact":
-        packed = _packed_head(graph, conv, folded, folded_bias, mean, dims, pads, users)
-        if packed is not None:
-            nodes, more, folded, folded_bias = packed
-            inits = [numpy_helper.from_array(folded.astype(np.float32), prefix + "conv_weight"),
-                     numpy_helper.from_array(folded_bias.astype(np.float32), prefix + "conv_bias"), inits[2], *more]
-            return _finish_fold(graph, nodes, inits, PACKED, conv, (transpose, cast, sub, mul), zero)
+    if packed is not None:
+        return _finish_fold(graph, nodes, inits + pack_inits, PACKED, conv, (transpose, cast, sub, mul), zero)
     nodes = [helper.make_node("Transpose", [image.name], [prefix + "nchw"], perm=[0, 3, 1, 2],
                               name=prefix + "transpose")]
     pixels_u8 = prefix + "nchw"
@@ -157,7 +156,7 @@ def fold_input_head(model: onnx.ModelProto, border: str = "exact", pack: bool = 
                   helper.make_node("Where", [prefix + "border", prefix + "fill", prefix + "padded"],
                                    [prefix + "filled"], name=prefix + "fill")]
         pixels_u8 = prefix + "filled"
-        _set_pads(conv, [0, 0, 0, 0])
+        _set_ints(conv, "pads", [0, 0, 0, 0])
     return _finish_fold(graph, nodes, inits, pixels_u8, conv, (transpose, cast, sub, mul), zero)
 
 
@@ -189,10 +188,12 @@ def _packed_head(graph, conv, weights: np.ndarray, bias: np.ndarray, mean: np.nd
     padded NHWC image is filled with each channel's mean pixel."""
     out_c, channels, kh, kw = weights.shape
     height, width = dims[1].dim_value, dims[2].dim_value
-    group = next(g for g in (1, 2, 4) if g * channels % 4 == 0) if channels % 4 else 1
+    if channels % 4 == 0:
+        return None                     # the fast kernels take it as it is
+    group = 2 if channels % 2 == 0 else 4
     top, left, bottom, right = pads
     if list(_attribute(conv, "strides", [1, 1])) != [1, 1] or list(_attribute(conv, "dilations", [1, 1])) != [1, 1] \
-            or top + bottom != kh - 1 or left + right != kw - 1 or width % group or kw - 1 > group or group == 1:
+            or top + bottom != kh - 1 or left + right != kw - 1 or width % group or kw - 1 > group:
         return None
     # The unpacking goes after an elementwise Relu, so the quantizer still fuses Conv + Relu.
     following = users.get(conv.output[0], [])
@@ -226,10 +227,8 @@ def _packed_head(graph, conv, weights: np.ndarray, bias: np.ndarray, mean: np.nd
                               name=prefix + "reshape"),
              helper.make_node("Transpose", [prefix + "nhwc"], [PACKED], perm=[0, 3, 1, 2],
                               name=prefix + "transpose")]
-    _set_pads(conv, [0, 0, 0, 0])
-    for attribute in conv.attribute:
-        if attribute.name == "kernel_shape":
-            attribute.ints[:] = [kh, 2]
+    _set_ints(conv, "pads", [0, 0, 0, 0])
+    _set_ints(conv, "kernel_shape", [kh, 2])
     # Shapes inferred before (a pre-processed model carries them) are wrong for the packed tensors now.
     stale = {conv.output[0], source}
     kept_info = [v for v in graph.value_info if v.name not in stale]
@@ -273,10 +272,11 @@ def _topological(graph) -> None:
     graph.node.extend(nodes[i] for i in order)
 
 
-def _set_pads(conv, pads: list[int]) -> None:
-    for attribute in conv.attribute:
-        if attribute.name == "pads":
-            attribute.ints[:] = pads
+def _set_ints(node, name: str, values: list[int]) -> None:
+    """Set an ints attribute of `node` where it has one (an absent one is inferred from the weights)."""
+    for attribute in node.attribute:
+        if attribute.name == name:
+            attribute.ints[:] = values
 
 
 def finish_input_head(model: onnx.ModelProto, head: FoldedHead) -> None:

@@ -107,7 +107,8 @@ def default_models() -> list[Path]:
     """Every precision of every shipped classifier of the zoo that exists (int8: onnxruntime's and
     OpenVINO's files), then the generator."""
     classifiers = [spec for spec in zoo.REGISTRY.values() if spec.task == "classify"]
-    candidates = [spec.onnx_path(p) for spec in classifiers for p in ("fp32", "fp16", "int8", "ov.int8")]
+    files = (("fp32", "cpu"), ("fp16", "cpu"), ("int8", "cpu"), ("int8", "openvino"))
+    candidates = [spec.onnx_path(precision, target) for spec in classifiers for precision, target in files]
     candidates.append(zoo.DCGAN.onnx_path())
     return [p for p in candidates if p.is_file()]
 
