@@ -39,7 +39,7 @@ def fresh_weights(tmp_path_factory) -> Path:
     """Weights of a freshly initialised CNN (seeded), saved the way training saves them."""
     import torch
 
-    from toolkit import zoo
+    import toolkit.zoo as zoo
     from toolkit.build.checkpoint import atomic_save_tensors
     from toolkit.build.checkpoint import prefixed as _prefixed
 

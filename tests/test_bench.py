@@ -16,8 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
 
+import toolkit.zoo as zoo
 from tests.conftest import write_class_tree
-from toolkit import zoo
 from toolkit.cli import app
 from toolkit.core import bench
 from toolkit.core.sessions import usable_providers

@@ -81,7 +81,7 @@ def test_shares_against_the_roof_of_the_computed_precision():
 
 @needs_compiler
 def test_roof_in_the_run_and_the_report(quick_roof, tmp_path, monkeypatch):
-    from toolkit import zoo
+    import toolkit.zoo as zoo
 
     monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path / "no-models")
     path = tiny_classifier(tmp_path / "tiny.onnx")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from toolkit import zoo
+import toolkit.zoo as zoo
 from toolkit.cli import app
 from toolkit.core.datasets import CIFAR10_LABELS
 

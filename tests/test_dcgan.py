@@ -47,7 +47,7 @@ def test_training_step_writes_weights_samples_and_resumes(tmp_path):
 def fresh_generator(tmp_path_factory):
     import torch
 
-    from toolkit import zoo
+    import toolkit.zoo as zoo
     from toolkit.build.checkpoint import atomic_save_tensors
     from toolkit.build.checkpoint import prefixed as _prefixed
     from toolkit.build.export import export_generator

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+import toolkit.zoo as zoo
 from tests.conftest import write_class_tree
 from tests.test_bench import LABELS, tiny_classifier
-from toolkit import zoo
 from toolkit.cli import app
 from toolkit.core.openvino import OpenVINOModel
 from toolkit.core.openvino import version as openvino_version

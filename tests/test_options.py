@@ -8,7 +8,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from toolkit import zoo
+import toolkit.zoo as zoo
 from toolkit.cli import app
 from toolkit.core import options
 

@@ -126,7 +126,7 @@ def test_tensorrt_scheme_has_symmetric_int8_activations(tmp_path, trained_onnx, 
 
 
 def test_export_passes_the_int8_target_through(tmp_path, trained_weights, class_tree):
-    from toolkit import zoo
+    import toolkit.zoo as zoo
     from toolkit.build.export import default_output
 
     out = tmp_path / "cnn.trt.int8.onnx"

@@ -161,7 +161,7 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_resnet_shape_and_size():
-    from toolkit import zoo
+    import toolkit.zoo as zoo
 
     net = zoo.CIFAR_RESNET.build()
     assert 1_000_000 < sum(p.numel() for p in net.parameters()) < 3_000_000

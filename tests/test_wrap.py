@@ -244,7 +244,7 @@ def bare_cnn_onnx(path, nhwc_bgr=False):
     (or NHWC with BGR channels), normalisation expected outside the graph."""
     import torch
 
-    from toolkit import zoo
+    import toolkit.zoo as zoo
     from toolkit.build.checkpoint import load_weights
 
     net = zoo.CIFAR_CNN.build()

@@ -44,7 +44,7 @@ def wrap(source: PathLike, out: PathLike, *, layout: str | None = None, channels
     """Bring a foreign ONNX classifier into the contract (see `toolkit wrap --help`). `labels` is
     a list, a label file or "a,b,c"; `images` (real images for the parity gate) defaults to the
     shipped sample images."""
-    from toolkit import zoo
+    import toolkit.zoo as zoo
     from toolkit.core.wrap import WrapSpec, parse_labels
     from toolkit.core.wrap import wrap as run_wrap
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from toolkit import zoo
+import toolkit.zoo as zoo
 from toolkit.build.onnx_export import torch_to_onnx
 from toolkit.core.contract import (
     ExportError,

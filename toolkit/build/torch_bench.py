@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from toolkit import zoo
+import toolkit.zoo as zoo
 from toolkit.core.bench import BenchError, Context, Plan, accuracy_of, inputs
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toolkit import zoo
+import toolkit.zoo as zoo
 from toolkit._version import __version__
 from toolkit.build.checkpoint import (
     atomic_save_tensors,

@@ -46,7 +46,7 @@ def export(
     """Export a model to a self-describing ONNX file, gated on parity with PyTorch."""
     if (model is None) == (module is None):
         fail("give either --model NAME or --module FILE.py:NAME")
-    from toolkit import zoo
+    import toolkit.zoo as zoo
     if model is not None and model not in (known := [*zoo.REGISTRY, *OPS]):
         fail(f"unknown model {model} (known: {', '.join(known)})")
     from toolkit.build.export import TRANSFORM_MODELS, export_model
@@ -99,7 +99,7 @@ def _train_command(name: str, config_cls: type, trainer: str, doc: str, skip: tu
     import inspect
     import typing
 
-    from toolkit import zoo
+    import toolkit.zoo as zoo
     from toolkit.recipes import help_text
 
     keyword = inspect.Parameter.KEYWORD_ONLY

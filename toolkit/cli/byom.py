@@ -28,7 +28,7 @@ def wrap(
     images: Path | None = typer.Option(None, help="Real images for the parity gate (default: models/samples)."),
 ):
     """Bring a foreign ONNX classifier into the artifact contract, gated on parity with the original."""
-    from toolkit import zoo
+    import toolkit.zoo as zoo
     from toolkit.core.fsio import InputError
     from toolkit.core.wrap import WrapError, WrapSpec, parse_labels, parse_triple
     from toolkit.core.wrap import wrap as run_wrap

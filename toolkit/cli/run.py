@@ -45,7 +45,7 @@ def infer(
     """Classify images of any size with an ONNX classifier."""
     import json
 
-    from toolkit import zoo
+    import toolkit.zoo as zoo
     from toolkit.core.data import expand_inputs
     from toolkit.core.fsio import shown
     from toolkit.core.infer import classify_files, require_task
@@ -185,7 +185,7 @@ def generate(
                                                            "OpenVINO's CPU plugin would otherwise pick silently."),
 ):
     """Generate images with an ONNX generator (DCGAN anime faces by default)."""
-    from toolkit import zoo
+    import toolkit.zoo as zoo
     from toolkit.core.data import empty_grid, grid_columns, place, save_image
     from toolkit.core.fsio import shown
     from toolkit.core.infer import MAX_GENERATE, MAX_GRID, generate_batches

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit import zoo
+import toolkit.zoo as zoo
 
 SEED = 0
 BUFFER_BYTES = 8 << 20             # rotating inputs span more than a core's L2, so no run finds its input hot

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit import zoo
-from toolkit.core.bench import inputs as inp
+import toolkit.core.bench.inputs as inp
+import toolkit.zoo as zoo
 from toolkit.core.bench.inputs import BenchError, InputPool
 from toolkit.core.bench.machine import available_cores, machine_info
 from toolkit.core.bench.roof import measure_roof, remeasure_roof, shares
