@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.core import gpu
+from toolkit.core.streams import PLAIN, Feeds, Runner, Schedule
 from toolkit.core.tensorrt import EngineCache
 
 DEFAULT_CACHE = Path(os.environ.get("TOOLKIT_CACHE", Path.home() / ".cache" / "toolkit"))
@@ -40,6 +41,17 @@ class Model:
     provider: str
     metadata: dict = field(default_factory=dict)
     engine_cache: EngineCache | None = None
+    schedule: Schedule = PLAIN
+    # Every run goes through one Runner (streams.py); with the plain schedule, one call of the session.
+    runner: Runner = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.runner = self.make_runner()
+
+    def make_runner(self) -> Runner:
+        """onnxruntime: every stream runs on the one session (its run is thread-safe)."""
+        return Runner(self.schedule, [self.session] * self.schedule.streams,
+                      lambda session, feeds: session.run(None, feeds))
 
     @property
     def task(self) -> str:
@@ -73,9 +85,13 @@ class Model:
         return None
 
     def run(self, feed: np.ndarray) -> np.ndarray:
+        return self.run_feeds({self.input.name: feed})[0]
+
+    def run_feeds(self, feeds: Feeds) -> list[np.ndarray]:
+        """All outputs, in the graph's order, for one set of named inputs, by the model's schedule."""
         if self.engine_cache is not None and self.engine_cache.staging is not None:
-            first_run(self, {self.input.name: feed})
-        return self.session.run(None, {self.input.name: feed})[0]
+            first_run(self, feeds)
+        return self.runner(feeds)
 
 
 def first_line(exc: BaseException) -> str:
@@ -87,7 +103,7 @@ def first_run(model: Model, feeds: dict[str, np.ndarray]) -> float:
     """Run once and return the seconds it took. On TensorRT this is where an engine without an
     explicit profile is built (with one, it was built at session creation); a failure here is a
     one-line ProviderError, and the engine cache is published only after it succeeds."""
-    run = getattr(model, "run_feeds", None) or (lambda f: model.session.run(None, f))
+    run = model.runner
     on_gpu = model.provider in gpu.GPU_PROVIDERS
     text: list[str] = []
     start = time.perf_counter()

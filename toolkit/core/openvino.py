@@ -21,12 +21,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from toolkit.core.model import DEFAULT_CACHE, Model, ModelError, ProviderError
 from toolkit.core.options import PRECISION_HINTS
+from toolkit.core.streams import PLAIN, Feeds, Runner, Schedule
 
 DEFAULT_HINT = "f32"
 # What INFERENCE_PRECISION_HINT reads back as, per hint.
@@ -49,21 +49,22 @@ class OpenVINOModel(Model):
     precision_hint: str = DEFAULT_HINT
     compile_s: float = 0.0
     cache_hit: bool = False
-    request: Any = None          # OpenVINO's InferRequest (the library ships no types)
 
     @property
     def input(self) -> TensorInfo:
         return self.inputs[0]
 
-    def run(self, feed: np.ndarray) -> np.ndarray:
-        return self.run_feeds({self.input.name: feed})[0]
+    def make_runner(self) -> Runner:
+        """One infer request per stream (a request is not shared between threads). share_inputs:
+        OpenVINO reads the numpy buffers in place, as onnxruntime does; outputs are copied (the
+        default), since a request reuses its output memory on the next call."""
+        requests = [self.session.create_infer_request() for _ in range(self.schedule.streams)]
+        ports = list(self.session.outputs)
 
-    def run_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """All outputs, in the ONNX graph's order, for one set of named inputs."""
-        # share_inputs: OpenVINO reads the numpy buffers in place, as onnxruntime does; outputs are
-        # copied (the default), since the request reuses its output memory on the next call.
-        result = self.request.infer(feeds, share_inputs=True)
-        return [np.asarray(result[port]) for port in self.session.outputs]
+        def call(request, feeds: Feeds) -> list[np.ndarray]:
+            result = request.infer(feeds, share_inputs=True)
+            return [np.asarray(result[port]) for port in ports]
+        return Runner(self.schedule, requests, call)
 
     def runtime_precisions(self) -> dict[str, int]:
         """How many nodes of the compiled graph compute in each element type (u8, i8, bf16, f32, …)."""
@@ -106,9 +107,10 @@ def _signature(proto) -> tuple[list[TensorInfo], list[TensorInfo]]:
 
 
 def open_openvino(path: str | Path, threads: int | None = None, precision_hint: str | None = None,
-                  cache_dir: Path | None = None) -> OpenVINOModel:
-    """Compile an ONNX file for OpenVINO's CPU plugin (LATENCY hint: one request, all threads on it)
-    or raise ProviderError / ModelError with a one-line message."""
+                  cache_dir: Path | None = None, schedule: Schedule = PLAIN) -> OpenVINOModel:
+    """Compile an ONNX file for OpenVINO's CPU plugin or raise ProviderError / ModelError with a
+    one-line message. One stream: the LATENCY hint (one request, all threads on it); more: the
+    THROUGHPUT hint with exactly that many streams, the threads shared out among them."""
     import onnx
 
     hint = precision_hint or DEFAULT_HINT
@@ -133,6 +135,8 @@ def open_openvino(path: str | Path, threads: int | None = None, precision_hint: 
                                     "CACHE_DIR": str(cache)}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
+    if schedule.streams > 1:
+        config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=schedule.streams)
     start = time.perf_counter()
     try:
         compiled = core.compile_model(str(path), "CPU", config)
@@ -144,6 +148,10 @@ def open_openvino(path: str | Path, threads: int | None = None, precision_hint: 
     devices = list(compiled.get_property("EXECUTION_DEVICES"))
     if devices != ["CPU"]:
         raise ProviderError(f"openvino compiled {path.name} for {', '.join(devices)}, not the CPU; refusing")
+    streams = int(compiled.get_property("NUM_STREAMS"))
+    if streams != schedule.streams:
+        raise ProviderError(f"openvino: {schedule.streams} streams were requested but the CPU plugin made {streams}; "
+                            "refusing")
     got = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
     if got != _HINT_TYPES[hint]:
         raise ProviderError(f"openvino: {hint} was requested but the CPU plugin computes in {got} on this CPU; "
@@ -151,5 +159,5 @@ def open_openvino(path: str | Path, threads: int | None = None, precision_hint: 
     inputs, outputs = _signature(proto)
     return OpenVINOModel(path=path, session=compiled, provider="openvino",
                          metadata={p.key: p.value for p in proto.metadata_props}, inputs=inputs, outputs=outputs,
-                         precision_hint=hint, compile_s=compile_s, cache_hit=not (set(cache.iterdir()) - before),
-                         request=compiled.create_infer_request())
+                         schedule=schedule, precision_hint=hint, compile_s=compile_s,
+                         cache_hit=not (set(cache.iterdir()) - before))

@@ -36,6 +36,7 @@ import numpy as np
 
 from toolkit.core import gpu
 from toolkit.core.model import DEFAULT_CACHE, Model, ModelError, ProviderError, first_line, first_run
+from toolkit.core.streams import PLAIN, Schedule
 from toolkit.core.tensorrt import (
     EngineCache,
     cache_key,
@@ -123,11 +124,13 @@ def provider_options(provider: str, model_path: Path, trt_fp16: bool = False, ca
 
 def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
                trt_fp16: bool = False, cache_dir: Path | None = None, precision_hint: str | None = None,
-               shapes: dict[str, tuple[int, ...]] | None = None, device_id: int = 0) -> Model:
+               shapes: dict[str, tuple[int, ...]] | None = None, device_id: int = 0,
+               schedule: Schedule = PLAIN) -> Model:
     """Create a session on `provider` or raise ProviderError / ModelError with a one-line message.
     `shapes` (tensorrt): the input shapes to build the engine for (an explicit profile); without
     them TensorRT builds on the first run for the shapes it sees. `precision_hint` (f32 | bf16)
-    applies to openvino, which computes float models in f32 unless asked."""
+    applies to openvino, which computes float models in f32 unless asked. `schedule` (cpu,
+    openvino): streams and micro-batches (streams.py), the threads shared out among the streams."""
     ort = _ort()
     path = Path(path)
     if not path.is_file():
@@ -137,9 +140,17 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
         model_file = check_model_file(path)
     except ModelFileError as exc:
         raise ModelError(str(exc)) from None
+    if not schedule.plain:
+        if provider not in ("cpu", "openvino"):
+            raise ProviderError(f"streams and micro-batches apply to the cpu and openvino providers, not {provider}")
+        try:
+            per_stream = schedule.threads_per_stream(threads or len(os.sched_getaffinity(0)))
+        except ValueError as exc:
+            raise ProviderError(str(exc)) from None
     if provider == "openvino":
         from toolkit.core.openvino import open_openvino
-        return open_openvino(path, threads=threads, precision_hint=precision_hint, cache_dir=cache_dir)
+        return open_openvino(path, threads=threads, precision_hint=precision_hint, cache_dir=cache_dir,
+                             schedule=schedule)
     if precision_hint is not None:
         raise ProviderError("a precision hint (f32 | bf16) applies to the openvino provider only")
     if provider not in PROVIDERS:
@@ -148,8 +159,8 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
-    if threads:
-        so.intra_op_num_threads = threads
+    if threads or not schedule.plain:
+        so.intra_op_num_threads = threads if schedule.plain else per_stream
         so.inter_op_num_threads = 1
     trt = provider == "tensorrt"
     try:
@@ -182,7 +193,8 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
         [(value.name, value.type) for value in [*session.get_inputs(), *session.get_outputs()]]
     except UnicodeDecodeError:
         raise ModelError(f"{path}: not a usable model (names or metadata are not UTF-8)") from None
-    model = Model(path=path, session=session, provider=provider, metadata=metadata, engine_cache=cache)
+    model = Model(path=path, session=session, provider=provider, metadata=metadata, engine_cache=cache,
+                  schedule=schedule)
     if cache is not None and cache.staging is not None:
         weakref.finalize(model, shutil.rmtree, cache.staging, True)   # never run: nothing published
     return model

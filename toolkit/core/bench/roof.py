@@ -153,7 +153,6 @@ def gemm_rates(runtime: str, threads: int, log: Callable[[str], None]) -> dict:
     """{kind: {macs_per_s, shape}}: the best GEMM rate `runtime` (onnxruntime | openvino) reaches."""
     import onnx
 
-    from toolkit.core.bench.runtime import run_feeds
 
     provider = "openvino" if runtime == "openvino" else "cpu"
     kinds = [("int8", True, None), ("fp32", False, "f32")]
@@ -173,7 +172,7 @@ def gemm_rates(runtime: str, threads: int, log: Callable[[str], None]) -> dict:
                     break
                 rng = np.random.default_rng(1)
                 x = rng.integers(0, 256, (m, k), dtype=np.uint8) if int8 else rng.standard_normal((m, k), np.float32)
-                rate = _best_rate(partial(run_feeds(model), {"x": x}), m * k * n)
+                rate = _best_rate(partial(model.run_feeds, {"x": x}), m * k * n)
                 if rate > best.get(kind, {}).get("macs_per_s", 0):
                     best[kind] = {"macs_per_s": rate, "shape": [m, k, n]}
     return best

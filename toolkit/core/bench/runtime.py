@@ -1,6 +1,6 @@
-"""One inference call per runtime, the same for every row: onnxruntime's `run`, onnxruntime with
-IO binding (GPU rows: data stays on the device), or an OpenVINO infer request — plus where the
-nodes ran. Never imports torch."""
+"""One inference call per runtime, the same for every row: the model's own run (onnxruntime's
+session or OpenVINO's infer requests, by its schedule), or onnxruntime with IO binding (GPU rows:
+data stays on the device) — plus where the nodes ran. Never imports torch."""
 
 from __future__ import annotations
 
@@ -19,22 +19,12 @@ def backend(model: Model) -> str:
     return "openvino" if model.provider == "openvino" else "onnxruntime"
 
 
-def run_feeds(model: Model) -> Callable[[Feeds], list]:
-    """A function feeds → every output, for any runtime behind `model`."""
-    run = getattr(model, "run_feeds", None)
-    if run is not None:
-        return run
-    session = model.session
-    outputs = [o.name for o in session.get_outputs()]
-    return lambda feeds: session.run(outputs, feeds)
-
-
 def step(model: Model, feeds: list[Feeds], device: bool) -> Callable[[int], object]:
     """One inference per call, cycling through `feeds`. With `device` (onnxruntime on CUDA or
     TensorRT), inputs are copied to the GPU once and outputs stay there (IO binding), so only the
     inference itself is timed."""
     if not device:
-        run = run_feeds(model)
+        run = model.run_feeds     # by the model's schedule (streams.py)
         return lambda i: run(feeds[i % len(feeds)])
     import onnxruntime as ort
 
