@@ -250,6 +250,10 @@ def bench(
                                                        "repeatable, one set of rows per hint, int8 files take the "
                                                        "first only; default f32."),
     threads: int = typer.Option(0, min=0, help="Threads for every runtime alike (0: one per core)."),
+    schedule: list[str] | None = typer.Option(None, metavar="STREAMS[xMICRO]", help="cpu/openvino rows: "
+                                              "repeatable, one set of rows per schedule, e.g. 2x32 = the batch cut "
+                                              "into micro-batches of 32 run on 2 streams (threads shared out); "
+                                              "default 1 (one call per batch)."),
     warmup: int = typer.Option(10, min=0, help="Warm-up runs per row, excluded from the statistics."),
     runs: int | None = typer.Option(None, min=1, help="Counted runs per row (default 100)."),
     seconds: float | None = typer.Option(None, min=0.01, help="Measure each row for this long instead of "
@@ -294,6 +298,13 @@ def bench(
             fail(f"--data {shown(data)}: {_one_line(exc)}")
     if precision_hint and "openvino" not in (provider or []):
         fail("--precision-hint applies to --provider openvino only")
+    from toolkit.core.streams import Schedule
+    try:
+        schedules = list(dict.fromkeys(Schedule.parse(text) for text in schedule or ["1"]))
+    except ValueError as exc:
+        fail(f"--schedule: {exc}")
+    if any(not s.plain for s in schedules) and not {"cpu", "openvino"} & set(provider or ["cpu"]):
+        fail("--schedule applies to the cpu and openvino providers")
     torch_rows: Callable[..., Any] | None = None
     if torch:
         try:
@@ -305,6 +316,7 @@ def bench(
 
     def on_row(row: dict) -> None:
         hint = f" ({row['compute']})" if row.get("compute") else ""
+        hint += f", {row['schedule']}" if row.get("schedule") else ""
         status.print(f"  {row['model']} {row['precision']}{hint} {row['provider']} {row['backend']} batch "
                      f"{row['batch_size']}: p50 {row['p50_ms']:.3f} ms, {row['throughput']:,.0f} img/s")
 
@@ -315,7 +327,7 @@ def bench(
             batch_sizes=list(batch_size or bench_lib.DEFAULT_BATCH_SIZES), threads=threads or None,
             warmup=warmup, runs=runs, seconds=seconds, data=data, include_copy=include_copy,
             shapes=bench_lib.parse_shapes(list(shape or [])), precision_hints=list(precision_hint or ["f32"]),
-            rounds=rounds, roof=roof, torch_rows=torch_rows, strict_placement=strict_placement)
+            rounds=rounds, roof=roof, torch_rows=torch_rows, strict_placement=strict_placement, schedules=schedules)
         doc = bench_lib.run_benchmark(cfg, on_row=on_row, log=status.print if verbose else None, on_error=report)
         written = bench_lib.write_reports(doc, out) if out else []
     except (bench_lib.BenchError, ProviderError, ModelError, OSError) as exc:

@@ -50,6 +50,22 @@ class Schedule:
         text = f"{self.streams} stream{'s' if self.streams > 1 else ''}"
         return text + (f" × {self.micro_batch}" if self.micro_batch else "")
 
+    @classmethod
+    def parse(cls, text: str) -> Schedule:
+        """`2x32` (2 streams, micro-batches of 32), `2` (2 streams, the batch shared evenly),
+        `1x32` (micro-batches on one stream), or ValueError."""
+        streams, sep, micro = text.strip().lower().replace("×", "x").partition("x")
+        try:
+            return cls(int(streams), int(micro) if sep else 0)
+        except ValueError as exc:
+            message = str(exc) if streams.isdigit() and (not sep or micro.isdigit()) else ""
+            raise ValueError(message or f"schedule {text!r}: write STREAMS or STREAMSxMICRO_BATCH, e.g. 2x32") from None
+
+    @property
+    def spec(self) -> str:
+        """The schedule as parse() reads it."""
+        return f"{self.streams}x{self.micro_batch}" if self.micro_batch else str(self.streams)
+
     def parts(self, n: int) -> list[slice]:
         """The micro-batches of a batch of n items, in order."""
         size = self.micro_batch or -(-n // self.streams)

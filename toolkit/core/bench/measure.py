@@ -23,6 +23,7 @@ import toolkit.core.bench.inputs as inp
 import toolkit.zoo as zoo
 from toolkit.core.bench.inputs import BenchError, InputPool
 from toolkit.core.bench.machine import available_cores, machine_info
+from toolkit.core.bench.report import ROW_KEY
 from toolkit.core.bench.roof import measure_roof, remeasure_roof, shares
 from toolkit.core.bench.runtime import backend, placement, step
 from toolkit.core.bench.timing import DEFAULT_RUNS, accuracy_of, latency_stats, time_runs
@@ -35,10 +36,9 @@ from toolkit.core.sessions import (
     int8_target,
     open_model,
 )
+from toolkit.core.streams import PLAIN, Schedule
 
 DEFAULT_BATCH_SIZES = (1, 64)
-# Rows that match between two runs (for --compare) agree on these keys.
-ROW_KEY = ("model", "precision", "provider", "backend", "batch_size", "compute")
 CPU_SIDE = ("cpu", "openvino")
 
 
@@ -71,6 +71,9 @@ class BenchConfig:
     rounds: int = 1                     # > 1: interleave the rows, each round a slice of every row
     roof: bool = True                   # measure the roof (issue rates, GEMM) in the same run
     strict_placement: bool = False      # refuse a row whose compute nodes do not all run on its provider
+    # CPU-side rows (cpu, openvino): one set per schedule (streams.py); a schedule that would not cut a
+    # batch in two makes no row for it (it would be the plain row again). GPU rows: the plain one.
+    schedules: list[Schedule] = field(default_factory=lambda: [PLAIN])
     # The build layer's PyTorch rows (`--torch`): (first ONNX plan of a model, context) → plans.
     torch_rows: Callable[[Plan, Context], list[Plan]] | None = None
 
@@ -155,7 +158,8 @@ def _fixed_batch(run: Callable[[np.ndarray], np.ndarray], batch: int) -> Callabl
     return predict
 
 
-def onnx_plans(path: Path, provider: str, hint: str | None, ctx: Context) -> list[Plan]:
+def onnx_plans(path: Path, provider: str, hint: str | None, ctx: Context,
+               schedule: Schedule = PLAIN) -> list[Plan]:
     """One plan per distinct input shape set (batch sizes a static model cannot take collapse).
     TensorRT gets one session per shape set, its engine built for exactly that shape (an explicit
     profile) instead of being rebuilt when a larger batch arrives. Each session's first run is
@@ -170,13 +174,14 @@ def onnx_plans(path: Path, provider: str, hint: str | None, ctx: Context) -> lis
     shape_sets: list[dict] = []
     for batch_size in cfg.batch_sizes:
         shapes = inp.resolve_shapes(specs, cfg.shapes, batch_size, path.name)
-        if shapes not in shape_sets:
+        if shapes not in shape_sets and (schedule.plain or len(schedule.parts(inp.batch_of(specs, shapes))) > 1):
             shape_sets.append(shapes)
 
     def session(shapes: dict):
         start = time.perf_counter()
         model = open_model(path, provider, threads=cfg.threads, trt_fp16=precision == "fp16", cache_dir=cfg.cache_dir,
-                           precision_hint=hint if provider == "openvino" else None, shapes=shapes if trt else None)
+                           precision_hint=hint if provider == "openvino" else None, shapes=shapes if trt else None,
+                           schedule=schedule)
         return model, time.perf_counter() - start
 
     device = provider not in CPU_SIDE and not cfg.include_copy
@@ -197,7 +202,8 @@ def onnx_plans(path: Path, provider: str, hint: str | None, ctx: Context) -> lis
         cache_state = None if cache is None else "hit" if cache.hit else "miss"
         first_s = first_run(model, feeds[0])
         where = placement(model)
-        ctx.log(f"{path.name} on {provider}{f' ({hint})' if hint else ''} batch {batch_size}: "
+        ctx.log(f"{path.name} on {provider}{f' ({hint})' if hint else ''}"
+                f"{f', {schedule.label}' if schedule.label else ''} batch {batch_size}: "
                 f"session {create_s:.3f} s, "
                 f"first run {first_s:.3f} s, nodes " + ", ".join(f"{k} {v}" for k, v in where["placement"].items())
                 + "".join(f"; {node}" for node in where.get("compute_elsewhere", [])) + f"; inputs: {source}")
@@ -212,7 +218,7 @@ def onnx_plans(path: Path, provider: str, hint: str | None, ctx: Context) -> lis
         macs = inp.multiply_adds(proto, shapes)
         facts = {"model": meta.get("toolkit.model", path.name.split(".")[0]), "precision": precision,
                  "provider": provider, "backend": backend(model), "batch_size": batch_size,
-                 "compute": "bf16" if hint == "bf16" else None, "file": inp.shown(path),
+                 "compute": "bf16" if hint == "bf16" else None, "schedule": schedule.label, "file": inp.shown(path),
                  "file_size_bytes": path.stat().st_size, "session_create_s": create_s, **where,
                  "first_run_s": first_s, "io_binding": device, "input": source, "input_buffers": len(feeds),
                  "shapes": {name: list(s) for name, s in shapes.items()},
@@ -256,7 +262,7 @@ def _pairs(models: list[Path], providers: list[str]) -> list[tuple[Path, str]]:
 def make_row(plan: Plan, cfg: BenchConfig) -> dict:
     """One result row: the keys that identify it, the statistics, the settings, then the facts."""
     facts = dict(plan.facts)
-    head = {k: facts.pop(k) for k in ("model", "precision", "provider", "backend", "batch_size", "compute")}
+    head = {k: facts.pop(k) for k in ROW_KEY}
     return {**head, **latency_stats(plan.timings, head["batch_size"]),
             "accuracy": plan.accuracy[0] if plan.accuracy else None,
             "accuracy_n": plan.accuracy[1] if plan.accuracy else None,
@@ -329,9 +335,10 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None
         if provider == "openvino" and inp.guess_precision(_load(path)) == "int8":
             # An int8 file computes in int8 whatever the hint; one set of rows (the first hint) says it.
             hints = hints[:1]
-        for hint in hints:
+        schedules = cfg.schedules if provider in CPU_SIDE else [PLAIN]
+        for hint, schedule in ((h, s) for h in hints for s in schedules):
             try:
-                plans += onnx_plans(path, provider, hint, ctx)
+                plans += onnx_plans(path, provider, hint, ctx, schedule)
             except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types; the failure is this model's)
                 model_failed(exc, path)
     if not plans:

@@ -12,7 +12,8 @@ from toolkit.core.bench.machine import machine_lines
 from toolkit.core.bench.roof import compute_kind, roof_lines
 from toolkit.core.fsio import atomic_write
 
-ROW_KEY = ("model", "precision", "provider", "backend", "batch_size", "compute")
+# What identifies a row: rows of two runs that agree on these are compared (--compare).
+ROW_KEY = ("model", "precision", "provider", "backend", "batch_size", "compute", "schedule")
 TABLE_COLUMNS = ("model", "precision", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "vs torch",
                  "vs fp32", "ISA roof", "GEMM roof", "accuracy", "size MB", "session s", "runs")
 
@@ -67,8 +68,10 @@ def compare_rows(new: dict, old: dict) -> list[dict]:
 # ----------------------------------------------------------------------------- the table
 
 def runtime_label(row: dict) -> str:
-    """`onnxruntime cuda`, `openvino`, …; `*` marks a row whose compute nodes did not all run on its provider."""
+    """`onnxruntime cuda`, `openvino, 2 streams × 32`, …; `*` marks a row whose compute nodes did not
+    all run on its provider."""
     label = f"onnxruntime {row['provider']}" if row["backend"] == "onnxruntime" else row["backend"]
+    label += f", {row['schedule']}" if row.get("schedule") else ""
     return label + " *" if row.get("placement_ok") is False else label
 
 
@@ -77,12 +80,12 @@ def precision_label(row: dict) -> str:
 
 
 def _fp32_reference(rows: list[dict], row: dict) -> dict | None:
-    """The fp32 row this row's throughput is compared with: same runtime, provider and batch,
-    computing in f32; for a PyTorch row, onnxruntime's."""
+    """The fp32 row this row's throughput is compared with: same runtime, provider, schedule and
+    batch, computing in f32; for a PyTorch row, onnxruntime's plain one."""
     runtime = "onnxruntime" if row["backend"] == "torch" else row["backend"]
     return next((r for r in rows if r["model"] == row["model"] and r["batch_size"] == row["batch_size"]
                  and r["backend"] == runtime and r["provider"] == row["provider"] and r["precision"] == "fp32"
-                 and not r.get("compute")), None)
+                 and not r.get("compute") and r.get("schedule") == row.get("schedule")), None)
 
 
 def _percent(share: float | None) -> str:
@@ -157,14 +160,17 @@ def roof_table(doc: dict) -> list[str]:
     return lines
 
 
-def _row(rows: list[dict], model: str, batch: int, precision: str, backend: str) -> dict | None:
-    return next((r for r in rows if (r["model"], r["batch_size"], r["precision"], r["backend"]) ==
-                 (model, batch, precision, backend) and not r.get("compute")), None)
+def _row(rows: list[dict], model: str, batch: int, precision: str, backend: str, best: bool = False) -> dict | None:
+    """The plain row (no schedule) of a model, batch, precision and runtime computing in its own
+    precision; with `best`, the fastest of that runtime's rows whatever their schedule."""
+    found = [r for r in rows if (r["model"], r["batch_size"], r["precision"], r["backend"]) ==
+             (model, batch, precision, backend) and not r.get("compute") and (best or not r.get("schedule"))]
+    return max(found, key=lambda r: r["throughput"]) if found else None
 
 
 def summary_lines(doc: dict) -> list[str]:
     """Per model with int8 rows, one sentence: batch-1 latency and largest-batch throughput of the
-    best int8 runtime against fp32 and PyTorch, and its share of the measured int8 roof."""
+    best int8 runtime (and schedule) against fp32 and PyTorch, and its share of the measured int8 roof."""
     rows, lines = doc["rows"], []
     for model in dict.fromkeys(r["model"] for r in rows if r["precision"] == "int8" and r["provider"] in
                                ("cpu", "openvino")):
@@ -173,8 +179,8 @@ def summary_lines(doc: dict) -> list[str]:
         small, large = min(r["batch_size"] for r in int8), max(r["batch_size"] for r in int8)
         fastest = min((r for r in int8 if r["batch_size"] == small), key=lambda r: r["p50_ms"])
         best = max((r for r in int8 if r["batch_size"] == large), key=lambda r: r["throughput"])
-        ort_int8 = _row(rows, model, large, "int8", "onnxruntime")
-        ort_fp32 = _row(rows, model, large, "fp32", "onnxruntime")
+        ort_int8 = _row(rows, model, large, "int8", "onnxruntime", best=True)
+        ort_fp32 = _row(rows, model, large, "fp32", "onnxruntime", best=True)
         eager = _row(rows, model, small, "fp32", "torch")
         fp32_small = _row(rows, model, small, "fp32", "onnxruntime")
         text = f"{model}: int8 at batch {small} p50 {fastest['p50_ms']:.3f} ms ({runtime_label(fastest)})"
@@ -185,10 +191,10 @@ def summary_lines(doc: dict) -> list[str]:
         text += f"; at batch {large} {best['throughput']:,.0f} img/s ({runtime_label(best)})"
         if best.get("isa_roof_share"):
             text += f", {best['isa_roof_share']:.0%} of the measured int8 roof"
-        if ort_int8 and ort_int8 is not best:
-            text += f"; onnxruntime int8 {ort_int8['throughput']:,.0f} img/s"
-        if ort_fp32:
-            text += f"; onnxruntime fp32 {ort_fp32['throughput']:,.0f} img/s"
+        for name, row in (("int8", ort_int8), ("fp32", ort_fp32)):
+            if row and row is not best:
+                text += f"; onnxruntime {name} {row['throughput']:,.0f} img/s"
+                text += f" ({row['schedule']})" if row.get("schedule") else ""
         lines.append(text + ".")
     return lines
 
