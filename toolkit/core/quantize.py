@@ -34,7 +34,9 @@ from toolkit.core.int8_recipe import (
     OPENVINO_RECIPE,
     Int8Recipe,
     drop_output_qdq,
+    drop_unused_initializers,
     finish_input_head,
+    flatten_nhwc,
     fold_input_head,
 )
 from toolkit.core.options import CALIBRATION_METHODS, INT8_TARGETS
@@ -171,10 +173,13 @@ def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray
         head = fold_input_head(model, recipe.border, recipe.pack)
         if head is not None:
             extra["TensorQuantOverrides"] = head.overrides()
-            source = out_path.with_name(f".{out_path.name}.head.onnx")
-            onnx.save(model, str(source))
-    # A packed head's unpacking Transposes run in uint8 (onnxruntime's NHWC layout then cancels them).
-    op_types = list(QUANTIZABLE_OPS + PASS_THROUGH_OPS) + (["Transpose"] if head and head.packed else [])
+    flattened = flatten_nhwc(model) if recipe and recipe.nhwc_flatten else 0
+    if head is not None or flattened:
+        source = out_path.with_name(f".{out_path.name}.head.onnx")
+        onnx.save(model, str(source))
+    # A packed head's unpacking Transposes and an NHWC flatten's Transpose run in uint8 (onnxruntime's
+    # NHWC layout then cancels them).
+    op_types = list(QUANTIZABLE_OPS + PASS_THROUGH_OPS) + (["Transpose"] if flattened or (head and head.packed) else [])
     try:
         quantize_static(str(source), str(out_path), _reader(input_name, calibration, advance=advance),
                         quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel if recipe else True,
@@ -190,7 +195,8 @@ def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray
         finish_input_head(quantized, head)
     if recipe and recipe.float_logits:
         drop_output_qdq(quantized)
-    if head is not None or (recipe and recipe.float_logits):
+    if recipe:
+        drop_unused_initializers(quantized)
         onnx.save(quantized, str(out_path))
     return quantized
 

@@ -262,7 +262,7 @@ def _pairs(models: list[Path], providers: list[str]) -> list[tuple[Path, str]]:
 def make_row(plan: Plan, cfg: BenchConfig) -> dict:
     """One result row: the keys that identify it, the statistics, the settings, then the facts."""
     facts = dict(plan.facts)
-    head = {k: facts.pop(k) for k in ROW_KEY}
+    head = {k: facts.pop(k, None) for k in ROW_KEY}
     return {**head, **latency_stats(plan.timings, head["batch_size"]),
             "accuracy": plan.accuracy[0] if plan.accuracy else None,
             "accuracy_n": plan.accuracy[1] if plan.accuracy else None,
