@@ -334,13 +334,14 @@ def flatten_nhwc(model: onnx.ModelProto) -> int:
     consts = {t.name: t for t in graph.initializer}
     users = _consumers(graph)
     inferred = onnx.shape_inference.infer_shapes(model).graph
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+    # Unknown dimensions read as 0, which no check below accepts.
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in [*inferred.value_info, *inferred.input]}
     done = 0
     for reshape in [n for n in graph.node if n.op_type == "Reshape"]:
         dims = shapes.get(reshape.input[0], [])
         following = users.get(reshape.output[0], [])
-        if len(dims) != 4 or None in dims[1:] or dims[2] * dims[3] == 1 or reshape.input[1] not in consts \
+        if len(dims) != 4 or 0 in dims[1:] or dims[2] * dims[3] == 1 or reshape.input[1] not in consts \
                 or len(following) != 1 or following[0].op_type not in ("Gemm", "MatMul"):
             continue
         channels, height, width = dims[1:]
