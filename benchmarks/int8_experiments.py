@@ -14,7 +14,9 @@ file's accuracy is measured on the 5,000 validation images. The guard is the shi
 2. Per-node profile of the baseline at batch 256 (onnxruntime's profiler), and of the new recipe.
 3. Variants of the file, one change at a time and together (CPU_RECIPE, what `toolkit export` and
    `toolkit quantize` now build), then session options on the new file: optimisation level, a
-   saved optimised model, thread spinning, dynamic scheduling — and OpenVINO on three of the files.
+   saved optimised model, thread spinning, dynamic scheduling — OpenVINO on three of the files —
+   and schedules (toolkit/core/streams.py: the batch cut into micro-batches on 1 or 2 streams) for
+   the new file in onnxruntime and the unpacked one in OpenVINO.
 4. Every row is timed in the same process, interleaved in rounds, at batch 256 and batch 1. A
    row's ratio to the baseline is the median over rounds of the baseline's median time per run in
    a round over the row's in the same round: pairs measured seconds apart, so load that comes and
@@ -38,6 +40,7 @@ from toolkit.core.fsio import atomic_write_text
 from toolkit.core.int8_recipe import CPU_RECIPE, OPENVINO_RECIPE, TODAY_RECIPE
 from toolkit.core.quantize_classifier import read_quantization_data
 from toolkit.core.sessions import open_model
+from toolkit.core.streams import Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 FP32 = ROOT / "models" / "cifar_cnn.onnx"
@@ -55,7 +58,9 @@ FILE_VARIANTS = [
      replace(TODAY_RECIPE, float_logits=True), ()),
     ("unpacked recipe", "integer head + float logits, first conv not packed (OPENVINO_RECIPE: target openvino)",
      OPENVINO_RECIPE, ()),
-    ("new recipe", "integer head + float logits + the first conv packed 4 pixels wide (CPU_RECIPE, the default)",
+    ("packed recipe", "integer head + float logits + the first conv packed 4 pixels wide (default until the flatten)",
+     replace(CPU_RECIPE, nhwc_flatten=False), ()),
+    ("new recipe", "the packed recipe + the first Gemm reading the pooled map in NHWC order (CPU_RECIPE, the default)",
      CPU_RECIPE, ()),
     ("new recipe, per-tensor weights", "one weight scale per tensor instead of per output channel",
      replace(CPU_RECIPE, per_channel=False), ()),
@@ -63,6 +68,9 @@ FILE_VARIANTS = [
      replace(CPU_RECIPE, weight_type="uint8"), ()),
     ("today, conv1 in float", "the first convolution (3 input channels) kept in fp32", TODAY_RECIPE, ("node_conv2d",)),
 ]
+# (file, provider, schedule): the batch cut into micro-batches run on streams (toolkit/core/streams.py)
+SCHEDULE_VARIANTS = [("new recipe", "cpu", "2x32"), ("new recipe", "cpu", "1x32"),
+                     ("unpacked recipe", "openvino", "1x64"), ("unpacked recipe", "openvino", "2x32")]
 # (name, what changed, session config entries, graph optimisation level, offline-optimised file)
 SESSION_VARIANTS = [
     ("new recipe, level extended", "graph optimisation EXTENDED (no NHWC layout transformer)", {}, "extended", False),
@@ -181,6 +189,18 @@ def main() -> None:
                                                 model.run, runners[name][2])
         except Exception as exc:  # noqa: BLE001  (OpenVINO is optional; the table says it is missing)
             print(f"OpenVINO rows skipped: {exc}")
+        for name, provider, spec in SCHEDULE_VARIANTS:
+            schedule = Schedule.parse(spec)
+            try:
+                model = open_model(files[name], provider, threads=threads, schedule=schedule)
+            except Exception as exc:  # noqa: BLE001  (OpenVINO is optional)
+                print(f"{name} on {provider}, {schedule.label}: skipped ({exc})")
+                continue
+            runtime = "OpenVINO" if provider == "openvino" else "onnxruntime"
+            each = threads // schedule.streams
+            what = (f"{runtime}, the batch cut into micro-batches of {schedule.micro_batch} run on "
+                    f"{schedule.label.split(' ×')[0]} ({each} thread{'s' if each > 1 else ''} each)")
+            runners[f"{name}, {runtime}, {schedule.label}"] = (what, model.run, runners[name][2])
         cfg = bench.BenchConfig(models=[], threads=threads, warmup=5, seconds=args.seconds, rounds=args.rounds)
         plans = [bench.Plan({"variant": name, "batch_size": b},
                             (lambda i, run=run, xs=batches[b]: run(xs[i % len(xs)])))

@@ -7,14 +7,17 @@ Measures every shipped model that exists (models/cifar_cnn.onnx, .fp16.onnx, .in
 models/dcgan.onnx) on every provider that can really create a session here (cpu and openvino; cuda
 and tensorrt on a GPU machine) — OpenVINO in f32 and, for float files, in bf16 as rows of their own
 — at batch sizes 1, 8, 64 and 256, plus the PyTorch eager fp32 baseline of each net, all in one
-process. The rows are interleaved: `--rounds` rounds, each giving every row `--seconds / --rounds`
-of counted runs in turn, so a noisy neighbour or a clock change hits every row alike and the ratios
-stay fair. The roof (all-core clock, int8/fp32/bf16 issue rates, each runtime's best GEMM) is
-measured in the same run and every row gets its share of it. With data/cifar10-jpeg/train present
+process. The CPU rows come once per schedule (toolkit/core/streams.py): one call per batch (the
+plain rows), the batch cut into micro-batches of 64 on one stream, and micro-batches of 32 on two
+streams of one thread each — each only where it cuts the batch (64 and 256). The rows are
+interleaved: `--rounds` rounds, each giving every row `--seconds / --rounds` of counted runs in turn,
+so a noisy neighbour or a clock change hits every row alike and the ratios stay fair. The roof
+(all-core clock, int8/fp32/bf16 issue rates, each runtime's best GEMM) is measured in the same run
+and every row gets its share of it. With data/cifar10-jpeg/train present
 (`make data`), the inputs are its validation images and classifier rows report their accuracy.
 
 <machine> is a short slug of the hardware (e.g. cpu-amd-epyc-2c, gpu-nvidia-h100-80gb-hbm3), so
-results from different machines sit side by side. On the 2-core dev machine it takes about 4
+results from different machines sit side by side. On the 2-core dev machine it takes about 10
 minutes. Anything else running on the machine shows up in the numbers: check the p99 column and
 `uptime` first.
 """
@@ -26,9 +29,11 @@ from pathlib import Path
 from toolkit.build.torch_bench import torch_rows
 from toolkit.core import bench
 from toolkit.core.sessions import ModelError, ProviderError, usable_providers
+from toolkit.core.streams import Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH_SIZES = [1, 8, 64, 256]
+SCHEDULES = ["1", "1x64", "2x32"]
 DEFAULT_DATA = ROOT / "data" / "cifar10-jpeg" / "train"
 
 
@@ -41,6 +46,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_dir() else None,
                         help="class-per-folder tree for real inputs and accuracy (default: data/cifar10-jpeg/train "
                              "when present)")
+    parser.add_argument("--schedule", action="append",
+                        help=f"STREAMS[xMICRO], repeatable (default {' '.join(SCHEDULES)})")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="report folder")
     args = parser.parse_args()
 
@@ -48,14 +55,20 @@ def main() -> None:
     if not models:
         sys.exit("error: no shipped models in models/ — run `make models` first")
     providers = usable_providers()
+    try:
+        schedules = [Schedule.parse(text) for text in args.schedule or SCHEDULES]
+    except ValueError as exc:
+        sys.exit(f"error: --schedule: {exc}")
     print(f"models: {', '.join(m.name for m in models)}; providers: {', '.join(providers)}; batch sizes: "
-          f"{BATCH_SIZES}; {args.seconds:g} s per row in {args.rounds} rounds; data: {args.data or 'none'}", flush=True)
+          f"{BATCH_SIZES}; schedules: {', '.join(s.spec for s in schedules)}; {args.seconds:g} s per row in "
+          f"{args.rounds} rounds; data: {args.data or 'none'}", flush=True)
     cfg = bench.BenchConfig(models=models, providers=providers, batch_sizes=BATCH_SIZES, threads=args.threads or None,
                             warmup=args.warmup, seconds=args.seconds, rounds=args.rounds, data=args.data,
-                            precision_hints=["f32", "bf16"], torch_rows=torch_rows)
+                            precision_hints=["f32", "bf16"], torch_rows=torch_rows, schedules=schedules)
 
     def on_row(row: dict) -> None:
         hint = f" ({row['compute']})" if row.get("compute") else ""
+        hint += f", {row['schedule']}" if row.get("schedule") else ""
         share = f", {row['isa_roof_share']:.0%} of the ISA roof" if row.get("isa_roof_share") else ""
         print(f"  {row['model']} {row['precision']}{hint} {row['provider']} {row['backend']} batch "
               f"{row['batch_size']}: p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms, "
