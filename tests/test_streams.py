@@ -119,3 +119,29 @@ def test_bench_schedule_errors(tiny, args, message):
     result = CliRunner().invoke(app, ["bench", "--model", str(tiny), "--runs", "1", "--no-roof", *args])
     assert result.exit_code != 0 and message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_python_api_takes_a_spec(tiny):
+    import toolkit
+
+    model = toolkit.open_model(tiny, threads=2, schedule="2x3")
+    assert model.schedule == Schedule(2, 3)
+    with pytest.raises(ValueError):
+        toolkit.open_model(tiny, schedule="fast")
+    doc = toolkit.bench(tiny, batch_sizes=[6], schedules=["1", "2x3"], threads=2, runs=2, warmup=0, roof=False)
+    assert [r["schedule"] for r in doc["rows"]] == [None, "2 streams × 3"]
+
+
+@needs_openvino
+def test_openvino_static_shapes_are_bounded(tiny, monkeypatch):
+    """OpenVINO compiles the model again for each input shape it runs (faster kernels), at most
+    MAX_STATIC_SHAPES of them; later shapes run on the dynamic compile, with the same results."""
+    from toolkit.core import openvino
+
+    monkeypatch.setattr(openvino, "MAX_STATIC_SHAPES", 3)
+    model = open_model(tiny, "openvino", threads=2)
+    reference = open_model(tiny, "cpu", threads=2)
+    x = np.random.default_rng(1).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    for n in range(1, 8):
+        np.testing.assert_allclose(model.run(x[:n]), reference.run(x[:n]), atol=1e-4, rtol=1e-4)
+    assert model.static_shapes is not None and len(model.static_shapes.compiled) == 3

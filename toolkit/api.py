@@ -87,11 +87,14 @@ def export_module(module: str, weights: PathLike, input_size: tuple[int, int], o
                       _triple(mean), _triple(std), data, name, precision, log=log, **quantize_options)
 
 
-def open_model(path: PathLike, provider: str = "cpu", threads: int | None = None) -> Model:
-    """An onnxruntime session on `provider` (no silent fallback) with the model's metadata."""
+def open_model(path: PathLike, provider: str = "cpu", threads: int | None = None, schedule: str = "1") -> Model:
+    """A session on `provider` (no silent fallback) with the model's metadata. `schedule`
+    (cpu, openvino): `2x32` runs each batch as micro-batches of 32 on 2 streams (streams.py);
+    a schedule that cannot be read is a ValueError."""
     from toolkit.core.sessions import open_model as run_open
+    from toolkit.core.streams import Schedule
 
-    return run_open(path, provider, threads=threads)
+    return run_open(path, provider, threads=threads, schedule=Schedule.parse(schedule))
 
 
 def _model(model: Model | PathLike) -> Model:
@@ -122,9 +125,13 @@ def evaluate(model: Model | PathLike, data: PathLike, split: str = "val") -> Eva
 def bench(models: Sequence[PathLike] | PathLike, providers: Sequence[str] = ("cpu",),
           batch_sizes: Sequence[int] = (1, 64), **options: Any) -> dict:
     """Latency and throughput rows (the document `toolkit bench --json` prints). `options` are
-    the remaining BenchConfig fields (warmup, runs, seconds, threads, data, …)."""
+    the remaining BenchConfig fields (warmup, runs, seconds, threads, data, …); `schedules` may be
+    given as specs such as ["1", "2x32"]."""
     from toolkit.core import bench as bench_lib
+    from toolkit.core.streams import Schedule
 
+    if "schedules" in options:
+        options["schedules"] = [s if isinstance(s, Schedule) else Schedule.parse(s) for s in options["schedules"]]
     paths = [models] if isinstance(models, (str, os.PathLike)) else list(models)
     cfg = bench_lib.BenchConfig(models=[Path(p) for p in paths], providers=list(providers),
                                 batch_sizes=list(batch_sizes), **options)
