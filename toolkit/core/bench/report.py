@@ -31,6 +31,11 @@ GPU_NOTE = ("- GPU rows use IO binding (inputs and outputs stay on the device) u
             "is never in the timed runs, and at least one warm-up run follows it. fp16 files are built with fp16 "
             "kernels allowed (`trt_fp16_enable`; TensorRT 10 builds weakly typed networks); int8 files are Q/DQ "
             "graphs whose scales TensorRT takes as they are.")
+SCHEDULE_NOTE = ("- A runtime named with a schedule (`2 streams × 32`) ran each batch as micro-batches of that size "
+                 "on that many concurrent streams, the threads shared out among them (onnxruntime: one session run "
+                 "from that many threads; OpenVINO: its THROUGHPUT hint with exactly that many streams); the "
+                 "latency is still the whole batch's, its outputs those of one call. Without one: one call per "
+                 "batch. OpenVINO runs each input shape on a compile made for exactly that shape.")
 PARTIAL_NOTE = ("- `*` after the runtime: not every compute node (Conv, Gemm, MatMul, …) of that row ran on its "
                 "provider; `compute_elsewhere` in the JSON and the node placement above say which ran where "
                 "(`--strict-placement` refuses such rows).")
@@ -232,6 +237,8 @@ def markdown_report(doc: dict) -> str:
                "input in cache."),
               "- Throughput = batch size / mean latency. Accuracy: top-1 on the validation part of `--data`.",
               OPENVINO_NOTE]
+    if any(r.get("schedule") for r in rows):
+        lines += [SCHEDULE_NOTE]
     if any(r["provider"] not in ("cpu", "openvino") for r in rows):
         lines += [GPU_NOTE]
     if any(r.get("placement_ok") is False for r in rows):
