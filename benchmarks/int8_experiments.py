@@ -78,7 +78,8 @@ SESSION_VARIANTS = [
     ("new recipe, saved optimised model", "optimised once, saved, loaded with optimisation off", {}, "disabled", True),
     ("new recipe, no spinning", "session.intra_op.allow_spinning = 0", {"session.intra_op.allow_spinning": "0"},
      "all", False),
-    ("new recipe, dynamic blocks", "session.dynamic_block_base = 4", {"session.dynamic_block_base": "4"}, "all", False),
+    ("new recipe, dynamic blocks", "session.dynamic_block_base = 4 (kept: open_model sets it)",
+     {"session.dynamic_block_base": "4"}, "all", False),
 ]
 
 
