@@ -17,7 +17,7 @@ and every row gets its share of it. With data/cifar10-jpeg/train present
 (`make data`), the inputs are its validation images and classifier rows report their accuracy.
 
 <machine> is a short slug of the hardware (e.g. cpu-amd-epyc-2c, gpu-nvidia-h100-80gb-hbm3), so
-results from different machines sit side by side. On the 2-core dev machine it takes about 10
+results from different machines sit side by side. On the 2-core dev machine it takes about 25
 minutes. Anything else running on the machine shows up in the numbers: check the p99 column and
 `uptime` first.
 """

@@ -159,8 +159,8 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
-    # Smaller blocks at the end of each parallel loop, so both threads finish together: 1.02–1.03×
-    # at batch 256 on the CNN's int8 file in two interleaved runs, batch 1 unchanged
+    # Smaller blocks at the end of each parallel loop, so both threads finish together: 1.00–1.03×
+    # at batch 256 on the CNN's int8 file in three interleaved runs, never slower, batch 1 unchanged
     # (benchmarks/results/int8-experiments.md, "dynamic blocks").
     so.add_session_config_entry("session.dynamic_block_base", "4")
     if threads or not schedule.plain:
