@@ -145,3 +145,4 @@ def test_openvino_static_shapes_are_bounded(tiny, monkeypatch):
     for n in range(1, 8):
         np.testing.assert_allclose(model.run(x[:n]), reference.run(x[:n]), atol=1e-4, rtol=1e-4)
     assert model.static_shapes is not None and len(model.static_shapes.compiled) == 3
+    assert len(model.runner.first) == 4             # one request per compile: 3 static + the dynamic one

@@ -65,11 +65,13 @@ class OpenVINOModel(Model):
         shapes = self.static_shapes
 
         def call(requests: dict, feeds: Feeds) -> list[np.ndarray]:
+            # Keyed by the compile, not the shape: shapes past the bound share the dynamic compile's
+            # request, so a stream holds at most MAX_STATIC_SHAPES + 1 requests.
             key = tuple((name, array.shape) for name, array in feeds.items())
-            if key not in requests:
-                compiled = shapes.compiled_for(key) if shapes is not None else self.session
-                requests[key] = (compiled.create_infer_request(), list(compiled.outputs))
-            request, ports = requests[key]
+            compiled = shapes.compiled_for(key) if shapes is not None else self.session
+            if id(compiled) not in requests:
+                requests[id(compiled)] = (compiled.create_infer_request(), list(compiled.outputs))
+            request, ports = requests[id(compiled)]
             result = request.infer(feeds, share_inputs=True)
             return [np.asarray(result[port]) for port in ports]
         return Runner(self.schedule, [{} for _ in range(self.schedule.streams)], call)
