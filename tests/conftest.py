@@ -57,3 +57,15 @@ def fresh_onnx(tmp_path_factory, fresh_weights, class_tree) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "cnn.onnx"
     export_classifier(out, fresh_weights, class_tree, log=lambda *_: None)
     return out
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch) -> Path:
+    """A tiny uint8-image classifier (tests/test_bench.py's tiny_classifier), with no shipped models
+    in reach and a cache folder of its own; shared by the OpenVINO and streams tests."""
+    import toolkit.zoo as zoo
+    from tests.test_bench import tiny_classifier  # here, not at the top: test_bench imports this module
+
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path / "no-models")
+    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "cache"))
+    return tiny_classifier(tmp_path / "tiny.onnx")

@@ -14,20 +14,13 @@ from typer.testing import CliRunner
 
 import toolkit.zoo as zoo
 from tests.conftest import write_class_tree
-from tests.test_bench import LABELS, tiny_classifier
+from tests.test_bench import LABELS
 from toolkit.cli import app
 from toolkit.core.openvino import OpenVINOModel
 from toolkit.core.openvino import version as openvino_version
 from toolkit.core.sessions import ModelError, ProviderError, open_model
 
 pytestmark = pytest.mark.skipif(openvino_version() is None, reason="openvino is not installed (toolkit[openvino])")
-
-
-@pytest.fixture
-def tiny(tmp_path, monkeypatch):
-    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path / "no-models")
-    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "cache"))
-    return tiny_classifier(tmp_path / "tiny.onnx")
 
 
 def test_same_interface_and_results_as_onnxruntime(tiny, tmp_path):

@@ -11,21 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import toolkit.zoo as zoo
-from tests.test_bench import tiny_classifier
 from toolkit.cli import app
 from toolkit.core.openvino import version as openvino_version
 from toolkit.core.sessions import ProviderError, open_model
 from toolkit.core.streams import PLAIN, Runner, Schedule, batch_of
 
 needs_openvino = pytest.mark.skipif(openvino_version() is None, reason="openvino is not installed")
-
-
-@pytest.fixture
-def tiny(tmp_path, monkeypatch):
-    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path / "no-models")
-    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "cache"))
-    return tiny_classifier(tmp_path / "tiny.onnx")
 
 
 @pytest.mark.parametrize("text, streams, micro, label", [
