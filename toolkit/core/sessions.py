@@ -36,7 +36,7 @@ import numpy as np
 
 from toolkit.core import gpu
 from toolkit.core.model import DEFAULT_CACHE, Model, ModelError, ProviderError, first_line, first_run
-from toolkit.core.streams import PLAIN, Schedule
+from toolkit.core.streams import PLAIN, Schedule, available_cores
 from toolkit.core.tensorrt import (
     EngineCache,
     cache_key,
@@ -144,7 +144,7 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
         if provider not in ("cpu", "openvino"):
             raise ProviderError(f"streams and micro-batches apply to the cpu and openvino providers, not {provider}")
         try:
-            per_stream = schedule.threads_per_stream(threads or len(os.sched_getaffinity(0)))
+            per_stream = schedule.threads_per_stream(threads or available_cores())
         except ValueError as exc:
             raise ProviderError(str(exc)) from None
     if provider == "openvino":

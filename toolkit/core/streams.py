@@ -13,6 +13,7 @@ batch on its own, so item i's outputs are those of running it alone (the tests c
 
 from __future__ import annotations
 
+import os
 import queue
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +81,12 @@ class Schedule:
 
 
 PLAIN = Schedule()
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the host's count): the threads a
+    schedule shares out when none are given."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def batch_of(feeds: Feeds) -> int:

@@ -3,7 +3,6 @@ library versions, and a short slug that names the result files. Never imports to
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 import subprocess
@@ -11,6 +10,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from toolkit.core.sessions import tensorrt_version
+from toolkit.core.streams import available_cores
 
 ISA_FLAGS = {"AVX2": "avx2", "AVX-512": "avx512f", "AVX-512 VNNI": "avx512_vnni", "AVX-VNNI": "avx_vnni",
              "AVX-512 BF16": "avx512_bf16", "AMX": "amx_int8"}
@@ -27,11 +27,6 @@ def _cpuinfo() -> dict[str, str]:
         key, _, value = line.partition(":")
         info[key.strip()] = value.strip()
     return info
-
-
-def available_cores() -> int:
-    """Cores this process may run on (the affinity mask, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _max_clock_mhz() -> float | None:
