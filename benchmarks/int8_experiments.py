@@ -16,7 +16,7 @@ file's accuracy is measured on the 5,000 validation images. The guard is the shi
    `toolkit quantize` now build), then session options on the new file: optimisation level, a
    saved optimised model, thread spinning, dynamic scheduling — OpenVINO on three of the files —
    and schedules (toolkit/core/streams.py: the batch cut into micro-batches on 1 or 2 streams) for
-   the new file in onnxruntime and the unpacked one in OpenVINO.
+   the new file in onnxruntime and the OpenVINO files (unpacked, NHWC head) in OpenVINO.
 4. Every row is timed in the same process, interleaved in rounds, at batch 256 and batch 1. A
    row's ratio to the baseline is the median over rounds of the baseline's median time per run in
    a round over the row's in the same round: pairs measured seconds apart, so load that comes and
@@ -56,8 +56,10 @@ FILE_VARIANTS = [
      replace(TODAY_RECIPE, integer_head=True, border="zero-point"), ()),
     ("float logits", "no Quantize/Dequantize pair on the output: the last QGemm writes float",
      replace(TODAY_RECIPE, float_logits=True), ()),
-    ("unpacked recipe", "integer head + float logits, first conv not packed (OPENVINO_RECIPE: target openvino)",
-     OPENVINO_RECIPE, ()),
+    ("unpacked recipe", "integer head + float logits, first conv not packed (the OpenVINO files before the NHWC head)",
+     replace(OPENVINO_RECIPE, nhwc_head=False, nhwc_flatten=False), ()),
+    ("OpenVINO recipe", ("the unpacked recipe, padded and dequantized before the input's Transpose, NHWC flatten "
+     "(OPENVINO_RECIPE: target openvino)"), OPENVINO_RECIPE, ()),
     ("packed recipe", "integer head + float logits + the first conv packed 4 pixels wide (default until the flatten)",
      replace(CPU_RECIPE, nhwc_flatten=False), ()),
     ("new recipe", "the packed recipe + the first Gemm reading the pooled map in NHWC order (CPU_RECIPE, the default)",
@@ -70,7 +72,8 @@ FILE_VARIANTS = [
 ]
 # (file, provider, schedule): the batch cut into micro-batches run on streams (toolkit/core/streams.py)
 SCHEDULE_VARIANTS = [("new recipe", "cpu", "2x32"), ("new recipe", "cpu", "1x32"),
-                     ("unpacked recipe", "openvino", "1x64"), ("unpacked recipe", "openvino", "2x32")]
+                     ("unpacked recipe", "openvino", "1x64"), ("OpenVINO recipe", "openvino", "1x64"),
+                     ("OpenVINO recipe", "openvino", "2x32")]
 # (name, what changed, session config entries, graph optimisation level, offline-optimised file)
 SESSION_VARIANTS = [
     ("new recipe, level extended", "graph optimisation EXTENDED (no NHWC layout transformer)", {}, "extended", False),
@@ -184,7 +187,7 @@ def main() -> None:
             session = ort_session(source, threads, level, config)
             runners[name] = (what, lambda x, s=session: s.run(None, {"image": x}), runners["new recipe"][2])
         try:
-            for name in ("today", "unpacked recipe", "new recipe"):
+            for name in ("today", "unpacked recipe", "OpenVINO recipe", "new recipe"):
                 model = open_model(files[name], "openvino", threads=threads)
                 runners[f"{name}, OpenVINO"] = ("the same file in OpenVINO 2026 (LATENCY hint, f32 float parts)",
                                                 model.run, runners[name][2])

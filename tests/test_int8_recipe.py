@@ -5,8 +5,6 @@ onnxruntime with the first convolution reading the uint8 pixels directly. Graphs
 Run: .venv/bin/pytest tests/test_int8_recipe.py
 """
 
-from dataclasses import replace
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -138,8 +136,8 @@ def test_quantized_with_the_recipe(tmp_path, images):
     plain = quantize.quantize_int8_static(pre, tmp_path / "plain.onnx", calibration, recipe=int8_recipe.TODAY_RECIPE)
     tuned = quantize.quantize_int8_static(pre, tmp_path / "tuned.onnx", calibration, target="openvino")
     onnx.checker.check_model(tuned, full_check=True)
-    first_dq = next(n for n in tuned.graph.node
-                    if n.op_type == "DequantizeLinear" and n.input[0] == "toolkit_int8/filled")
+    first_dq = next(n for n in tuned.graph.node                       # OpenVINO's head pads in NHWC
+                    if n.op_type == "DequantizeLinear" and n.input[0] == "toolkit_int8/nhwc/filled")
     scale = next(t for t in tuned.graph.initializer if t.name == first_dq.input[1])
     assert float(numpy_helper.to_array(scale)) == 1.0                  # pixels are exact as uint8
     assert not any(n.op_type == "Cast" for n in tuned.graph.node)     # no float round trip left
@@ -167,67 +165,3 @@ def test_drop_output_qdq_keeps_other_pairs():
     assert [n.name for n in model.graph.node] == ["relu", "q2", "dq2", "relu2"]
     assert list(model.graph.node[0].output) == ["y"]
     onnx.checker.check_model(model, full_check=True)
-
-
-def flatten_cnn(gemm: bool) -> onnx.ModelProto:
-    """float [N, 3, 4, 4] → Conv(3→5) → Relu → Reshape [N, 80] → Gemm (transB) | MatMul → logits."""
-    rng = np.random.default_rng(3)
-    fc = rng.standard_normal((2, 80) if gemm else (80, 2)).astype(np.float32)
-    consts = [numpy_helper.from_array(rng.standard_normal((5, 3, 3, 3)).astype(np.float32), "w"),
-              numpy_helper.from_array(np.array([-1, 80], np.int64), "shape"), numpy_helper.from_array(fc, "fc")]
-    head = helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1) if gemm else \
-        helper.make_node("MatMul", ["flat", "fc"], ["logits"])
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("Reshape", ["r", "shape"], ["flat"]), head]
-    graph = helper.make_graph(nodes, "f", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], consts)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-@pytest.mark.parametrize("gemm", [True, False])
-def test_flatten_nhwc_is_the_same_function(gemm):
-    x = np.random.default_rng(4).standard_normal((3, 3, 4, 4)).astype(np.float32)
-
-    def logits(model):
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        return session.run(None, {"x": x})[0]
-
-    model = flatten_cnn(gemm)
-    reference = logits(model)
-    assert int8_recipe.flatten_nhwc(model) == 1
-    onnx.checker.check_model(model, full_check=True)
-    transpose = next(n for n in model.graph.node if n.op_type == "Transpose")
-    assert list(transpose.attribute[0].ints) == [0, 2, 3, 1]
-    np.testing.assert_allclose(logits(model), reference, rtol=1e-5, atol=1e-5)
-    # A map of one pixel needs no reorder, and a Reshape whose reader is not a Gemm is left alone.
-    again = flatten_cnn(gemm)
-    again.graph.node[3].op_type = "Add"
-    assert int8_recipe.flatten_nhwc(again) == 0
-
-
-def test_quantized_flatten_runs_without_a_transpose(tmp_path):
-    """In the quantized file the NHWC flatten's Transpose moves uint8, and onnxruntime's layout
-    cancels it against its own: the optimised graph keeps only the input's (the float input is NCHW)."""
-    fp32, pre = tmp_path / "fp32.onnx", tmp_path / "pre.onnx"
-    model = flatten_cnn(gemm=True)
-    onnx.save(model, fp32)
-    quantize.preprocess_for_quantization(fp32, pre)
-    calibration = np.random.default_rng(5).standard_normal((16, 3, 4, 4)).astype(np.float32)
-    flat = quantize.quantize_int8_static(pre, tmp_path / "flat.onnx", calibration, recipe=int8_recipe.CPU_RECIPE)
-    assert any(n.op_type == "Transpose" for n in flat.graph.node)
-    read = {name for n in flat.graph.node for name in n.input}
-    assert all(t.name in read for t in flat.graph.initializer)        # no dead initializers left behind
-    quantize.quantize_int8_static(pre, tmp_path / "plain.onnx", calibration,
-                                  recipe=replace(int8_recipe.CPU_RECIPE, nhwc_flatten=False))
-
-    def transposes_left(name: str) -> int:
-        options = ort.SessionOptions()
-        options.optimized_model_filepath = str(tmp_path / f"optimised.{name}")
-        ort.InferenceSession(str(tmp_path / name), options, providers=["CPUExecutionProvider"])
-        return sum(n.op_type == "Transpose" for n in onnx.load(str(tmp_path / f"optimised.{name}")).graph.node)
-
-    assert transposes_left("flat.onnx") == transposes_left("plain.onnx") - 1 == 1
-    session = ort.InferenceSession(str(tmp_path / "flat.onnx"), providers=["CPUExecutionProvider"])
-    x = calibration[:4]
-    reference = ort.InferenceSession(fp32.read_bytes(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    assert np.abs(session.run(None, {"x": x})[0] - reference).max() < 0.25 * np.abs(reference).max()

@@ -42,14 +42,16 @@ class Int8Recipe:
     per_channel: bool = True            # per-output-channel weight scales (else one per tensor)
     weight_type: str = "int8"           # int8 | uint8 (VNNI multiplies uint8 × int8 natively)
     pack: bool = True                   # the first conv reads G neighbouring pixels as one (see fold_input_head)
-    nhwc_flatten: bool = True           # flatten NHWC before the first Gemm (see flatten_nhwc)
+    nhwc_flatten: bool = True           # flatten NHWC before the first Gemm (see int8_nhwc.flatten_nhwc)
+    nhwc_head: bool = False             # pad and dequantize the image before its Transpose (int8_nhwc.nhwc_input_head)
 
 
 CPU_RECIPE = Int8Recipe()                                           # onnxruntime's CPU kernels
-# OpenVINO runs the packed first convolution 2.3× slower (its own layouts do not cancel the
-# unpacking), so its files keep the plain integer head (benchmarks/results/int8-experiments.md).
-# Nor do its layouts cancel the NHWC flatten's Transpose: it would run as a copy of its own.
-OPENVINO_RECIPE = Int8Recipe(pack=False, nhwc_flatten=False)
+# OpenVINO runs the packed first convolution 2× slower (in int8 it is twice the multiply-adds, and
+# OpenVINO's kernels take 3 channels well enough), so its files keep the plain integer head, with the
+# padding and DequantizeLinear moved in front of the input's Transpose: for static shapes OpenVINO's
+# layout then cancels the Transpose, as it does the NHWC flatten's (benchmarks/results/int8-experiments.md).
+OPENVINO_RECIPE = Int8Recipe(pack=False, nhwc_head=True)
 # The recipe before the experiments.
 TODAY_RECIPE = Int8Recipe(integer_head=False, float_logits=False, pack=False, nhwc_flatten=False)
 
@@ -321,49 +323,6 @@ def drop_output_qdq(model: onnx.ModelProto) -> int:
             if name in renames:
                 node.output[i] = renames[name]
     return len(renames)
-
-
-def flatten_nhwc(model: onnx.ModelProto) -> int:
-    """Rewrite, in place, each `x [N, C, H, W] → Reshape [N, C·H·W] → Gemm | MatMul (constant
-    weights)` to flatten x in NHWC order: a Transpose (0, 2, 3, 1) before the Reshape, the weights'
-    C·H·W axis permuted to H·W·C — the same function. onnxruntime runs the convolutions and pooling
-    before it in NHWC and puts a Transpose back to NCHW in front of the Reshape; that Transpose and
-    this one cancel, so the flatten reads the pooled map as it lies (a copy of the whole map fewer).
-    Returns how many flattens were rewritten."""
-    graph = model.graph
-    consts = {t.name: t for t in graph.initializer}
-    users = _consumers(graph)
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    # Unknown dimensions read as 0, which no check below accepts.
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in [*inferred.value_info, *inferred.input]}
-    done = 0
-    for reshape in [n for n in graph.node if n.op_type == "Reshape"]:
-        dims = shapes.get(reshape.input[0], [])
-        following = users.get(reshape.output[0], [])
-        if len(dims) != 4 or 0 in dims[1:] or dims[2] * dims[3] == 1 or reshape.input[1] not in consts \
-                or len(following) != 1 or following[0].op_type not in ("Gemm", "MatMul"):
-            continue
-        channels, height, width = dims[1:]
-        target = numpy_helper.to_array(consts[reshape.input[1]])
-        matmul = following[0]
-        weight = consts.get(matmul.input[1])
-        if list(target)[1:] != [channels * height * width] or weight is None or matmul.input[0] != reshape.output[0] \
-                or len(users.get(weight.name, [])) != 1 or _attribute(matmul, "transA", 0):
-            continue
-        w = numpy_helper.to_array(weight)
-        rows = matmul.op_type == "Gemm" and _attribute(matmul, "transB", 0)      # [O, C·H·W], else [C·H·W, O]
-        permuted = (w.reshape(-1, channels, height, width).transpose(0, 2, 3, 1).reshape(w.shape) if rows
-                    else w.reshape(channels, height, width, -1).transpose(1, 2, 0, 3).reshape(w.shape))
-        weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(permuted), weight.name))
-        nhwc = f"toolkit_int8/flatten_{done}/nhwc"
-        graph.node.append(helper.make_node("Transpose", [reshape.input[0]], [nhwc], perm=[0, 2, 3, 1],
-                                           name=f"toolkit_int8/flatten_{done}"))
-        reshape.input[0] = nhwc
-        done += 1
-    if done:
-        _topological(graph)
-    return done
 
 
 def drop_unused_initializers(model: onnx.ModelProto) -> None:

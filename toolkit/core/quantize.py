@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from toolkit.core.int8_nhwc import flatten_nhwc, nhwc_input_head
 from toolkit.core.int8_recipe import (
     CPU_RECIPE,
     OPENVINO_RECIPE,
@@ -36,7 +37,6 @@ from toolkit.core.int8_recipe import (
     drop_output_qdq,
     drop_unused_initializers,
     finish_input_head,
-    flatten_nhwc,
     fold_input_head,
 )
 from toolkit.core.options import CALIBRATION_METHODS, INT8_TARGETS
@@ -193,6 +193,8 @@ def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray
     quantized = onnx.load(str(out_path))
     if head is not None:
         finish_input_head(quantized, head)
+        if recipe and recipe.nhwc_head:
+            nhwc_input_head(quantized)
     if recipe and recipe.float_logits:
         drop_output_qdq(quantized)
     if recipe:
