@@ -90,7 +90,7 @@ def nhwc_input_head(model: onnx.ModelProto) -> bool:
     where = only_user(pad.output[0], "Where") if pad is not None else None
     last = where if where is not None else transpose
     dequantize = only_user(last.output[0], "DequantizeLinear")
-    if dequantize is None or (pad is not None and where is None) or any(
+    if dequantize is None or dequantize.input[0] != last.output[0] or (pad is not None and where is None) or any(
             name not in consts or numpy_helper.to_array(consts[name]).size != 1 for name in dequantize.input[1:]):
         return False
     height, width, channels = dims[1:]
