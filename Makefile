@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet torch==2.13.0 -e '.[train,dev,openvino]'
-	$(BIN)/python -m toolkit.core.bench --build-only    # the roof probe (C, system compiler; says so if none)
+	$(BIN)/python -m toolkit.edge.bench --build-only    # the roof probe (C, system compiler; says so if none)
 	touch $@
 
 # Every shipped ONNX file except the int8 classifiers (their calibration needs the data set) is

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from toolkit import bench, quantize, wrap  # noqa: E402
-from toolkit.core.fsio import atomic_write_text  # noqa: E402
+from toolkit.edge.data.fsio import atomic_write_text  # noqa: E402
 
 DATA = REPO / "data" / "cifar10-jpeg" / "train"
 RESULTS = REPO / "benchmarks" / "results"
@@ -104,9 +104,9 @@ def export_theirs(path: Path, size: int) -> int:
 
 def classes_predicted(model: Path, size: int, n: int) -> int:
     """How many distinct classes the model predicts for the first `n` validation images."""
-    from toolkit.core.datasets import read_split
-    from toolkit.core.infer import predict
-    from toolkit.core.sessions import open_model
+    from toolkit.edge.data.datasets import read_split
+    from toolkit.edge.infer import predict
+    from toolkit.edge.runtime.ort import open_model
 
     images = read_split(DATA, "val", (size, size), limit=n).images
     return len(set(predict(open_model(model), images, batch_size=32).tolist()))
@@ -125,7 +125,7 @@ def measure(models: list[Path], batch_sizes: list[int], rounds: int, seconds: fl
 
 
 def report(machine: dict, rows: list[dict], facts: dict) -> str:
-    from toolkit.core.bench.machine import machine_lines
+    from toolkit.edge.bench.machine import machine_lines
 
     names = {facts["original"]: "original (theirs)", facts["wrapped"]: "wrapped (contract)",
              facts["int8"]: "wrapped, int8"}

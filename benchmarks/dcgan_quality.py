@@ -1,7 +1,7 @@
 """Sample quality of exported DCGAN generators: sliced Wasserstein distance and diversity.
 
 Compares 2,000 generated faces with the 2,000 held-out validation faces (the last 2,000 files of
-the data set by name, never trained on) using `toolkit.core.quality.sliced_wasserstein` (Karras et al.
+the data set by name, never trained on) using `toolkit.edge.quality.sliced_wasserstein` (Karras et al.
 2018, section 5). A distance alone means little, so the same distance is reported for three
 reference sets against the same validation faces:
 
@@ -36,12 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.core import bench, quality
-from toolkit.core.bench.machine import machine_lines
-from toolkit.core.data import list_images, load_image, resize
-from toolkit.core.fsio import atomic_write_text
-from toolkit.core.infer import generate
-from toolkit.core.sessions import open_model
+from toolkit.edge import bench, quality
+from toolkit.edge.bench.machine import machine_lines
+from toolkit.edge.data.fsio import atomic_write_text
+from toolkit.edge.data.images import list_images, load_image, resize
+from toolkit.edge.infer import generate
+from toolkit.edge.runtime.ort import open_model
 
 HOLDOUT = 2000           # the last 2,000 faces (by name) are kept out of DCGAN training
 # The reference measure of issue #5; one seed for every row, so all rows use the same patch

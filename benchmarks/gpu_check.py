@@ -50,7 +50,7 @@ def die(message: str) -> None:
 
 def preflight() -> None:
     """Exit with one line unless an NVIDIA driver is here (before any GPU wheel is installed)."""
-    from toolkit.core import gpu
+    from toolkit.edge.runtime import gpu
 
     if gpu.cuda_driver_version() is None:
         die("no usable GPU here: no NVIDIA driver (libcuda.so.1 does not load); make gpu-check needs a machine "
@@ -62,9 +62,9 @@ def preflight() -> None:
 def versions() -> None:
     import onnxruntime as ort
 
-    from toolkit.core import gpu
-    from toolkit.core.bench import machine_info
-    from toolkit.core.sessions import ProviderError, check_provider
+    from toolkit.edge.bench import machine_info
+    from toolkit.edge.runtime import gpu
+    from toolkit.edge.runtime.ort import ProviderError, check_provider
 
     try:
         check_provider("cuda")
@@ -94,7 +94,7 @@ if PRELOAD:
 s = ort.InferenceSession(path, providers=["CUDAExecutionProvider"])
 sys.exit(0 if "CUDAExecutionProvider" in s.get_providers() else 3)
 """
-TOOLKIT_PROBE = ("import sys; from toolkit.core.sessions import check_provider; check_provider({provider!r}); "
+TOOLKIT_PROBE = ("import sys; from toolkit.edge.runtime.ort import check_provider; check_provider({provider!r}); "
                  "assert 'torch' not in sys.modules, 'torch was imported'")
 
 
@@ -135,8 +135,8 @@ def gpu_tests() -> list[str]:
 # ----------------------------------------------------------------------------- 4: parity
 
 def real_images(size: tuple[int, int]) -> tuple[np.ndarray, str]:
-    from toolkit.core.data import list_images, load_image, resize
-    from toolkit.core.datasets import read_split
+    from toolkit.edge.data.datasets import read_split
+    from toolkit.edge.data.images import list_images, load_image, resize
 
     if DATA.is_dir():
         return read_split(DATA, "val", size, limit=PARITY_IMAGES).images, f"{PARITY_IMAGES} validation images"
@@ -168,8 +168,8 @@ def shipped_files() -> list[Path]:
 
 
 def parity(out: Path, slug: str) -> list[str]:
-    from toolkit.core.fsio import atomic_write
-    from toolkit.core.sessions import ProviderError, first_run, int8_target, open_model, placement
+    from toolkit.edge.data.fsio import atomic_write
+    from toolkit.edge.runtime.ort import ProviderError, first_run, int8_target, open_model, placement
 
     failures, lines = [], []
     inputs_seen = set()
@@ -236,9 +236,9 @@ def parity(out: Path, slug: str) -> list[str]:
 def benchmark(out: Path, seconds: float) -> list[str]:
     import onnx
 
-    from toolkit.core import bench
-    from toolkit.core.contract import read_metadata
-    from toolkit.core.sessions import int8_target
+    from toolkit.edge import bench
+    from toolkit.edge.contract import read_metadata
+    from toolkit.edge.runtime.ort import int8_target
 
     models = [p for p in shipped_files() if p.name.split(".")[0] in BENCH_STEMS]
     cfg = bench.BenchConfig(models=models, providers=["cpu", "cuda", "tensorrt"], batch_sizes=[1, BATCH],
@@ -273,8 +273,8 @@ def main() -> None:
     preflight()
     if args.preflight:
         return
-    from toolkit.core.bench import machine_slug
-    from toolkit.core.bench.machine import machine_info
+    from toolkit.edge.bench import machine_slug
+    from toolkit.edge.bench.machine import machine_info
 
     start = time.perf_counter()
     failures: list[str] = []

@@ -15,7 +15,7 @@ file's accuracy is measured on the 5,000 validation images. The guard is the shi
 3. Variants of the file, one change at a time and together (CPU_RECIPE, what `toolkit export` and
    `toolkit quantize` now build), then session options on the new file: optimisation level, a
    saved optimised model, thread spinning, dynamic scheduling — OpenVINO on three of the files —
-   and schedules (toolkit/core/streams.py: the batch cut into micro-batches on 1 or 2 streams) for
+   and schedules (toolkit/edge/runtime/streams.py: the batch cut into micro-batches on 1 or 2 streams) for
    the new file in onnxruntime and the OpenVINO files (unpacked, NHWC head) in OpenVINO.
 4. Every row is timed in the same process, interleaved in rounds, at batch 256 and batch 1. A
    row's ratio to the baseline is the median over rounds of the baseline's median time per run in
@@ -34,13 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.core import bench, quantize
-from toolkit.core.datasets import CIFAR10_LABELS
-from toolkit.core.fsio import atomic_write_text
-from toolkit.core.int8_recipe import CPU_RECIPE, OPENVINO_RECIPE, TODAY_RECIPE
-from toolkit.core.quantize_classifier import read_quantization_data
-from toolkit.core.sessions import open_model
-from toolkit.core.streams import Schedule
+from toolkit.edge import bench
+from toolkit.edge.data.datasets import CIFAR10_LABELS
+from toolkit.edge.data.fsio import atomic_write_text
+from toolkit.edge.quantize import variants as quantize
+from toolkit.edge.quantize.classifier import read_quantization_data
+from toolkit.edge.quantize.recipe import CPU_RECIPE, OPENVINO_RECIPE, TODAY_RECIPE
+from toolkit.edge.runtime.ort import open_model
+from toolkit.edge.runtime.streams import Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 FP32 = ROOT / "models" / "cifar_cnn.onnx"
@@ -70,7 +71,7 @@ FILE_VARIANTS = [
      replace(CPU_RECIPE, weight_type="uint8"), ()),
     ("today, conv1 in float", "the first convolution (3 input channels) kept in fp32", TODAY_RECIPE, ("node_conv2d",)),
 ]
-# (file, provider, schedule): the batch cut into micro-batches run on streams (toolkit/core/streams.py)
+# (file, provider, schedule): the batch cut into micro-batches run on streams (toolkit/edge/runtime/streams.py)
 SCHEDULE_VARIANTS = [("new recipe", "cpu", "2x32"), ("new recipe", "cpu", "1x32"),
                      ("unpacked recipe", "openvino", "1x64"), ("OpenVINO recipe", "openvino", "1x64"),
                      ("OpenVINO recipe", "openvino", "2x32")]

@@ -31,12 +31,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from toolkit.core import bench, transforms
-from toolkit.core.bench.machine import machine_lines
-from toolkit.core.data import load_image, resize
-from toolkit.core.datasets import class_folder_files, split_indices
-from toolkit.core.fsio import atomic_write, atomic_write_text
-from toolkit.core.sessions import open_model
+from toolkit.edge import bench
+from toolkit.edge.bench.machine import machine_lines
+from toolkit.edge.data.datasets import class_folder_files, split_indices
+from toolkit.edge.data.fsio import atomic_write, atomic_write_text
+from toolkit.edge.data.images import load_image, resize
+from toolkit.edge.runtime.ort import open_model
+from toolkit.edge.spectral import transforms
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 0

@@ -7,7 +7,7 @@ Measures every shipped model that exists (models/cifar_cnn.onnx, .fp16.onnx, .in
 models/dcgan.onnx) on every provider that can really create a session here (cpu and openvino; cuda
 and tensorrt on a GPU machine) — OpenVINO in f32 and, for float files, in bf16 as rows of their own
 — at batch sizes 1, 8, 64 and 256, plus the PyTorch eager fp32 baseline of each net, all in one
-process. The CPU rows come once per schedule (toolkit/core/streams.py): one call per batch (the
+process. The CPU rows come once per schedule (toolkit/edge/runtime/streams.py): one call per batch (the
 plain rows), the batch cut into micro-batches of 64 on one stream, and micro-batches of 32 on two
 streams of one thread each — each only where it cuts the batch (64 and 256). The rows are
 interleaved: `--rounds` rounds, each giving every row `--seconds / --rounds` of counted runs in turn,
@@ -26,10 +26,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from toolkit.build.torch_bench import torch_rows
-from toolkit.core import bench
-from toolkit.core.sessions import ModelError, ProviderError, usable_providers
-from toolkit.core.streams import Schedule
+from toolkit.edge import bench
+from toolkit.edge.runtime.ort import ModelError, ProviderError, usable_providers
+from toolkit.edge.runtime.streams import Schedule
+from toolkit.pytorch.torch_bench import torch_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH_SIZES = [1, 8, 64, 256]

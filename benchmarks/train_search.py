@@ -2,7 +2,7 @@
 
     python benchmarks/train_search.py --data data/cifar10-jpeg/train --out runs/search --device cuda
 
-Every run is `toolkit.build.train_classifier.train_classifier` with one candidate's overrides of
+Every run is `toolkit.pytorch.train_classifier.train_classifier` with one candidate's overrides of
 the command's defaults (ResNetConfig / ClassifierConfig), i.e. exactly what `toolkit train` runs.
 cifar-resnet: a grid on seed 0, then seeds 1 and 2 of the best candidate. cifar-cnn (5 epochs,
 architecture fixed): every candidate on seeds 0, 1, 2. Results go to OUT/search.json as they
@@ -52,8 +52,8 @@ def decode_all(root: str, workers: int) -> str:
     """Decode the image tree once (in parallel) into an .npz the runs share."""
     import numpy as np
 
-    from toolkit.core.data import load_image
-    from toolkit.core.datasets import class_folder_files
+    from toolkit.edge.data.datasets import class_folder_files
+    from toolkit.edge.data.images import load_image
     files, labels, classes = class_folder_files(root)
     with mp.get_context("spawn").Pool(workers) as pool:
         images = pool.map(load_image, files, chunksize=256)
@@ -66,9 +66,9 @@ def worker(jobs: Any, results: Any, data_path: str, device: str, run_dir: str, d
     import numpy as np
     import torch
 
-    from toolkit.build.nets import resnet
-    from toolkit.build.train_classifier import train_classifier
-    from toolkit.core.datasets import LabelledImages
+    from toolkit.edge.data.datasets import LabelledImages
+    from toolkit.pytorch.nets import resnet
+    from toolkit.pytorch.train_classifier import train_classifier
     from toolkit.recipes import ClassifierConfig, ResNetConfig
 
     torch.set_num_threads(2)

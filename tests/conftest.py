@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.core.datasets import CIFAR10_LABELS
+from toolkit.edge.data.datasets import CIFAR10_LABELS
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "datasets"
@@ -40,8 +40,8 @@ def fresh_weights(tmp_path_factory) -> Path:
     import torch
 
     import toolkit.zoo as zoo
-    from toolkit.build.checkpoint import atomic_save_tensors
-    from toolkit.build.checkpoint import prefixed as _prefixed
+    from toolkit.pytorch.checkpoint import atomic_save_tensors
+    from toolkit.pytorch.checkpoint import prefixed as _prefixed
 
     torch.manual_seed(0)
     net = zoo.CIFAR_CNN.build()
@@ -52,7 +52,7 @@ def fresh_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fresh_onnx(tmp_path_factory, fresh_weights, class_tree) -> Path:
-    from toolkit.build.export import export_classifier
+    from toolkit.pytorch.export import export_classifier
 
     out = tmp_path_factory.mktemp("onnx") / "cnn.onnx"
     export_classifier(out, fresh_weights, class_tree, log=lambda *_: None)

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from toolkit._version import __version__
-from toolkit.core.datasets import CIFAR10_LABELS
+from toolkit.edge.data.datasets import CIFAR10_LABELS
 
 OPSET = 17
 

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 import toolkit.zoo as zoo
 from tests.conftest import write_class_tree
 from toolkit.cli import app
-from toolkit.core import bench
-from toolkit.core.sessions import usable_providers
+from toolkit.edge import bench
+from toolkit.edge.runtime.ort import usable_providers
 
 LABELS = ["cat", "dog"]
 REQUIRED_ROW_KEYS = {"model", "precision", "provider", "backend", "batch_size", "compute", "p50_ms", "p90_ms",
@@ -170,7 +170,7 @@ def test_accuracy_and_real_images_from_data(model_path, tmp_path):
 
 
 def test_onnx_rows_do_not_import_torch(model_path):
-    code = ("import sys; from toolkit.core import bench; "
+    code = ("import sys; from toolkit.edge import bench; "
             f"bench.run_benchmark(bench.BenchConfig(models=[{str(model_path)!r}], batch_sizes=[1], runs=2, warmup=0, "
             "roof=False)); assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -277,7 +277,7 @@ def test_summary_names_the_best_int8_runtime():
 
 
 def test_an_int8_file_for_one_runtime_runs_on_that_runtime(tmp_path):
-    from toolkit.core.bench.measure import _pairs
+    from toolkit.edge.bench.measure import _pairs
 
     def int8_file(name: str, target: str | None):
         graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",

@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from toolkit.cli import app
-from toolkit.core import bench
-from toolkit.core.bench.inputs import TensorSpec, guess_precision, synthesised_feeds
+from toolkit.edge import bench
+from toolkit.edge.bench.inputs import TensorSpec, guess_precision, synthesised_feeds
 
 
 def foreign_nchw(path):

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from tests.test_bench import tiny_classifier
 from toolkit.cli import app
-from toolkit.core import bench
-from toolkit.core.bench import roof
-from toolkit.core.openvino import version as openvino_version
+from toolkit.edge import bench
+from toolkit.edge.bench import roof
+from toolkit.edge.runtime.openvino import version as openvino_version
 
 needs_compiler = pytest.mark.skipif(roof.find_compiler() is None, reason="no C compiler here")
 

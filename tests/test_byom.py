@@ -86,7 +86,7 @@ def export(folder, weights, out, *extra):
 def test_export_module_meets_the_contract_and_matches_torch(tmp_path, user_net, weights):
     import torch
 
-    from toolkit.core.sessions import open_model
+    from toolkit.edge.runtime.ort import open_model
 
     folder, net = user_net
     out = tmp_path / "user.onnx"

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import toolkit.zoo as zoo
 from toolkit.cli import app
-from toolkit.core.datasets import CIFAR10_LABELS
+from toolkit.edge.data.datasets import CIFAR10_LABELS
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -39,8 +39,8 @@ def check_classifier_contract(path, precision):
 def test_fresh_export_meets_the_contract_and_matches_torch(fresh_onnx, fresh_weights):
     import torch
 
-    from toolkit.build.export import classifier_module
-    from toolkit.core.sessions import open_model
+    from toolkit.edge.runtime.ort import open_model
+    from toolkit.pytorch.export import classifier_module
 
     check_classifier_contract(fresh_onnx, "fp32")
     images = np.random.default_rng(1).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
@@ -51,7 +51,7 @@ def test_fresh_export_meets_the_contract_and_matches_torch(fresh_onnx, fresh_wei
 
 
 def test_failing_parity_gate_leaves_no_file(tmp_path, fresh_weights, class_tree, monkeypatch):
-    from toolkit.build import export
+    from toolkit.pytorch import export
     monkeypatch.setattr(export, "FP32_TOLERANCE", -1.0)   # no model can pass: the gate must fail
     out = tmp_path / "gated.onnx"
     with pytest.raises(export.ExportError, match="parity gate failed"):
@@ -145,9 +145,9 @@ SHARED_TRAIN = __import__("tests.conftest", fromlist=["REPO"]).REPO / "data" / "
 @pytest.mark.skipif(not (SHARED_TRAIN.exists()), reason="real data not extracted (make data)")
 def test_shipped_classifier_on_real_validation_images():
     """Integration: the shipped model meets its accuracy on the real validation split."""
-    from toolkit.core.datasets import read_split
-    from toolkit.core.infer import evaluate
-    from toolkit.core.sessions import open_model
+    from toolkit.edge.data.datasets import read_split
+    from toolkit.edge.infer import evaluate
+    from toolkit.edge.runtime.ort import open_model
 
     if not zoo.CIFAR_CNN.onnx_path().exists():
         pytest.skip("no shipped model")
@@ -158,7 +158,7 @@ def test_shipped_classifier_on_real_validation_images():
 
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
 def test_infer_refuses_a_gpu_provider_it_cannot_use(fresh_onnx, mixed_inputs, provider):
-    from toolkit.core.sessions import usable_providers
+    from toolkit.edge.runtime.ort import usable_providers
     if provider in usable_providers():
         pytest.skip(f"{provider} is usable here")
     good, _ = mixed_inputs
@@ -170,8 +170,8 @@ def test_infer_refuses_a_gpu_provider_it_cannot_use(fresh_onnx, mixed_inputs, pr
 # ----------------------------------------------------------------------------- export options
 
 def test_tta_export_averages_the_image_and_its_mirror(tmp_path, fresh_onnx, fresh_weights, class_tree):
-    from toolkit.build.export import export_classifier
-    from toolkit.core.sessions import open_model
+    from toolkit.edge.runtime.ort import open_model
+    from toolkit.pytorch.export import export_classifier
 
     out = tmp_path / "cnn.tta.onnx"
     result = export_classifier(out, fresh_weights, class_tree, log=lambda *_: None, tta=True)
@@ -187,7 +187,7 @@ def test_tta_export_averages_the_image_and_its_mirror(tmp_path, fresh_onnx, fres
 
 
 def test_default_output_names():
-    from toolkit.build.export import default_output
+    from toolkit.pytorch.export import default_output
     spec = zoo.CIFAR_CNN
     assert default_output(spec).name == "cifar_cnn.onnx"
     assert default_output(spec, "fp16", tta=True).name == "cifar_cnn.tta.fp16.onnx"
@@ -210,8 +210,8 @@ def test_every_zoo_classifier_exports_with_batchnorm_folded(tmp_path, model, cla
     """Registry-driven export: any classifier of the zoo, BatchNorm folded (none left in the graph)."""
     import torch
 
-    from toolkit.build.checkpoint import atomic_save_tensors, prefixed
-    from toolkit.build.export import export_classifier
+    from toolkit.pytorch.checkpoint import atomic_save_tensors, prefixed
+    from toolkit.pytorch.export import export_classifier
 
     torch.manual_seed(0)
     net = zoo.REGISTRY[model].build()
@@ -234,7 +234,7 @@ def test_batchnorm_with_a_negative_scale_after_a_pool_stays():
     """Max-pooling commutes only with positive scales: a negative one must not be folded."""
     import torch
 
-    from toolkit.build.onnx_export import torch_to_onnx
+    from toolkit.pytorch.onnx_export import torch_to_onnx
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(2), torch.nn.BatchNorm2d(4)).eval()
     with torch.no_grad():
@@ -256,4 +256,4 @@ def test_batchnorm_with_a_negative_scale_after_a_pool_stays():
 def test_exported_graph_carries_no_source_paths(fresh_onnx):
     """Debug metadata (stack traces with the builder's paths) is stripped: builds are location-independent."""
     text = fresh_onnx.read_bytes()
-    assert b"stack_trace" not in text and b"toolkit/build" not in text and b"pkg.torch" not in text
+    assert b"stack_trace" not in text and b"toolkit/pytorch" not in text and b"pkg.torch" not in text

@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from toolkit.cli import app
-from toolkit.core import contract
-from toolkit.core.datasets import CIFAR10_LABELS
+from toolkit.edge import contract
+from toolkit.edge.data.datasets import CIFAR10_LABELS
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -129,7 +129,7 @@ def test_foreign_external_data_inside_the_folder_is_read(tmp_path):
     save_with_external_data(tiny_classifier(contract_metadata=False), model)
     info = contract.check_model_file(model)
     assert not info.is_contract and info.external[0].inside and info.total_size > info.file_size
-    from toolkit.core.sessions import open_model
+    from toolkit.edge.runtime.ort import open_model
     assert open_model(model).run(np.zeros((1, 32, 32, 3), dtype=np.uint8)).shape == (1, 10)
 
 
@@ -177,7 +177,7 @@ def test_metadata_helpers_round_trip():
 def test_eval_compares_each_row_with_the_fp32_file_of_its_own_model(tmp_path):
     """`toolkit eval`'s Δ/agreement: a row is compared with its own model's plain fp32 file (by
     `toolkit.model`), never with another model's; a flip-averaged variant with its model's plain one."""
-    from toolkit.core.infer import Evaluation, compare_to_reference
+    from toolkit.edge.infer import Evaluation, compare_to_reference
 
     def evaluated(name: str, model: str, precision: str, predictions: list[int], **extra) -> Evaluation:
         proto = tiny_classifier()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from toolkit.core import data, datasets
-from toolkit.core.data import ImageError, load_image
+from toolkit.edge.data import datasets
+from toolkit.edge.data import images as data
+from toolkit.edge.data.images import ImageError, load_image
 
 
 def save(img: Image.Image, path, **kw):

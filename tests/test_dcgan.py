@@ -14,7 +14,7 @@ runner = CliRunner(env={"COLUMNS": "200"})
 def test_generator_and_discriminator_shapes_and_size():
     import torch
 
-    from toolkit.build.nets.dcgan import Discriminator, Generator
+    from toolkit.pytorch.nets.dcgan import Discriminator, Generator
     g, d = Generator(), Discriminator()
     assert sum(p.numel() for p in g.parameters()) == 3_576_704
     x = g(torch.randn(3, 100))
@@ -23,8 +23,8 @@ def test_generator_and_discriminator_shapes_and_size():
 
 
 def test_training_step_writes_weights_samples_and_resumes(tmp_path):
-    from toolkit.build.checkpoint import load_tensors
-    from toolkit.build.train_gan import train_gan
+    from toolkit.pytorch.checkpoint import load_tensors
+    from toolkit.pytorch.train_gan import train_gan
     from toolkit.recipes import GanConfig
     faces = tmp_path / "faces"
     faces.mkdir()
@@ -48,9 +48,9 @@ def fresh_generator(tmp_path_factory):
     import torch
 
     import toolkit.zoo as zoo
-    from toolkit.build.checkpoint import atomic_save_tensors
-    from toolkit.build.checkpoint import prefixed as _prefixed
-    from toolkit.build.export import export_generator
+    from toolkit.pytorch.checkpoint import atomic_save_tensors
+    from toolkit.pytorch.checkpoint import prefixed as _prefixed
+    from toolkit.pytorch.export import export_generator
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("gen")

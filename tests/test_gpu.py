@@ -22,8 +22,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from toolkit.cli import app
-from toolkit.core import gpu
-from toolkit.core.sessions import (
+from toolkit.edge.runtime import gpu
+from toolkit.edge.runtime.ort import (
     ProviderError,
     check_provider,
     classify,
@@ -35,7 +35,7 @@ from toolkit.core.sessions import (
     provider_options,
     tensorrt_version,
 )
-from toolkit.core.tensorrt import EngineCache, gpu_name, trt_profile
+from toolkit.edge.runtime.tensorrt import EngineCache, gpu_name, trt_profile
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE_GPU = os.environ.get("TOOLKIT_REQUIRE_GPU") == "1"
@@ -192,7 +192,7 @@ def test_tensorrt_options_explicit_profile_keyed_cache_and_no_int8_switch_for_fl
 def test_tensorrt_int8_builder_flag_only_for_qdq_files_on_tensorrt_10(model_path, tmp_path, monkeypatch, major,
                                                                       expected):
     # TensorRT 10 refuses a Q/DQ graph unless the builder's INT8 flag is set; TensorRT 11 has no such flag.
-    monkeypatch.setattr("toolkit.core.sessions._tensorrt_major", lambda: major)
+    monkeypatch.setattr("toolkit.edge.runtime.ort._tensorrt_major", lambda: major)
     providers, cache = provider_options("tensorrt", model_path, cache_dir=tmp_path / "trt", trt_qdq_int8=True)
     options = providers[0][1]
     assert options.get("trt_int8_enable", False) is expected
@@ -304,7 +304,7 @@ def test_tensorrt_first_run_failure_is_one_line(model_path, tmp_path):
 
 def test_cuda_from_a_torch_free_process(model_path):
     need("cuda")
-    code = ("import sys; from toolkit.core.sessions import open_model; "
+    code = ("import sys; from toolkit.edge.runtime.ort import open_model; "
             f"open_model({str(model_path)!r}, 'cuda'); assert 'torch' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr

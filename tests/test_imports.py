@@ -3,9 +3,9 @@ the lazy ones inside functions included, since a lazy import is still a dependen
 
 The rules (README, layout):
 - no cycle among the package's modules;
-- the runtime layer (toolkit.core) imports neither the build layer (toolkit.build) nor what the
+- the runtime layer (toolkit.edge) imports neither the build layer (toolkit.pytorch) nor what the
   `train` extra installs (torch, …), nor the CLI or the Python API above it;
-- toolkit.build.nets imports only torch, numpy, the standard library, toolkit.core.ops and itself;
+- toolkit.pytorch.nets imports only torch, numpy, the standard library, toolkit.edge.spectral.ops and itself;
 - and, run in a fresh interpreter that cannot import torch, every runtime module and command loads.
 """
 
@@ -25,10 +25,10 @@ from toolkit.cli.common import TRAIN_EXTRA_MODULES
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "toolkit"
-RUNTIME = "toolkit.core"
-BUILD = "toolkit.build"
-NETS = "toolkit.build.nets"
-NETS_MAY_IMPORT = ("torch", "numpy", "toolkit.core.ops")
+RUNTIME = "toolkit.edge"
+BUILD = "toolkit.pytorch"
+NETS = "toolkit.pytorch.nets"
+NETS_MAY_IMPORT = ("torch", "numpy", "toolkit.edge.spectral.ops")
 
 
 @dataclass(frozen=True)

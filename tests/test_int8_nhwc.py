@@ -1,4 +1,4 @@
-"""The NHWC layout rewrites (toolkit/core/int8_nhwc.py): each is the same function as the graph it
+"""The NHWC layout rewrites (toolkit/edge/quantize/nhwc.py): each is the same function as the graph it
 rewrites, and the runtime it is for runs it the way it was made for — onnxruntime cancels the NHWC
 flatten's Transpose, OpenVINO runs the first convolution of the NHWC head in int8 on the image as
 it lies. Graphs are built here.
@@ -15,8 +15,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.test_int8_recipe import contract_cnn
-from toolkit.core import int8_nhwc, int8_recipe, quantize
-from toolkit.core.openvino import version as openvino_version
+from toolkit.edge.quantize import nhwc as int8_nhwc
+from toolkit.edge.quantize import recipe as int8_recipe
+from toolkit.edge.quantize import variants as quantize
+from toolkit.edge.runtime.openvino import version as openvino_version
 
 
 def quantized(tmp_path, recipe: int8_recipe.Int8Recipe, pads=(1, 1, 1, 1)) -> onnx.ModelProto:

@@ -1,4 +1,4 @@
-"""The int8 recipe (toolkit/core/int8_recipe.py): the folded integer input head is the same function
+"""The int8 recipe (toolkit/edge/quantize/recipe.py): the folded integer input head is the same function
 as the float head, the output Q/DQ pair goes, and a quantized model built with it runs in
 onnxruntime with the first convolution reading the uint8 pixels directly. Graphs are built here.
 
@@ -11,7 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from toolkit.core import int8_recipe, quantize
+from toolkit.edge.quantize import recipe as int8_recipe
+from toolkit.edge.quantize import variants as quantize
 
 MEAN = np.array([125.3, 123.0, 113.9])
 SCALE = 1 / (255 * np.array([0.247, 0.2435, 0.2616]))

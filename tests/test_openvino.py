@@ -16,9 +16,9 @@ import toolkit.zoo as zoo
 from tests.conftest import write_class_tree
 from tests.test_bench import LABELS
 from toolkit.cli import app
-from toolkit.core.openvino import OpenVINOModel
-from toolkit.core.openvino import version as openvino_version
-from toolkit.core.sessions import ModelError, ProviderError, open_model
+from toolkit.edge.runtime.openvino import OpenVINOModel
+from toolkit.edge.runtime.openvino import version as openvino_version
+from toolkit.edge.runtime.ort import ModelError, ProviderError, open_model
 
 pytestmark = pytest.mark.skipif(openvino_version() is None, reason="openvino is not installed (toolkit[openvino])")
 

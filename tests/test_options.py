@@ -1,4 +1,4 @@
-"""Closed option sets (toolkit/core/options.py): one declaration each, rejected while parsing."""
+"""Closed option sets (toolkit/edge/options.py): one declaration each, rejected while parsing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import toolkit.zoo as zoo
 from toolkit.cli import app
-from toolkit.core import options
+from toolkit.edge import options
 
 runner = CliRunner()
 
@@ -58,7 +58,7 @@ def test_bf16_export_fails_before_any_work():
         "    main()",
         "except SystemExit as exc:",
         "    assert exc.code == 2, exc.code",
-        "assert 'toolkit.build.export' not in sys.modules and 'torch' not in sys.modules",
+        "assert 'toolkit.pytorch.export' not in sys.modules and 'torch' not in sys.modules",
     ])
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -76,8 +76,10 @@ def test_unknown_model_names_the_known_ones_without_quotes(tmp_path):
 
 def test_the_library_checks_the_same_sets():
     """Where a runtime module keeps its own table of a set (a mapping), its keys are the set."""
-    from toolkit.build import export
-    from toolkit.core import ops, quantize_classifier, sessions
+    from toolkit.edge.quantize import classifier as quantize_classifier
+    from toolkit.edge.runtime import ort as sessions
+    from toolkit.edge.spectral import ops
+    from toolkit.pytorch import export
 
     assert tuple(sessions.PROVIDERS) == options.PROVIDERS
     assert tuple(ops.OPS) == options.OPS and set(ops.PREPROCESS_OPS) <= set(options.OPS)

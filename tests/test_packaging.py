@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from toolkit.core.datasets import CIFAR10_LABELS
+from toolkit.edge.data.datasets import CIFAR10_LABELS
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = [REPO / "models" / "cifar_cnn.onnx", REPO / "models" / "dcgan.onnx"]

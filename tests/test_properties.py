@@ -28,9 +28,9 @@ from typer.testing import CliRunner
 from tests import hostile
 from tests.conftest import REPO
 from toolkit.cli import app
-from toolkit.core.contract import ModelFileError, inspect_model
-from toolkit.core.data import ImageError, decode_image
-from toolkit.core.sessions import ModelError, ProviderError, open_model
+from toolkit.edge.contract import ModelFileError, inspect_model
+from toolkit.edge.data.images import ImageError, decode_image
+from toolkit.edge.runtime.ort import ModelError, ProviderError, open_model
 
 FAST = settings(max_examples=60, deadline=timedelta(seconds=3), database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -120,7 +120,7 @@ def test_decoding_hostile_inputs_stays_within_the_stated_memory():
 import resource, sys, io, struct
 import numpy as np
 sys.path.insert(0, {str(REPO)!r})
-from toolkit.core import data
+from toolkit.edge.data import images as data
 from tests import hostile
 from tests.test_properties import ENCODED
 data.MAX_PIXELS = 4_000_000

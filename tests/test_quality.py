@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.core import quality
+from toolkit.edge import quality
 
 # Small settings keep each distance well under a second; the defaults are for the benchmark.
 FAST = dict(patches_per_image=16, projections=64, repeats=2)

@@ -14,7 +14,7 @@ runner = CliRunner(env={"COLUMNS": "200"})
 @pytest.fixture(scope="module")
 def trained_weights(tmp_path_factory, class_tree):
     """A CNN briefly trained on the generated colour-coded tree: confident enough to quantize."""
-    from toolkit.build.train_classifier import train_classifier
+    from toolkit.pytorch.train_classifier import train_classifier
     from toolkit.recipes import ClassifierConfig
     out = tmp_path_factory.mktemp("trained") / "cnn.safetensors"
     summary = train_classifier(ClassifierConfig(data=str(class_tree), epochs=3, batch_size=16, lr=2e-3, seed=0,
@@ -54,10 +54,10 @@ def test_dynamic_int8_is_refused_for_convolutions(tmp_path, trained_weights, cla
 def test_accuracy_guard_excludes_the_most_sensitive_nodes(tmp_path, trained_weights, class_tree, monkeypatch):
     """Calibrating on black images makes every activation range far too narrow, so the fully
     quantized model fails the guard; it must keep nodes in float until the accuracy holds."""
-    from toolkit.build.export import export_classifier
-    from toolkit.core import quantize
-    from toolkit.core.datasets import read_split
-    from toolkit.core.int8_recipe import TODAY_RECIPE
+    from toolkit.edge.data.datasets import read_split
+    from toolkit.edge.quantize import variants as quantize
+    from toolkit.edge.quantize.recipe import TODAY_RECIPE
+    from toolkit.pytorch.export import export_classifier
 
     # The plain recipe: its uint8 logits are what black-image calibration ruins (float logits survive it).
     monkeypatch.setattr(quantize, "CPU_RECIPE", TODAY_RECIPE)
@@ -76,10 +76,10 @@ def test_accuracy_guard_excludes_the_most_sensitive_nodes(tmp_path, trained_weig
 
 
 def test_accuracy_guard_fails_when_it_cannot_hold(tmp_path, trained_weights, class_tree, monkeypatch):
-    from toolkit.build.export import export_classifier
-    from toolkit.core import quantize
-    from toolkit.core.datasets import read_split
-    from toolkit.core.int8_recipe import TODAY_RECIPE
+    from toolkit.edge.data.datasets import read_split
+    from toolkit.edge.quantize import variants as quantize
+    from toolkit.edge.quantize.recipe import TODAY_RECIPE
+    from toolkit.pytorch.export import export_classifier
 
     fp32 = tmp_path / "fp32.onnx"
     export_classifier(fp32, trained_weights, class_tree, log=lambda *_: None)
@@ -96,7 +96,7 @@ def test_accuracy_guard_fails_when_it_cannot_hold(tmp_path, trained_weights, cla
 
 @pytest.fixture(scope="module")
 def trained_onnx(tmp_path_factory, trained_weights, class_tree):
-    from toolkit.build.export import export_classifier
+    from toolkit.pytorch.export import export_classifier
     out = tmp_path_factory.mktemp("trained_onnx") / "cnn.onnx"
     export_classifier(out, trained_weights, class_tree, log=lambda *_: None)
     return out
@@ -127,7 +127,7 @@ def test_tensorrt_scheme_has_symmetric_int8_activations(tmp_path, trained_onnx, 
 
 def test_export_passes_the_int8_target_through(tmp_path, trained_weights, class_tree):
     import toolkit.zoo as zoo
-    from toolkit.build.export import default_output
+    from toolkit.pytorch.export import default_output
 
     out = tmp_path / "cnn.trt.int8.onnx"
     args = ["export", "--model", "cifar-cnn", "--weights", str(trained_weights), "--data", str(class_tree),
@@ -156,9 +156,9 @@ def test_unlabeled_guard_on_a_flat_folder(tmp_path, trained_onnx, class_tree):
 
 
 def test_agreement_guard_keeps_nodes_in_float_until_it_holds(tmp_path, trained_onnx, class_tree, monkeypatch):
-    from toolkit.core import quantize
-    from toolkit.core.datasets import read_split
-    from toolkit.core.int8_recipe import TODAY_RECIPE
+    from toolkit.edge.data.datasets import read_split
+    from toolkit.edge.quantize import variants as quantize
+    from toolkit.edge.quantize.recipe import TODAY_RECIPE
 
     monkeypatch.setattr(quantize, "CPU_RECIPE", TODAY_RECIPE)       # see the guard tests above
 
@@ -215,7 +215,7 @@ def wrapped_cnn(tmp_path_factory):
 
 @pytest.mark.parametrize("target, max_drop", [("cpu", 0.5), ("tensorrt", 1.0)])
 def test_int8_of_a_wrapped_model_holds_the_guard_on_validation(tmp_path, wrapped_cnn, target, max_drop):
-    from toolkit.core.quantize_classifier import quantize_classifier
+    from toolkit.edge.quantize.classifier import quantize_classifier
 
     wrapped, data = wrapped_cnn
     result = quantize_classifier(wrapped, tmp_path / "q.onnx", "int8", data, target=target, max_drop=max_drop,

@@ -23,8 +23,9 @@ from typer.testing import CliRunner
 from tests import hostile
 from tests.conftest import REPO, write_class_tree
 from toolkit.cli import app
-from toolkit.core import data, datasets
-from toolkit.core.fsio import atomic_write
+from toolkit.edge.data import datasets
+from toolkit.edge.data import images as data
+from toolkit.edge.data.fsio import atomic_write
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 UNREADABLE = Path("/proc/self/mem")     # a regular file whose read fails, even for root
@@ -184,8 +185,8 @@ def test_eval_memory_follows_the_batch_not_the_data_set(tmp_path):
     """Python-side peak (numpy arrays included) while evaluating 40 vs 160 images of 96×96."""
     import tracemalloc
 
-    from toolkit.core.infer import evaluate_stream
-    from toolkit.core.sessions import open_model
+    from toolkit.edge.infer import evaluate_stream
+    from toolkit.edge.runtime.ort import open_model
 
     model = open_model(hostile.classifier(tmp_path / "tiny.onnx"))
     peaks = []
@@ -299,7 +300,7 @@ def test_ctrl_c_says_interrupted_and_exits_130(tmp_path):
         # A shell starts background jobs with SIGINT ignored, and Python then installs no handler;
         # a terminal's foreground command has Python's usual one.
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "import toolkit.core.infer as infer\n"
+        "import toolkit.edge.infer as infer\n"
         "def stall(*a, **k):\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(30)\n"

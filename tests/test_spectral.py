@@ -12,7 +12,11 @@ import pytest
 import scipy.linalg
 import torch
 
-from toolkit.build.nets.spectral import (
+from toolkit.edge.contract import ExportError, check_contract
+from toolkit.edge.spectral import graphs as spectral_graphs
+from toolkit.edge.spectral import ops, transforms
+from toolkit.edge.spectral.transforms import run_onnx
+from toolkit.pytorch.nets.spectral import (
     FFTLowpass,
     FFTSpectrum,
     InverseWalshHadamard2d,
@@ -20,9 +24,6 @@ from toolkit.build.nets.spectral import (
     WalshHadamard2d,
     transform_module,
 )
-from toolkit.core import ops, spectral_graphs, transforms
-from toolkit.core.contract import ExportError, check_contract
-from toolkit.core.transforms import run_onnx
 
 # Odd, even, prime, non-power-of-two and non-square; 48×40 and 20×30 put bins exactly on the
 # cut-off at radius 0.3, 1×1 and 1×5 are degenerate.

@@ -1,4 +1,4 @@
-"""Streams and micro-batches (toolkit/core/streams.py): the schedule's arithmetic and spelling, the
+"""Streams and micro-batches (toolkit/edge/runtime/streams.py): the schedule's arithmetic and spelling, the
 same outputs as one call on both CPU runtimes, strict refusals, and `bench --schedule` rows.
 
 Run: .venv/bin/pytest tests/test_streams.py
@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from toolkit.cli import app
-from toolkit.core.openvino import version as openvino_version
-from toolkit.core.sessions import ProviderError, open_model
-from toolkit.core.streams import PLAIN, Runner, Schedule, batch_of
+from toolkit.edge.runtime.openvino import version as openvino_version
+from toolkit.edge.runtime.ort import ProviderError, open_model
+from toolkit.edge.runtime.streams import PLAIN, Runner, Schedule, batch_of
 
 needs_openvino = pytest.mark.skipif(openvino_version() is None, reason="openvino is not installed")
 
@@ -127,7 +127,7 @@ def test_python_api_takes_a_spec(tiny):
 def test_openvino_static_shapes_are_bounded(tiny, monkeypatch):
     """OpenVINO compiles the model again for each input shape it runs (faster kernels), at most
     MAX_STATIC_SHAPES of them; later shapes run on the dynamic compile, with the same results."""
-    from toolkit.core import openvino
+    from toolkit.edge.runtime import openvino
 
     monkeypatch.setattr(openvino, "MAX_STATIC_SHAPES", 3)
     model = open_model(tiny, "openvino", threads=2)

@@ -10,9 +10,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.conftest import write_class_tree
-from toolkit.build.checkpoint import load_tensors
-from toolkit.build.loop import Interrupted
 from toolkit.cli import app
+from toolkit.pytorch.checkpoint import load_tensors
+from toolkit.pytorch.loop import Interrupted
 from toolkit.recipes import ClassifierConfig, GanConfig, ResNetConfig
 
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -48,12 +48,12 @@ def _same_tensors(a, b) -> None:
 
 
 def _train_classifier(*args, **kwargs):
-    from toolkit.build.train_classifier import train_classifier
+    from toolkit.pytorch.train_classifier import train_classifier
     return train_classifier(*args, quiet=True, **kwargs)
 
 
 def _train_gan(*args, **kwargs):
-    from toolkit.build.train_gan import train_gan
+    from toolkit.pytorch.train_gan import train_gan
     return train_gan(*args, quiet=True, **kwargs)
 
 
@@ -137,7 +137,7 @@ def test_cli_defaults_are_the_dataclass_defaults():
 
 
 def test_augment_shifts_flips_and_cutout():
-    from toolkit.build.train_classifier import augment, cut_out, epoch_plan
+    from toolkit.pytorch.train_classifier import augment, cut_out, epoch_plan
 
     images = torch.arange(2 * 6 * 6 * 3, dtype=torch.uint8).view(2, 6, 6, 3)
     same = augment(images, torch.tensor([False, True]), torch.tensor([[2, 2], [2, 2]]), translate=2)
@@ -152,7 +152,7 @@ def test_augment_shifts_flips_and_cutout():
 
 
 def test_lr_schedule_warms_up_then_decays():
-    from toolkit.build.train_classifier import lr_schedule
+    from toolkit.pytorch.train_classifier import lr_schedule
 
     for shape in ("cosine", "linear"):
         lrs = [lr_schedule(s, 100, 1.0, 0.2, shape) for s in range(100)]

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from toolkit.cli import app
-from toolkit.core import transforms
+from toolkit.edge.spectral import transforms
 
 runner = CliRunner()
 
@@ -142,7 +142,7 @@ def test_building_and_running_graphs_does_not_import_torch(tmp_path):
             f"            '--form', form, '--out', {str(tmp_path / 'out')!r}]\n"
             "    r = CliRunner().invoke(app, args); assert r.exit_code == 0, r.output\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n"
-            "assert not [m for m in sys.modules if m.startswith('toolkit.build')], 'build layer imported'")
+            "assert not [m for m in sys.modules if m.startswith('toolkit.pytorch')], 'build layer imported'")
     env = {**os.environ, "TOOLKIT_CACHE": str(tmp_path / "fresh-cache")}    # every graph is built here
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 

@@ -67,7 +67,7 @@ def run_original(path, images, layout="nchw", channels="rgb", mean=(0, 0, 0), st
 
 
 def run_wrapped(path, images):
-    from toolkit.core.sessions import open_model
+    from toolkit.edge.runtime.ort import open_model
     return open_model(path).run(images)
 
 
@@ -206,7 +206,7 @@ def test_external_data_only_from_inside_the_models_folder(tmp_path):
 
 
 def test_failing_parity_gate_writes_nothing(tmp_path, monkeypatch):
-    from toolkit.core import wrap as wrap_module
+    from toolkit.edge.wrap import wrapper as wrap_module
     monkeypatch.setattr(wrap_module, "PARITY_MAX_DIFF", -1.0)
     src = foreign_classifier(tmp_path / "theirs.onnx")
     result = wrap(src, "--out", tmp_path / "mine.onnx")
@@ -215,7 +215,7 @@ def test_failing_parity_gate_writes_nothing(tmp_path, monkeypatch):
 
 
 def test_a_model_over_the_protobuf_limit_is_refused_clearly(tmp_path, monkeypatch):
-    from toolkit.core import contract
+    from toolkit.edge import contract
     monkeypatch.setattr(contract, "PROTOBUF_LIMIT", 1000)        # stands in for 2 GB (the reading check's)
     result = wrap(foreign_classifier(tmp_path / "theirs.onnx"), "--out", tmp_path / "mine.onnx")
     assert result.exit_code == 1 and "2 GB limit" in result.output
@@ -245,7 +245,7 @@ def bare_cnn_onnx(path, nhwc_bgr=False):
     import torch
 
     import toolkit.zoo as zoo
-    from toolkit.build.checkpoint import load_weights
+    from toolkit.pytorch.checkpoint import load_weights
 
     net = zoo.CIFAR_CNN.build()
     load_weights(net, zoo.CIFAR_CNN.weights_path)
@@ -271,10 +271,10 @@ def bare_cnn_onnx(path, nhwc_bgr=False):
 
 @pytest.fixture(scope="module")
 def shipped_accuracy(tmp_path_factory):
-    from toolkit.build.export import export_classifier
-    from toolkit.core.datasets import read_split
-    from toolkit.core.infer import evaluate
-    from toolkit.core.sessions import open_model
+    from toolkit.edge.data.datasets import read_split
+    from toolkit.edge.infer import evaluate
+    from toolkit.edge.runtime.ort import open_model
+    from toolkit.pytorch.export import export_classifier
 
     if not DATA.is_dir():
         pytest.skip("needs data/cifar10-jpeg (make data)")
@@ -286,8 +286,8 @@ def shipped_accuracy(tmp_path_factory):
 
 @pytest.mark.parametrize("variant", ["nchw", "nhwc-bgr"])
 def test_round_trip_of_the_shipped_cnn(tmp_path, shipped_accuracy, variant):
-    from toolkit.core.infer import evaluate
-    from toolkit.core.sessions import open_model
+    from toolkit.edge.infer import evaluate
+    from toolkit.edge.runtime.ort import open_model
 
     val, expected = shipped_accuracy
     src = bare_cnn_onnx(tmp_path / "bare.onnx", nhwc_bgr=variant == "nhwc-bgr")

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from toolkit.core.infer import Evaluation, Prediction
-    from toolkit.core.quantize_classifier import QuantizeResult
-    from toolkit.core.sessions import Model
-    from toolkit.core.wrap import WrapResult
+    from toolkit.edge.infer import Evaluation, Prediction
+    from toolkit.edge.quantize.classifier import QuantizeResult
+    from toolkit.edge.runtime.ort import Model
+    from toolkit.edge.wrap.wrapper import WrapResult
 
 __all__ = ["bench", "classify", "evaluate", "export_module", "open_model", "quantize", "wrap"]
 
@@ -45,8 +45,8 @@ def wrap(source: PathLike, out: PathLike, *, layout: str | None = None, channels
     a list, a label file or "a,b,c"; `images` (real images for the parity gate) defaults to the
     shipped sample images."""
     import toolkit.zoo as zoo
-    from toolkit.core.wrap import WrapSpec, parse_labels
-    from toolkit.core.wrap import wrap as run_wrap
+    from toolkit.edge.wrap.wrapper import WrapSpec, parse_labels
+    from toolkit.edge.wrap.wrapper import wrap as run_wrap
 
     if isinstance(labels, str):
         labels = parse_labels(labels)
@@ -66,7 +66,7 @@ def quantize(source: PathLike, out: PathLike, precision: str = "int8", *, data: 
              max_drop: float = 0.5, unlabeled: bool = False, min_agreement: float = 0.98, target: str = "cpu",
              guard_images: int | None = None, log: Callable[[str], Any] = _quiet) -> QuantizeResult:
     """An fp16 or int8 variant of any fp32 contract classifier (see `toolkit quantize --help`)."""
-    from toolkit.core.quantize_classifier import quantize_classifier
+    from toolkit.edge.quantize.classifier import quantize_classifier
 
     return quantize_classifier(source, out, precision, data, split, calibration_images, calibration_method,
                                max_drop, unlabeled, min_agreement, target, guard_images, log=log)
@@ -78,8 +78,8 @@ def export_module(module: str, weights: PathLike, input_size: tuple[int, int], o
                   precision: str = "fp32", log: Callable[[str], Any] = _quiet, **quantize_options: Any) -> dict:
     """Export your `nn.Module` ("file.py:Net" or "package.module:make_net") as a contract
     classifier (needs torch; see `toolkit export --help`)."""
-    from toolkit.build.module_export import export_module as run_export
-    from toolkit.core.wrap import parse_labels
+    from toolkit.edge.wrap.wrapper import parse_labels
+    from toolkit.pytorch.module_export import export_module as run_export
 
     if isinstance(labels, str):
         labels = parse_labels(labels)
@@ -91,22 +91,22 @@ def open_model(path: PathLike, provider: str = "cpu", threads: int | None = None
     """A session on `provider` (no silent fallback) with the model's metadata. `schedule`
     (cpu, openvino): `2x32` runs each batch as micro-batches of 32 on 2 streams (streams.py);
     a schedule that cannot be read is a ValueError."""
-    from toolkit.core.sessions import open_model as run_open
-    from toolkit.core.streams import Schedule
+    from toolkit.edge.runtime.ort import open_model as run_open
+    from toolkit.edge.runtime.streams import Schedule
 
     return run_open(path, provider, threads=threads, schedule=Schedule.parse(schedule))
 
 
 def _model(model: Model | PathLike) -> Model:
-    from toolkit.core.sessions import Model
+    from toolkit.edge.runtime.ort import Model
     return model if isinstance(model, Model) else open_model(model)
 
 
 def classify(model: Model | PathLike, images: Sequence[PathLike] | PathLike, k: int = 3) -> list[Prediction]:
     """Top-k labels for image files or folders, resized to the model's input size. An unreadable
     file gives a Prediction with `error` set rather than an exception."""
-    from toolkit.core.data import expand_inputs
-    from toolkit.core.infer import classify_files
+    from toolkit.edge.data.images import expand_inputs
+    from toolkit.edge.infer import classify_files
 
     paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
     return list(classify_files(_model(model), expand_inputs(paths), k=k))
@@ -114,8 +114,8 @@ def classify(model: Model | PathLike, images: Sequence[PathLike] | PathLike, k: 
 
 def evaluate(model: Model | PathLike, data: PathLike, split: str = "val") -> Evaluation:
     """Top-1 accuracy on a class-per-folder tree or CIFAR-10 batches (`split`: val | train | all)."""
-    from toolkit.core.datasets import read_split
-    from toolkit.core.infer import evaluate as run_eval
+    from toolkit.edge.data.datasets import read_split
+    from toolkit.edge.infer import evaluate as run_eval
 
     session = _model(model)
     labelled = read_split(data, split, session.input_hw or (32, 32))
@@ -127,8 +127,8 @@ def bench(models: Sequence[PathLike] | PathLike, providers: Sequence[str] = ("cp
     """Latency and throughput rows (the document `toolkit bench --json` prints). `options` are
     the remaining BenchConfig fields (warmup, runs, seconds, threads, data, …); `schedules` may be
     given as specs such as ["1", "2x32"]."""
-    from toolkit.core import bench as bench_lib
-    from toolkit.core.streams import Schedule
+    from toolkit.edge import bench as bench_lib
+    from toolkit.edge.runtime.streams import Schedule
 
     if "schedules" in options:
         options["schedules"] = [s if isinstance(s, Schedule) else Schedule.parse(s) for s in options["schedules"]]

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.core.datasets import CIFAR10_LABELS
+from toolkit.edge.data.datasets import CIFAR10_LABELS
 
 
 def _models_dir() -> Path:
@@ -54,13 +54,13 @@ class ModelSpec:
     def build(self):
         """A freshly initialised torch module of this model (imports torch)."""
         if self.name == "cifar-cnn":
-            from toolkit.build.nets.cifar_cnn import CifarCNN
+            from toolkit.pytorch.nets.cifar_cnn import CifarCNN
             return CifarCNN(num_classes=len(self.labels))
         if self.name == "cifar-resnet":
-            from toolkit.build.nets.resnet import CifarResNet
+            from toolkit.pytorch.nets.resnet import CifarResNet
             return CifarResNet(num_classes=len(self.labels))
         if self.name == "dcgan":
-            from toolkit.build.nets.dcgan import Generator
+            from toolkit.pytorch.nets.dcgan import Generator
             return Generator(latent_dim=self.latent_dim)
         raise KeyError(f"{self.name} has no trainable network")
 

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from toolkit.cli.common import _one_line, _progress_factory, app, fail, require_train_extra, train_app
-from toolkit.core.options import OPS, CalibrationMethod, Form, Int8Target, Precision
+from toolkit.edge.options import OPS, CalibrationMethod, Form, Int8Target, Precision
 
 # ----------------------------------------------------------------------------- export
 
@@ -49,7 +49,7 @@ def export(
     import toolkit.zoo as zoo
     if model is not None and model not in (known := [*zoo.REGISTRY, *OPS]):
         fail(f"unknown model {model} (known: {', '.join(known)})")
-    from toolkit.build.export import TRANSFORM_MODELS, export_model
+    from toolkit.pytorch.export import TRANSFORM_MODELS, export_model
     if model not in TRANSFORM_MODELS:          # transforms are built without torch
         require_train_extra()
     if module is not None:
@@ -77,8 +77,8 @@ def _export_module(module: str, weights: Path | None, input_size, out: Path | No
         return
     if target != "cpu" and precision != "int8":
         fail(f"--target {target} applies to int8 classifiers only")
-    from toolkit.build.module_export import export_module
-    from toolkit.core.wrap import parse_labels, parse_triple
+    from toolkit.edge.wrap.wrapper import parse_labels, parse_triple
+    from toolkit.pytorch.module_export import export_module
     options: dict[str, Any] = {} if precision == "fp32" else {
         "calibration_images": calibration_images, "calibration_method": calibration_method, "max_drop": max_drop,
         "target": target}
@@ -121,9 +121,9 @@ def _train_command(name: str, config_cls: type, trainer: str, doc: str, skip: tu
         require_train_extra()
         import importlib
 
-        from toolkit.build.loop import Interrupted
+        from toolkit.pytorch.loop import Interrupted
         out, checkpoint, resume = options.pop("out"), options.pop("checkpoint"), options.pop("resume")
-        train = getattr(importlib.import_module(f"toolkit.build.{trainer.split(':')[0]}"), trainer.split(":")[1])
+        train = getattr(importlib.import_module(f"toolkit.pytorch.{trainer.split(':')[0]}"), trainer.split(":")[1])
         try:
             train(config_cls(**options), out, checkpoint, resume)
         except Interrupted as exc:

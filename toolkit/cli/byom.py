@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from toolkit.cli.common import _one_line, _progress_factory, app, fail
-from toolkit.core.options import CalibrationMethod, Channels, Int8Target, Layout, OutputKind, QuantizedPrecision, Split
+from toolkit.edge.options import CalibrationMethod, Channels, Int8Target, Layout, OutputKind, QuantizedPrecision, Split
 
 
 @app.command()
@@ -29,9 +29,9 @@ def wrap(
 ):
     """Bring a foreign ONNX classifier into the artifact contract, gated on parity with the original."""
     import toolkit.zoo as zoo
-    from toolkit.core.fsio import InputError
-    from toolkit.core.wrap import WrapError, WrapSpec, parse_labels, parse_triple
-    from toolkit.core.wrap import wrap as run_wrap
+    from toolkit.edge.data.fsio import InputError
+    from toolkit.edge.wrap.wrapper import WrapError, WrapSpec, parse_labels, parse_triple
+    from toolkit.edge.wrap.wrapper import wrap as run_wrap
 
     try:
         spec = WrapSpec(layout=layout, channels=channels, scale=scale,
@@ -66,9 +66,9 @@ def quantize(
                                                                  "split (default: all)."),
 ):
     """An fp16 or int8 variant of any contract classifier, with an accuracy guard."""
-    from toolkit.core.fsio import InputError
-    from toolkit.core.quantize_classifier import QuantizeError, quantize_classifier
-    from toolkit.core.sessions import ModelError, ProviderError
+    from toolkit.edge.data.fsio import InputError
+    from toolkit.edge.quantize.classifier import QuantizeError, quantize_classifier
+    from toolkit.edge.runtime.ort import ModelError, ProviderError
 
     try:
         result = quantize_classifier(source, out, precision, data, split, calibration_images,

@@ -91,8 +91,8 @@ def interrupted_silently(code: object) -> bool:
 
 
 def check_batch_sizes(values: list[int] | int | None, option: str = "--batch-size") -> None:
-    """Refuse, before any work, a batch size over the stated limit (toolkit.core.infer.MAX_BATCH_SIZE)."""
-    from toolkit.core.infer import MAX_BATCH_SIZE
+    """Refuse, before any work, a batch size over the stated limit (toolkit.edge.infer.MAX_BATCH_SIZE)."""
+    from toolkit.edge.infer import MAX_BATCH_SIZE
     for value in [values] if isinstance(values, int) else values or []:
         if value > MAX_BATCH_SIZE:
             fail(f"{option} {value:,} is over the limit of {MAX_BATCH_SIZE:,} per runtime call")
@@ -103,7 +103,7 @@ def check_output_file(path: Path | None, option: str) -> None:
     is a file or a folder we may not write into."""
     import os
 
-    from toolkit.core.fsio import shown
+    from toolkit.edge.data.fsio import shown
     if path is None:
         return
     if path.is_dir():
@@ -119,7 +119,7 @@ def check_output_dir(path: Path | None, option: str) -> None:
     """Refuse, before any work, an output folder that is a file or cannot be written."""
     import os
 
-    from toolkit.core.fsio import shown
+    from toolkit.edge.data.fsio import shown
     if path is None:
         return
     if path.exists() and not path.is_dir():
@@ -132,7 +132,7 @@ def check_output_dir(path: Path | None, option: str) -> None:
 
 
 def each_of(choices: tuple[str, ...]) -> Callable[[list[str] | None], list[str] | None]:
-    """Callback of a repeatable option whose values come from `choices` (toolkit.core.options):
+    """Callback of a repeatable option whose values come from `choices` (toolkit.edge.options):
     Typer cannot make a choice of a list of Literals, so the list is checked while parsing, with the
     message Typer gives a single choice."""
     def check(values: list[str] | None) -> list[str] | None:
@@ -186,7 +186,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _open(path: Path, provider: str, precision_hint: str | None = None):
-    from toolkit.core.sessions import ModelError, ProviderError, open_model
+    from toolkit.edge.runtime.ort import ModelError, ProviderError, open_model
     try:
         return open_model(path, provider, precision_hint=precision_hint)
     except (ModelError, ProviderError) as exc:

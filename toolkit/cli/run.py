@@ -21,7 +21,7 @@ from toolkit.cli.common import (
     report,
     table_console,
 )
-from toolkit.core.options import PRECISION_HINTS, PROVIDERS, Form, Op, PrecisionHint, Provider, Split
+from toolkit.edge.options import PRECISION_HINTS, PROVIDERS, Form, Op, PrecisionHint, Provider, Split
 
 # ----------------------------------------------------------------------------- infer / eval / generate / info
 # Each input is handled on its own: a bad one is one `error:` line, the others go on, and the exit
@@ -46,10 +46,10 @@ def infer(
     import json
 
     import toolkit.zoo as zoo
-    from toolkit.core.data import expand_inputs
-    from toolkit.core.fsio import shown
-    from toolkit.core.infer import classify_files, require_task
-    from toolkit.core.sessions import ModelError
+    from toolkit.edge.data.fsio import shown
+    from toolkit.edge.data.images import expand_inputs
+    from toolkit.edge.infer import classify_files, require_task
+    from toolkit.edge.runtime.ort import ModelError
 
     check_batch_sizes(batch_size)
     session = _open(model or zoo.CIFAR_CNN.onnx_path(), provider, precision_hint)
@@ -109,10 +109,10 @@ def evaluate(
     from rich.progress import Progress
     from rich.table import Table
 
-    from toolkit.core.datasets import is_cifar_batches, list_split
-    from toolkit.core.fsio import shown
-    from toolkit.core.infer import accuracy_markdown, compare_to_reference, evaluate_stream
-    from toolkit.core.sessions import ModelError, ProviderError, open_model
+    from toolkit.edge.data.datasets import is_cifar_batches, list_split
+    from toolkit.edge.data.fsio import shown
+    from toolkit.edge.infer import accuracy_markdown, compare_to_reference, evaluate_stream
+    from toolkit.edge.runtime.ort import ModelError, ProviderError, open_model
 
     check_batch_sizes(batch_size)
     check_output_file(markdown, "--markdown")
@@ -186,9 +186,9 @@ def generate(
 ):
     """Generate images with an ONNX generator (DCGAN anime faces by default)."""
     import toolkit.zoo as zoo
-    from toolkit.core.data import empty_grid, grid_columns, place, save_image
-    from toolkit.core.fsio import shown
-    from toolkit.core.infer import MAX_GENERATE, MAX_GRID, generate_batches
+    from toolkit.edge.data.fsio import shown
+    from toolkit.edge.data.images import empty_grid, grid_columns, place, save_image
+    from toolkit.edge.infer import MAX_GENERATE, MAX_GRID, generate_batches
 
     grid_path = out if out is not None else (Path("grid.png") if out_dir is None else None)
     if n > MAX_GENERATE:
@@ -222,8 +222,8 @@ def generate(
 def info(model: Path = typer.Argument(..., help="An .onnx file.")):
     """Inputs, outputs, metadata, opset, op-type counts, size (external data included) of an ONNX file."""
 
-    from toolkit.core.contract import ModelFileError
-    from toolkit.core.info import describe_model
+    from toolkit.edge.contract import ModelFileError
+    from toolkit.edge.info import describe_model
     try:
         # markup off: metadata and names are the file's text, never rich markup.
         table_console().print(describe_model(model))
@@ -282,23 +282,23 @@ def bench(
 
     from rich.console import Console
 
-    from toolkit.core import bench as bench_lib
-    from toolkit.core.sessions import ModelError, ProviderError
+    from toolkit.edge import bench as bench_lib
+    from toolkit.edge.runtime.ort import ModelError, ProviderError
 
     if runs is not None and seconds is not None:
         fail("--runs and --seconds are exclusive; give one")
     check_batch_sizes(batch_size)
     check_output_dir(out, "--out")
     if data is not None:       # the data set is the whole call's: checked here, not as each model's failure
-        from toolkit.core.datasets import list_split
-        from toolkit.core.fsio import shown
+        from toolkit.edge.data.datasets import list_split
+        from toolkit.edge.data.fsio import shown
         try:
             list_split(data, "val")
         except (FileNotFoundError, ValueError) as exc:
             fail(f"--data {shown(data)}: {_one_line(exc)}")
     if precision_hint and "openvino" not in (provider or []):
         fail("--precision-hint applies to --provider openvino only")
-    from toolkit.core.streams import Schedule
+    from toolkit.edge.runtime.streams import Schedule
     try:
         schedules = list(dict.fromkeys(Schedule.parse(text) for text in schedule or ["1"]))
     except ValueError as exc:
@@ -308,7 +308,7 @@ def bench(
     torch_rows: Callable[..., Any] | None = None
     if torch:
         try:
-            from toolkit.build.torch_bench import torch_rows
+            from toolkit.pytorch.torch_bench import torch_rows
         except ImportError:
             fail("--torch needs PyTorch: pip install 'toolkit[train]'")
     # markup off: paths and shapes such as [N, 32, 32, 3] are text, not rich tags.
@@ -367,9 +367,9 @@ def transform(
     provider: Provider = typer.Option("cpu", help="Where to run; no silent fallback to another provider."),
 ):
     """Filter or transform images in the frequency domain (Fourier or Walsh–Hadamard) with ONNX."""
-    from toolkit.core.fsio import shown
-    from toolkit.core.sessions import ModelError, ProviderError
-    from toolkit.core.transforms import OPS, TransformError, run_transform
+    from toolkit.edge.data.fsio import shown
+    from toolkit.edge.runtime.ort import ModelError, ProviderError
+    from toolkit.edge.spectral.transforms import OPS, TransformError, run_transform
 
     given = {"radius": radius, "keep": keep}
     name = OPS[op]

@@ -1,1 +1,0 @@
-"""The build layer: torch. May import toolkit.core; toolkit.core never imports it."""

@@ -1,1 +1,0 @@
-"""Plain nn.Modules. The contract wrappers (uint8 in, post-processing) live in toolkit.build.export."""

@@ -1,1 +1,0 @@
-"""The runtime layer: onnx, onnxruntime, numpy and Pillow only. Never imports torch or toolkit.build."""

@@ -1,0 +1,292 @@
+"""Running shipped ONNX models: classify images, evaluate classifiers, generate faces.
+
+Every multi-input function here isolates its inputs: a file that cannot be read or decoded, or
+whose classifier output is not finite, is one error (a message of one line) and the others go on;
+in an evaluation of several models, a model that cannot run on the data is one error and the
+other models go on. Evaluation streams the data set a chunk at a time, and generation streams its
+images batch by batch, so memory follows the batch, not the request. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.edge.data.fsio import atomic_write_text, shown
+from toolkit.edge.data.images import ImageError, load_image, resize
+from toolkit.edge.runtime.ort import Model, ModelError, softmax, topk
+
+MAX_BATCH_SIZE = 4096             # images (or latents) per runtime call, for every command alike
+MAX_GENERATE = 100_000            # images per `generate` call (written one by one: memory is one batch)
+MAX_GRID = 1024                   # images in one grid picture (32 × 32 tiles of 64 px: a 2,114 px square)
+
+OnError = Callable[[str], None]
+
+
+def require_task(model: Model, task: str) -> None:
+    """ModelError unless `model` is a `task` model whose metadata that task needs is usable."""
+    if model.task != task:
+        raise ModelError(f"{shown(model.path)}: a '{shown(model.task) or 'unknown'}' model, but this command needs a "
+                         f"'{task}' model")
+    if task == "classify":
+        _ = model.labels          # raises ModelError for labels that are not a JSON list of names
+
+
+def _runtime_failure(model: Model, exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{shown(model.path)}: the model failed to run ({text[:200]})"
+
+
+def class_count(model: Model) -> int:
+    """How many classes a classifier scores: its labels, else its output's declared width."""
+    if model.labels:
+        return len(model.labels)
+    session: Any = model.session       # an onnxruntime session, or OpenVINO's stand-in without outputs
+    outputs = session.get_outputs() if hasattr(session, "get_outputs") else []
+    shape = outputs[0].shape if outputs else None
+    return shape[-1] if shape and isinstance(shape[-1], int) else 0
+
+
+# ----------------------------------------------------------------------------- classify
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+
+def classify_files(model: Model, paths: list[Path], k: int = 3, batch_size: int = 64) -> Iterator[Prediction]:
+    """Yield a Prediction per path, in order. A file that cannot be read or decoded, or whose
+    scores are not finite, yields a Prediction with `error` (one line). `k` is clamped to the
+    number of classes."""
+    require_task(model, "classify")
+    h, w = model.input_hw or (32, 32)
+    labels = model.labels
+    if class_count(model):
+        k = min(k, class_count(model))
+    pending: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> Iterator[Prediction]:
+        batch = np.stack([img for _, img in pending])
+        try:
+            logits = np.asarray(model.run(batch), dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types; the failure is this batch's)
+            message = _runtime_failure(model, exc)
+            for p, _ in pending:
+                yield Prediction(path=str(p), error=f"{shown(p)}: {message}")
+            pending.clear()
+            return
+        finite = [bool(np.isfinite(row).all()) for row in logits]
+        probs = softmax(np.where(np.isfinite(logits), logits, 0.0))
+        for (p, _), ok, top in zip(pending, finite, topk(probs, labels, k)):
+            if ok:
+                yield Prediction(path=str(p), top=top)
+            else:
+                yield Prediction(path=str(p), error=f"{shown(p)}: the model's output is not finite (NaN or "
+                                                    f"infinity); no prediction")
+        pending.clear()
+
+    for path in paths:
+        try:
+            pending.append((Path(path), resize(load_image(path), h, w)))
+        except ImageError as exc:
+            yield from flush() if pending else ()
+            yield Prediction(path=str(path), error=str(exc))
+            continue
+        if len(pending) == batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+@dataclass
+class Evaluation:
+    model: str
+    precision: str
+    size_mb: float
+    n: int
+    accuracy: float
+    per_class: dict[str, float]
+    predictions: np.ndarray
+    delta_vs_reference: float | None = None
+    agreement_with_reference: float | None = None
+
+    def to_json(self) -> dict:
+        out = {"model": self.model, "precision": self.precision, "size_mb": round(self.size_mb, 3),
+               "accuracy": round(self.accuracy, 5), "n": self.n,
+               "per_class": {k: round(v, 5) for k, v in self.per_class.items()}}
+        if self.delta_vs_reference is not None and self.agreement_with_reference is not None:
+            out["delta_vs_fp32"] = round(self.delta_vs_reference, 5)
+            out["agreement_with_fp32"] = round(self.agreement_with_reference, 5)
+        return out
+
+
+def match_labels(model_labels: list[str], class_names: list[str], source: str) -> np.ndarray:
+    """Map the data's class folders onto the model's label indices, by name."""
+    unknown = [c for c in class_names if c not in model_labels]
+    if unknown:
+        raise ValueError(f"{source}: class folders {unknown} are not labels of the model ({', '.join(model_labels)})")
+    return np.asarray([model_labels.index(c) for c in class_names])
+
+
+def _evaluation(model: Model, preds: np.ndarray, target: np.ndarray, class_names: list[str]) -> Evaluation:
+    per_class = {name: float(np.mean(preds[target == model.labels.index(name)] == model.labels.index(name)))
+                 for name in class_names if np.any(target == model.labels.index(name))}
+    return Evaluation(model=str(model.path), precision=model.precision,
+                      size_mb=os.path.getsize(model.path) / 1e6, n=len(target),
+                      accuracy=float(np.mean(preds == target)) if len(target) else 0.0,
+                      per_class=per_class, predictions=preds)
+
+
+def predict(model: Model, images: np.ndarray, batch_size: int = 256, advance=None) -> np.ndarray:
+    """Top-1 class indices; images of another size than the model's H×W are resized batch by batch."""
+    hw = model.input_hw
+    preds = []
+    for i in range(0, len(images), batch_size):
+        batch = images[i:i + batch_size]
+        if hw is not None and batch.shape[1:3] != hw:
+            batch = np.stack([resize(img, *hw) for img in batch])
+        preds.append(model.run(batch).argmax(1))
+        if advance:
+            advance(min(batch_size, len(images) - i))
+    return np.concatenate(preds)
+
+
+def evaluate(model: Model, images: np.ndarray, labels: np.ndarray, class_names: list[str],
+             source: str = "data", advance=None) -> Evaluation:
+    """Top-1 accuracy of a classifier on labelled images held in memory (labels index `class_names`)."""
+    require_task(model, "classify")
+    target = match_labels(model.labels, class_names, source)[labels]
+    return _evaluation(model, predict(model, images, advance=advance), target, class_names)
+
+
+@dataclass
+class _Tally:
+    """One model's running evaluation over the streamed chunks."""
+    model: Model
+    to_label: np.ndarray
+    preds: list[np.ndarray] = field(default_factory=list)
+    targets: list[np.ndarray] = field(default_factory=list)
+    failure: str | None = None
+    not_finite: int = 0
+    first_not_finite: str = ""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.model.input_hw or (32, 32)
+
+    def add(self, images: np.ndarray, labels: np.ndarray, paths: list[str] | None) -> None:
+        try:
+            logits = np.asarray(self.model.run(images), dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types)
+            self.failure = _runtime_failure(self.model, exc)
+            return
+        if logits.ndim != 2 or logits.shape[0] != len(images):
+            self.failure = f"{shown(self.model.path)}: output of shape {list(logits.shape)} is not [N, classes]"
+            return
+        finite = np.isfinite(logits).all(axis=1)
+        if not finite.all():
+            if not self.not_finite:
+                first = int(np.flatnonzero(~finite)[0])
+                self.first_not_finite = shown(paths[first]) if paths else f"image {first}"
+            self.not_finite += int((~finite).sum())
+        self.preds.append(logits.argmax(1))
+        self.targets.append(self.to_label[labels])
+
+
+def evaluate_stream(models: list[Model], listing, source: str, on_error: OnError,
+                    batch_size: int = 256, progress: Callable[[int], None] | None = None) -> list[Evaluation]:
+    """Evaluate several classifiers on one streamed split (`datasets.list_split`), decoding each chunk
+    once for all of them. A model that is not a classifier, whose labels do not cover the data's
+    classes, that fails to run or gives non-finite scores is reported through `on_error` (one line)
+    and left out; an unreadable image is reported once and left out for every model."""
+    tallies: list[_Tally] = []
+    for model in models:
+        try:
+            require_task(model, "classify")
+            tallies.append(_Tally(model, match_labels(model.labels, listing.class_names, source)))
+        except (ModelError, ValueError) as exc:
+            on_error(str(exc))
+    if not tallies:
+        return []
+    for chunk in listing.chunks([t.size for t in tallies], chunk=batch_size, on_error=on_error, progress=progress):
+        for tally in tallies:
+            if tally.failure is None:
+                tally.add(chunk.images[tally.size], chunk.labels, chunk.paths)
+    results = []
+    for tally in tallies:
+        if tally.failure is None and tally.not_finite:
+            tally.failure = (f"{shown(tally.model.path)}: the output is not finite (NaN or infinity) for "
+                             f"{tally.not_finite} images, first {tally.first_not_finite}; no accuracy reported")
+        if tally.failure is not None:
+            on_error(tally.failure)
+        elif tally.preds:
+            results.append(_evaluation(tally.model, np.concatenate(tally.preds), np.concatenate(tally.targets),
+                                       listing.class_names))
+    return results
+
+
+def compare_to_reference(results: list[Evaluation]) -> None:
+    """Fill Δ accuracy and top-1 agreement of each result against the fp32 file of its own model
+    (`toolkit.model`): the plain one (no flip averaging, no transform in front) where it was
+    evaluated too, else that model's first fp32, else its first result. Rows of different models
+    are never compared with each other."""
+    from toolkit.edge.contract import ModelFileError, inspect_model
+
+    def identity(result: Evaluation) -> tuple[str, bool]:
+        try:
+            meta = inspect_model(result.model).metadata
+        except ModelFileError:
+            meta = {}
+        plain = "toolkit.tta" not in meta and "toolkit.preprocess" not in meta
+        return meta.get("toolkit.model", result.model), plain
+
+    rows = [(r, *identity(r)) for r in results]
+    for r, name, _ in rows:
+        own = [(o, plain) for o, other, plain in rows if other == name]
+        fp32 = [(o, plain) for o, plain in own if o.precision == "fp32"]
+        ref = next((o for o, plain in fp32 if plain), fp32[0][0] if fp32 else own[0][0])
+        r.delta_vs_reference = r.accuracy - ref.accuracy
+        r.agreement_with_reference = float(np.mean(r.predictions == ref.predictions))
+
+
+def _cell(text: str) -> str:
+    """A file name as a markdown table cell: control characters escaped, pipes too."""
+    return shown(text).replace("|", "\\|")
+
+
+def accuracy_markdown(results: list[Evaluation], source: str, path: str | os.PathLike) -> Path:
+    """The accuracy table as markdown, written atomically."""
+    lines = [f"Top-1 accuracy on {_cell(source)}; Δ and agreement are against the fp32 model.", "",
+             "| model | precision | size (MB) | accuracy | Δ vs fp32 | top-1 agreement with fp32 |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {_cell(Path(r.model).name)} | {r.precision} | {r.size_mb:.2f} | {r.accuracy:.2%} | "
+                     f"{(r.delta_vs_reference or 0.0) * 100:+.2f} pt | {r.agreement_with_reference or 0.0:.2%} |")
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------- generate
+
+def generate_batches(model: Model, n: int, seed: int = 0, batch_size: int = 64) -> Iterator[np.ndarray]:
+    """n images from standard-normal latents, yielded batch by batch (uint8 [b, H, W, 3]); the same
+    seed gives the same images whatever the batch size (the latents are drawn in order)."""
+    require_task(model, "generate")
+    latent_dim = int(model.metadata.get("toolkit.latent_dim", model.input.shape[1]))
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, batch_size):
+        z = rng.standard_normal((min(batch_size, n - start), latent_dim)).astype(np.float32)
+        yield model.run(z)
+
+
+def generate(model: Model, n: int, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+    """n images (uint8 [n, H, W, 3]) in memory; the CLI streams `generate_batches` instead."""
+    return np.concatenate(list(generate_batches(model, n, seed, batch_size)))

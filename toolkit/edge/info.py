@@ -1,0 +1,84 @@
+"""`toolkit info`: what an ONNX file is — inputs and outputs, metadata, opset, op counts, size
+(external files included) and whether it keeps the one-file contract. Never imports torch."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import onnx
+from rich.console import Group
+from rich.table import Table
+
+from toolkit.edge.contract import ModelFile, inspect_model
+from toolkit.edge.data.fsio import shown
+
+
+def _text(value: str | bytes) -> str:
+    """A string from the file as one printable line: a damaged file can hold bytes that are not
+    UTF-8 (protobuf then hands them over as bytes) or control characters."""
+    return shown(value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value)
+
+
+def _shape(value_info: onnx.ValueInfoProto) -> str:
+    t = value_info.type.tensor_type
+    dims = [d.dim_param or str(d.dim_value) if (d.dim_param or d.HasField("dim_value")) else "?" for d in t.shape.dim]
+    return f"{onnx.TensorProto.DataType.Name(t.elem_type).lower()} [{', '.join(dims)}]"
+
+
+def _size_line(model: ModelFile) -> str:
+    if not model.external:
+        return f"{model.total_size / 1e6:.2f} MB"
+    return (f"{model.total_size / 1e6:.2f} MB in all ({model.file_size / 1e6:.2f} MB file + "
+            f"{(model.total_size - model.file_size) / 1e6:.2f} MB external data)")
+
+
+def _status(model: ModelFile) -> str:
+    """One line on the contract: a toolkit file must be one file; a foreign one may point beside itself."""
+    outside = [e for e in model.external if not e.inside]
+    missing = [e for e in model.external if e.inside and e.size is None]
+    if model.is_contract and model.external:
+        return ("contract: VIOLATED — a toolkit model must be one file, its weights sit in external data "
+                "(refused by every command)")
+    if outside:
+        return "foreign model: external data outside its folder (refused by every command)"
+    if missing:
+        return "foreign model: external data file missing (refused by every command)"
+    if model.is_contract:
+        return "contract: one file, toolkit metadata present"
+    return "foreign model (no toolkit metadata): `toolkit wrap` brings it into the contract"
+
+
+def describe_model(path: str | os.PathLike) -> Group:
+    """A rich renderable describing an ONNX file. ModelFileError for a file that is not one."""
+    model = inspect_model(Path(path))
+    proto = model.proto
+    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
+    io = Table(title=f"{shown(model.path.name)} — {_size_line(model)}, opset {opsets}")
+    io.add_column("")
+    io.add_column("name")
+    io.add_column("type and shape")
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for v in values:
+            io.add_row(kind, _text(v.name), _shape(v))
+    parts: list = [io]
+    if model.external:
+        ext = Table(title="external data")
+        ext.add_column("file", overflow="fold")
+        ext.add_column("tensors", justify="right")
+        ext.add_column("size / where")
+        for e in model.external:
+            ext.add_row(shown(e.location), str(e.tensors), e.describe())
+        parts.append(ext)
+    meta = Table(title="metadata")
+    meta.add_column("key")
+    meta.add_column("value", overflow="fold")
+    for p in proto.metadata_props:
+        meta.add_row(_text(p.key), _text(p.value))
+    ops = Table(title=f"ops ({len(proto.graph.node)} nodes, {len(proto.graph.initializer)} initializers)")
+    ops.add_column("op type")
+    ops.add_column("count", justify="right")
+    for op, count in sorted(Counter(n.op_type for n in proto.graph.node).items(), key=lambda t: (-t[1], t[0])):
+        ops.add_row(_text(op), str(count))
+    return Group(*parts, meta, ops, _status(model))

@@ -1,0 +1,1 @@
+"""Wrapping foreign classifiers."""
