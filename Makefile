@@ -5,18 +5,25 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATASETS ?= ../shared/datasets
 
-.PHONY: install models clean-models wheel data demo lint test bench gpu-check robustness clean
+.PHONY: install models clean-models wheel data demo lint test test-fast bench gpu-check gpu-carry robustness clean
 
 install: $(STAMP)
 
-# Everything: the runtime package, the `train` extra and the `dev` tools. torch is pinned here, not
-# in pyproject: on the dev machine torch==2.13.0 is a local CPU wheel, while an unpinned torch would
-# pull a multi-GB CUDA build; naming the pin again with the extras keeps pip from picking another.
+# Everything: the runtime package with the CPU runtime (`cpu` extra: onnxruntime), the `train`,
+# `dev` and `openvino` extras. torch and onnxruntime are pinned here, not in pyproject: on the dev
+# machine torch==2.13.0 is a local CPU wheel, while an unpinned torch would pull a multi-GB CUDA
+# build, and onnxruntime 1.31.1 is the build every committed number was measured with; naming the
+# pins again with the extras keeps pip from picking others. onnxruntime-gpu left in the venv would
+# share the `onnxruntime` folder with the cpu extra's onnxruntime (each overwrites the other's
+# files), so it goes first and onnxruntime is reinstalled whole.
+ORT_PIN := onnxruntime==1.31.1
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet torch==2.13.0 -e '.[train,dev,openvino]'
+	if $(BIN)/pip show --quiet onnxruntime-gpu 2>/dev/null; then \
+		$(BIN)/pip uninstall --quiet -y onnxruntime-gpu && $(BIN)/pip install --quiet --force-reinstall --no-deps '$(ORT_PIN)'; fi
+	$(BIN)/pip install --quiet torch==2.13.0 '$(ORT_PIN)' -e '.[cpu,train,dev,openvino]'
 	$(BIN)/python -m toolkit.edge.bench --build-only    # the roof probe (C, system compiler; says so if none)
 	touch $@
 
@@ -51,10 +58,10 @@ models/cifar_cnn.fft_lowpass.onnx: models/cifar_cnn_lowpass.safetensors $(MODEL_
 	$(EXPORT) --model cifar-cnn --weights $< --preprocess fft-lowpass:0.5 --out $@
 
 models/fft_lowpass.onnx: $(MODEL_DEPS)
-	$(EXPORT) --model fft-lowpass --radius 0.5 --size 32 --size 32 --form matmul --out $@
+	$(EXPORT) --model fft-lowpass --radius 0.5 --size 32 32 --form matmul --out $@
 
 models/walsh_compress.onnx: $(MODEL_DEPS)
-	$(EXPORT) --model walsh-compress --keep 0.5 --size 32 --size 32 --form matmul --out $@
+	$(EXPORT) --model walsh-compress --keep 0.5 --size 32 32 --form matmul --out $@
 
 clean-models:
 	rm -f $(MODEL_FILES)
@@ -63,7 +70,12 @@ clean-models:
 wheel: models
 	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
 
-data: data/cifar10-jpeg/train data/anime-faces-64/faces
+# The archives' folder (read-only): DATASETS=/path/to/archives overrides it. What each holds and the
+# fixed validation split: docs/data.md.
+data: data/cifar10-png/train data/cifar10-jpeg/train data/anime-faces-64/faces
+
+data/cifar10-png/train:
+	mkdir -p data && tar -xzf $(DATASETS)/cifar10-png-train.tar.gz -C data
 
 data/cifar10-jpeg/train:
 	mkdir -p data && tar -xzf $(DATASETS)/cifar10-jpeg-train.tar.gz -C data
@@ -93,26 +105,37 @@ lint: install
 test: install models
 	$(BIN)/pytest
 
+# The inner loop (under a minute on 2 cores): everything but the tests marked slow, gpu or data
+# (the markers and what each means: pyproject.toml [tool.pytest.ini_options]).
+test-fast: install models
+	$(BIN)/pytest -m "not slow and not gpu and not data"
+
 # The full matrix on this machine, interleaved, with its measured roof → benchmarks/results/<machine>.{json,md,png}
 # (per-run timings in <machine>.timings.json, not committed); run it on a quiet machine.
 bench: install models
 	$(BIN)/python benchmarks/run_bench.py
 
-# On a GPU machine, one command (under 5 minutes once the wheels are in): versions, CUDA and TensorRT library
+# On a GPU machine, one command that installs nothing (under 5 minutes): versions, CUDA and TensorRT library
 # discovery, the GPU tests with TOOLKIT_REQUIRE_GPU=1, CUDA and TensorRT against the CPU on real images for every
-# shipped precision, bench at batch 1 and 256 → benchmarks/results/<machine>.{json,md,png,parity.md}. Without an
-# NVIDIA driver it stops at its first line, before the GPU wheels (several GB) are downloaded.
-GPU_STAMP := $(VENV)/.gpu-installed
+# shipped model file, bench at batch 1 and 256 → benchmarks/results/<machine>.{json,md,png,parity.md}. It runs
+# with the Python that is there: .venv/bin/python if this checkout has one, else $(PYTHON) (a Python with torch
+# and the CUDA wheels has all it needs but onnxruntime-gpu, which it takes from ORT_GPU, a wheel or an unpacked
+# folder, .gpu/site by default: see make gpu-carry and docs/gpu.md). Every missing piece is one line; without an
+# NVIDIA driver it stops at its first line.
+GPU_PYTHON = $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+ORT_GPU ?=
 
-$(GPU_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[gpu,tensorrt]'
-	touch $@
+gpu-check:
+	@$(GPU_PYTHON) benchmarks/gpu_check.py $(if $(ORT_GPU),--ort-gpu $(ORT_GPU))
 
-gpu-check: install
-	@$(BIN)/python benchmarks/gpu_check.py --preflight
-	@$(MAKE) --no-print-directory models $(GPU_STAMP)
-	@if [ -d $(DATASETS) ]; then $(MAKE) --no-print-directory data; fi
-	$(BIN)/python benchmarks/gpu_check.py
+# For an offline GPU machine: downloads the onnxruntime-gpu wheel for the target's Python and CUDA major
+# (TARGET_PYTHON, TARGET_CUDA), recompresses it into parts of at most 60 MB in .gpu/ (git-ignored) and prints
+# what to carry in which transfer and what to run there (docs/gpu.md).
+TARGET_PYTHON ?= 3.12
+TARGET_CUDA   ?= 13
+
+gpu-carry:
+	@$(GPU_PYTHON) benchmarks/gpu_carry.py pack --python $(TARGET_PYTHON) --cuda $(TARGET_CUDA) --out .gpu
 
 # Classifier accuracy under noise and JPEG, with and without the low-pass → benchmarks/results/robustness.*
 robustness: install data

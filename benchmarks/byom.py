@@ -106,7 +106,7 @@ def classes_predicted(model: Path, size: int, n: int) -> int:
     """How many distinct classes the model predicts for the first `n` validation images."""
     from toolkit.edge.data.datasets import read_split
     from toolkit.edge.infer import predict
-    from toolkit.edge.runtime.ort import open_model
+    from toolkit.edge.runtime import open_model
 
     images = read_split(DATA, "val", (size, size), limit=n).images
     return len(set(predict(open_model(model), images, batch_size=32).tolist()))

@@ -41,7 +41,7 @@ from toolkit.edge.bench.machine import machine_lines
 from toolkit.edge.data.fsio import atomic_write_text
 from toolkit.edge.data.images import list_images, load_image, resize
 from toolkit.edge.infer import generate
-from toolkit.edge.runtime.ort import open_model
+from toolkit.edge.runtime import open_model
 
 HOLDOUT = 2000           # the last 2,000 faces (by name) are kept out of DCGAN training
 # The reference measure of issue #5; one seed for every row, so all rows use the same patch

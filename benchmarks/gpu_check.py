@@ -1,23 +1,27 @@
-"""`make gpu-check`: one command that proves the GPU paths on a GPU machine, in under 5 minutes.
+"""`make gpu-check`: one command that proves the GPU paths on a GPU machine, in under 5 minutes,
+installing nothing.
 
+0. What it needs (benchmarks/gpu_preflight.py): an NVIDIA driver, Python ≥ 3.11, onnxruntime-gpu
+   (installed, or from a wheel or unpacked folder: `--ort-gpu PATH`, `$ORT_GPU`, `.gpu/site`), the
+   CUDA and cuDNN libraries, the Python packages and the shipped model files; each missing piece is
+   one line on stderr and exit status 1 (without a driver, that line alone).
 1. Versions: the GPU and its driver, the CUDA version the driver supports, the CUDA version
    onnxruntime was built for, the TensorRT library onnxruntime's provider loads (its own version
-   number, read from the library) and onnxruntime's.
-2. Library discovery, each in a fresh process: a CUDA session with plain onnxruntime without and
-   with `onnxruntime.preload_dlls()` (without it a pip-only machine finds no CUDA libraries: that is
-   what preloading is for, so it is reported, not failed), and the toolkit's own torch-free path to
-   CUDA and TensorRT, which must work.
+   number, read from the library after the wheel's libraries are loaded) and onnxruntime's.
+2. Library discovery, each in a fresh process: a CUDA session running a convolution with plain
+   onnxruntime without and with `onnxruntime.preload_dlls()` (without it a pip-only machine finds no
+   CUDA libraries: that is what preloading is for, so it is reported, not failed), and the
+   toolkit's own torch-free path to CUDA and TensorRT, which must work (TensorRT only where its
+   libraries are here: otherwise its rows say "not measured here").
 3. The GPU tests (tests/test_gpu.py) with TOOLKIT_REQUIRE_GPU=1: a skip there is a failure.
-4. Parity with the CPU on real images, CUDA and TensorRT, for every precision of the shipped
-   models: max |Δ logit| and top-1 agreement (the generator: max and mean |Δ| grey level on fixed
-   latents), and whether every compute node ran on the provider → <out>/<machine>.parity.md.
+4. Parity with the CPU on real images, CUDA and TensorRT, for every shipped model file made for
+   that provider (an int8 file states its runtime in `toolkit.calibration`; it is skipped on the
+   others, with the reason): max |Δ logit| and top-1 agreement (the generator: max and mean |Δ| grey
+   level on fixed latents), and whether every compute node ran on the provider → <out>/<machine>.parity.md.
 5. `bench` on cpu, cuda and tensorrt at batch 1 and 256 → <out>/<machine>.{json,md,png} (without the
    CPU roof, to stay within the five minutes: `make bench` measures it).
 
-On a machine without a usable GPU it stops at once with one line on stderr and exit status 1.
-`--preflight` does only that check (the Makefile runs it before installing the GPU wheels).
-
-    .venv/bin/python benchmarks/gpu_check.py [--seconds 0.5] [--out benchmarks/results]
+    python benchmarks/gpu_check.py [--ort-gpu PATH] [--seconds 0.5] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -28,15 +32,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_preflight import ROOT, STEMS, missing_pieces  # beside this script; standard library only
+
 DATA = ROOT / "data" / "cifar10-jpeg" / "train"
 PARITY_IMAGES = 1024
 BATCH = 256
-STEMS = ("cifar_cnn", "cifar_resnet", "dcgan")          # the shipped models whose precisions are checked
 BENCH_STEMS = ("cifar_cnn", "dcgan")
+GPU = ("cuda", "tensorrt")
 # Lowest top-1 agreement with the CPU that passes, per precision (GPU kernels round differently,
 # fp16 and int8 more so); the generator's mean |Δ| may be at most this many grey levels.
 MIN_AGREEMENT = {"fp32": 0.995, "fp16": 0.99, "int8": 0.97}
@@ -48,23 +56,36 @@ def die(message: str) -> None:
     sys.exit(1)
 
 
-def preflight() -> None:
-    """Exit with one line unless an NVIDIA driver is here (before any GPU wheel is installed)."""
-    from toolkit.edge.runtime import gpu
+def preflight(ort_gpu: str | None) -> None:
+    """Exit with one line per missing piece unless everything gpu-check needs is here."""
+    lines = missing_pieces(ort_gpu)
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    if lines:
+        sys.exit(1)
 
-    if gpu.cuda_driver_version() is None:
-        die("no usable GPU here: no NVIDIA driver (libcuda.so.1 does not load); make gpu-check needs a machine "
-            "with an NVIDIA GPU")
+
+def made_for(metadata: dict, provider: str) -> str | None:
+    """None when a file is made for `provider`, else why not: an int8 file is for the runtime whose
+    scheme it was quantized in (`toolkit.calibration` target), float files are for every provider."""
+    from toolkit.edge.runtime.model import int8_target
+    from toolkit.edge.runtime.registry import int8_target_of
+
+    target = int8_target(metadata)
+    if target is None or target == int8_target_of(provider):
+        return None
+    return (f"quantized for {target} (its int8 scheme), not for {provider}, which takes the "
+            f"{int8_target_of(provider)} scheme")
 
 
 # ----------------------------------------------------------------------------- 1, 2: versions, discovery
 
-def versions() -> None:
+def versions() -> list[str]:
     import onnxruntime as ort
 
     from toolkit.edge.bench import machine_info
     from toolkit.edge.runtime import gpu
-    from toolkit.edge.runtime.ort import ProviderError, check_provider
+    from toolkit.edge.runtime.open import ProviderError, check_provider
 
     try:
         check_provider("cuda")
@@ -75,26 +96,33 @@ def versions() -> None:
     for g in machine["gpus"]:
         print(f"GPU: {g['name']}, driver {g['driver']}, {g['memory']}")
     print(f"CUDA: driver supports {gpu.cuda_driver_version()}, onnxruntime {ort.__version__} built for "
-          f"{gpu.cuda_build_version()}")
-    print(f"TensorRT: {f'{loaded[1]} loaded from {loaded[0]}' if loaded else 'not loadable'} (onnxruntime's "
+          f"{gpu.cuda_build_version()} (from {Path(ort.__file__).parent.parent})")
+    print(f"TensorRT: {f'{loaded[1]} loaded from {loaded[0]}' if loaded else 'not here'} (onnxruntime's "
           f"provider links {gpu.linked_soname('libonnxruntime_providers_tensorrt.so', 'libnvinfer')})")
+    return []
 
 
+# Plain onnxruntime, a CUDA session that runs a convolution: the CUDA provider loads cuDNN only
+# when the first one runs, so a session alone proves nothing about cuDNN.
 PROBE = """
-import onnx, onnxruntime as ort, sys, tempfile, os
-from onnx import TensorProto, helper
-g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "p",
-                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+import numpy as np, onnx, onnxruntime as ort, sys, tempfile, os
+from onnx import TensorProto, helper, numpy_helper
+w = numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")
+g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "p",
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])], [w])
 path = os.path.join(tempfile.mkdtemp(), "p.onnx")
 onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
 ort.set_default_logger_severity(4)
 if PRELOAD:
     ort.preload_dlls()
 s = ort.InferenceSession(path, providers=["CUDAExecutionProvider"])
-sys.exit(0 if "CUDAExecutionProvider" in s.get_providers() else 3)
+if "CUDAExecutionProvider" not in s.get_providers():
+    sys.exit(3)
+y = s.run(None, {"x": np.ones((1, 1, 4, 4), np.float32)})[0]
+sys.exit(0 if float(y[0, 0, 1, 1]) == 9.0 else 4)
 """
-TOOLKIT_PROBE = ("import sys; from toolkit.edge.runtime.ort import check_provider; check_provider({provider!r}); "
+TOOLKIT_PROBE = ("import sys; from toolkit.edge.runtime.open import check_provider; check_provider({provider!r}); "
                  "assert 'torch' not in sys.modules, 'torch was imported'")
 
 
@@ -104,28 +132,57 @@ def fresh(code: str) -> tuple[bool, str]:
     return result.returncode == 0, lines[-1] if lines else ""
 
 
+def tensorrt_absent() -> str | None:
+    """Why TensorRT is not measured here when its libraries are not installed, else None (then a
+    TensorRT that does not run is a failure like any other)."""
+    if tensorrt_libraries_here():
+        return None
+    return "TensorRT's libraries are not installed here (no tensorrt_libs wheel, no libnvinfer on the loader's path)"
+
+
 def discovery() -> list[str]:
     failures = []
     for preload in (False, True):
         ok, why = fresh(PROBE.replace("PRELOAD", str(preload)))
-        print(f"plain onnxruntime, CUDA session {'with' if preload else 'without'} preload_dlls(): "
-              f"{'found the libraries' if ok else 'CPU only' + (f' ({why})' if why else '')}")
+        print(f"plain onnxruntime, a convolution on CUDA {'with' if preload else 'without'} preload_dlls(): "
+              f"{'ran' if ok else 'did not run' + (f' ({why})' if why else '')}")
         if preload and not ok:
-            failures.append("onnxruntime.preload_dlls() did not make CUDA loadable")
-    for provider in ("cuda", "tensorrt"):
+            failures.append("onnxruntime.preload_dlls() did not make a CUDA convolution run")
+    for provider in GPU:
         ok, why = fresh(TOOLKIT_PROBE.format(provider=provider))
         print(f"toolkit (fresh process, no torch) on {provider}: {'ok' if ok else why}")
-        if not ok:
+        if not ok and (provider == "cuda" or tensorrt_absent() is None):
             failures.append(f"toolkit cannot run {provider} in a fresh process: {why}")
     return failures
 
 
+def tensorrt_libraries_here() -> bool:
+    """Whether TensorRT's libraries are installed: its wheel, or a libnvinfer the loader finds."""
+    import ctypes
+
+    from toolkit.edge.runtime import gpu
+
+    if gpu.tensorrt_wheel_dir() is not None:
+        return True
+    soname = gpu.linked_soname("libonnxruntime_providers_tensorrt.so", "libnvinfer") or "libnvinfer.so.10"
+    try:
+        ctypes.CDLL(soname)
+    except OSError:
+        return False
+    return True
+
+
 def gpu_tests() -> list[str]:
+    # Without TensorRT's libraries (gigabytes; not every GPU machine has them) its tests are left
+    # out and said so, like its rows: under TOOLKIT_REQUIRE_GPU=1 they would fail for that alone.
+    no_trt = tensorrt_absent()
+    select = ["-k", "not tensorrt"] if no_trt else []
     result = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider",
-                             str(ROOT / "tests" / "test_gpu.py")], cwd=ROOT, text=True, capture_output=True,
+                             *select, str(ROOT / "tests" / "test_gpu.py")], cwd=ROOT, text=True, capture_output=True,
                             env={**os.environ, "TOOLKIT_REQUIRE_GPU": "1"}, timeout=600, check=False)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr.strip()[-300:]
-    print(f"tests/test_gpu.py with TOOLKIT_REQUIRE_GPU=1: {summary}")
+    print(f"tests/test_gpu.py with TOOLKIT_REQUIRE_GPU=1: {summary}"
+          + (f" (TensorRT tests not run: {no_trt})" if no_trt else ""))
     if result.returncode != 0:
         print(result.stdout[-4000:])
         return [f"GPU tests failed: {summary}"]
@@ -135,6 +192,8 @@ def gpu_tests() -> list[str]:
 # ----------------------------------------------------------------------------- 4: parity
 
 def real_images(size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    import numpy as np
+
     from toolkit.edge.data.datasets import read_split
     from toolkit.edge.data.images import list_images, load_image, resize
 
@@ -146,13 +205,17 @@ def real_images(size: tuple[int, int]) -> tuple[np.ndarray, str]:
 
 def padded(chunk: np.ndarray) -> np.ndarray:
     """`chunk` filled up to BATCH items with copies of its last one (the TensorRT engine's one shape)."""
+    import numpy as np
+
     return np.concatenate([chunk, np.repeat(chunk[-1:], BATCH - len(chunk), axis=0)]) if len(chunk) < BATCH else chunk
 
 
 def run_padded(model, feed: np.ndarray) -> np.ndarray:
     """Outputs for `feed`, run in chunks of exactly BATCH."""
-    return np.concatenate([model.session.run(None, {model.input.name: padded(feed[i:i + BATCH])})[0][:BATCH]
-                           [:len(feed[i:i + BATCH])] for i in range(0, len(feed), BATCH)])
+    import numpy as np
+
+    return np.concatenate([model.run(padded(feed[i:i + BATCH]))[:len(feed[i:i + BATCH])]
+                           for i in range(0, len(feed), BATCH)])
 
 
 def shipped_files() -> list[Path]:
@@ -167,63 +230,82 @@ def shipped_files() -> list[Path]:
     return files
 
 
+def compare(cpu, got: np.ndarray, expected: np.ndarray) -> tuple[str, bool]:
+    """The table cells (largest difference, agreement) and whether they are within the limits."""
+    import numpy as np
+
+    if cpu.task == "generate":
+        diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
+        return f"{diff.max()} grey levels (mean {diff.mean():.3f}) | —", bool(diff.mean() <= MAX_MEAN_GREY)
+    agreement = float(np.mean(got.argmax(1) == expected.argmax(1)))
+    return (f"{np.abs(got - expected).max():.4g} | {agreement:.2%}",
+            agreement >= MIN_AGREEMENT.get(cpu.precision, 0.97))
+
+
+def parity_rows(path: Path, providers: list[str], no_trt: str | None, inputs_seen: set) -> tuple[list[str], list[str]]:
+    """The parity table's rows for one file, and its failures."""
+    import numpy as np
+
+    from toolkit.edge.runtime.model import int8_target
+    from toolkit.edge.runtime.open import ModelError, ProviderError, open_model
+
+    cpu = open_model(path, "cpu")
+    if cpu.task == "generate":
+        dim = int(cpu.metadata.get("toolkit.latent_dim") or cpu.input.shape[1])
+        feed = np.random.default_rng(0).standard_normal((BATCH, dim)).astype(np.float32)
+        inputs_seen.add(f"{BATCH} fixed latents")
+    else:
+        feed, source = real_images(cpu.input_hw or (32, 32))
+        inputs_seen.add(source)
+    expected = run_padded(cpu, feed)
+    label = f"{cpu.precision}{f' ({int8_target(cpu.metadata)} scheme)' if int8_target(cpu.metadata) else ''}"
+    rows, failures = [], []
+    for provider in providers:
+        skip = made_for(cpu.metadata, provider) or (f"not measured here: {no_trt}" if provider == "tensorrt"
+                                                     and no_trt else None)
+        if skip:
+            rows.append(f"| {path.name} | {label} | {provider} | — | — | skipped: {skip} |")
+            continue
+        try:
+            model = open_model(path, provider, shapes={cpu.input.name: (BATCH, *feed.shape[1:])}
+                               if provider == "tensorrt" else None, trt_fp16=cpu.precision == "fp16")
+            model.first_run({cpu.input.name: padded(feed[:BATCH])})
+            got = run_padded(model, feed)
+        except (ProviderError, ModelError) as exc:
+            rows.append(f"| {path.name} | {label} | {provider} | — | — | does not run: {exc} |")
+            failures.append(f"{path.name} on {provider}: {exc}")
+            continue
+        where = model.placement()
+        placed = "all" if where.complete else "partial: " + ", ".join(where.elsewhere[:3])
+        cells, ok = compare(cpu, got, expected)
+        rows.append(f"| {path.name} | {label} | {provider} | {cells} | {placed} |")
+        if not ok:
+            failures.append(f"{path.name} on {provider} differs from the CPU beyond the limit ({rows[-1]})")
+        if not where.complete:
+            failures.append(f"{path.name} on {provider}: compute nodes elsewhere ({placed})")
+    return rows, failures
+
+
 def parity(out: Path, slug: str) -> list[str]:
     from toolkit.edge.data.fsio import atomic_write
-    from toolkit.edge.runtime.ort import ProviderError, first_run, int8_target, open_model, placement
 
+    no_trt = tensorrt_absent()
     failures, lines = [], []
-    inputs_seen = set()
+    inputs_seen: set[str] = set()
     for path in shipped_files():
-        cpu = open_model(path, "cpu")
-        spec = cpu.input
-        if cpu.task == "generate":
-            dim = int(cpu.metadata.get("toolkit.latent_dim") or spec.shape[1])
-            feed = np.random.default_rng(0).standard_normal((BATCH, dim)).astype(np.float32)
-            source = f"{BATCH} fixed latents"
-        else:
-            feed, source = real_images(cpu.input_hw or (32, 32))
-        inputs_seen.add(source)
-        expected = run_padded(cpu, feed)
-        label = f"{cpu.precision}{' (TensorRT scheme)' if int8_target(cpu.metadata) == 'tensorrt' else ''}"
-        cpu_scheme_int8 = int8_target(cpu.metadata) == "cpu"
-        for provider in ("cuda", "tensorrt"):
-            shapes = {spec.name: (BATCH, *feed.shape[1:])}
-            try:
-                model = open_model(path, provider, shapes=shapes if provider == "tensorrt" else None,
-                                   trt_fp16=cpu.precision == "fp16")
-                first_run(model, {spec.name: padded(feed[:BATCH])})
-            except ProviderError as exc:
-                # uint8 Q/DQ is not TensorRT's int8 (the `--target tensorrt` file is): noted, not a failure.
-                expected_failure = provider == "tensorrt" and cpu_scheme_int8
-                lines.append(f"| {path.name} | {label} | {provider} | — | — | does not run: {exc} |")
-                print("  " + lines[-1].strip("| ").replace(" | ", ", "))
-                if not expected_failure:
-                    failures.append(f"{path.name} on {provider}: {exc}")
-                continue
-            got = run_padded(model, feed)
-            where = placement(model)
-            placed = "all" if where.complete else "partial: " + ", ".join(where.elsewhere[:3])
-            if cpu.task == "generate":
-                diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
-                verdict = diff.mean() <= MAX_MEAN_GREY
-                lines.append(f"| {path.name} | {label} | {provider} | {diff.max()} grey levels "
-                             f"(mean {diff.mean():.3f}) | — | {placed} |")
-            else:
-                agreement = float(np.mean(got.argmax(1) == expected.argmax(1)))
-                verdict = agreement >= MIN_AGREEMENT.get(cpu.precision, 0.97)
-                lines.append(f"| {path.name} | {label} | {provider} | {np.abs(got - expected).max():.4g} | "
-                             f"{agreement:.2%} | {placed} |")
-            print("  " + lines[-1].strip("| ").replace(" | ", ", "))
-            if not verdict:
-                failures.append(f"{path.name} on {provider} differs from the CPU beyond the limit ({lines[-1]})")
+        rows, failed = parity_rows(path, list(GPU), no_trt, inputs_seen)
+        for row in rows:
+            print("  " + row.strip("| ").replace(" | ", ", "))
+        lines += rows
+        failures += failed
     limits = ", ".join(f"{v:.1%} ({k})" for k, v in MIN_AGREEMENT.items())
     text = "\n".join([
         f"# GPU parity: {slug}", "",
         (f"CUDA and TensorRT against onnxruntime on the CPU: same file, same inputs "
          f"({'; '.join(sorted(inputs_seen))}); TensorRT engines built for batch {BATCH}. Limits: top-1 agreement at "
          f"least {limits}; the generator's mean difference at most {MAX_MEAN_GREY} grey levels. Last column: whether "
-         "every Conv / Gemm / MatMul ran on that provider (a CPU-scheme int8 file on TensorRT is expected to be "
-         "partial)."), "",
+         "every Conv / Gemm / MatMul ran on that provider. An int8 file runs only on the runtime it was quantized "
+         "for (`toolkit.calibration` target); the others say so."), "",
         "| file | precision | provider | largest difference (logit or grey level) | top-1 agreement | compute nodes |",
         "|---|---|---|---:|---:|---|", *lines, ""])
     written = atomic_write(out / f"{slug}.parity.md", lambda p: p.write_text(text))
@@ -234,14 +316,12 @@ def parity(out: Path, slug: str) -> list[str]:
 # ----------------------------------------------------------------------------- 5: bench
 
 def benchmark(out: Path, seconds: float) -> list[str]:
-    import onnx
-
     from toolkit.edge import bench
-    from toolkit.edge.contract import read_metadata
-    from toolkit.edge.runtime.ort import int8_target
 
+    no_trt = tensorrt_absent()
+    providers = ["cpu", "cuda"] + ([] if no_trt else ["tensorrt"])
     models = [p for p in shipped_files() if p.name.split(".")[0] in BENCH_STEMS]
-    cfg = bench.BenchConfig(models=models, providers=["cpu", "cuda", "tensorrt"], batch_sizes=[1, BATCH],
+    cfg = bench.BenchConfig(models=models, providers=providers, batch_sizes=[1, BATCH],
                             seconds=seconds, warmup=3, data=DATA if DATA.is_dir() else None, roof=False)
     errors: list[str] = []
 
@@ -252,25 +332,24 @@ def benchmark(out: Path, seconds: float) -> list[str]:
               f"{row['p50_ms']:.3f} ms, {row['throughput']:,.0f} img/s{build}{marker}", flush=True)
 
     doc = bench.run_benchmark(cfg, on_row=on_row, on_error=errors.append)
-    for path in bench.write_reports(doc, out):
+    written = bench.write_reports(doc, out)
+    if no_trt:
+        report = next(p for p in written if p.suffix == ".md")
+        report.write_text(report.read_text() + f"\nTensorRT: not measured here ({no_trt}).\n")
+    for path in written:
         print(f"wrote {path}")
-    # A CPU-scheme (uint8 Q/DQ) int8 file that TensorRT cannot build is reported, not failed: TensorRT's
-    # int8 is the `--target tensorrt` file.
-    cpu_scheme = [p for p in models if int8_target(read_metadata(onnx.load(str(p), load_external_data=False)))
-                  == "cpu"]
-    expected = [e for e in errors if "tensorrt" in e and any(p.name in e for p in cpu_scheme)]
-    for e in expected:
-        print(f"  note: {e}")
-    return [f"bench: {e}" for e in errors if e not in expected]
+    return [f"bench: {e}" for e in errors]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preflight", action="store_true", help="only check that an NVIDIA GPU and driver are here")
+    parser.add_argument("--ort-gpu", help="onnxruntime-gpu wheel or unpacked folder, when it is not installed "
+                        "(default: $ORT_GPU, else .gpu/site)")
+    parser.add_argument("--preflight", action="store_true", help="only check that everything needed is here")
     parser.add_argument("--seconds", type=float, default=0.5, help="counted time per bench row (default 0.5)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="report folder")
     args = parser.parse_args()
-    preflight()
+    preflight(args.ort_gpu)
     if args.preflight:
         return
     from toolkit.edge.bench import machine_slug

@@ -10,7 +10,7 @@ file's accuracy is measured on the 5,000 validation images. The guard is the shi
 0.5 points below fp32.
 
 1. The baseline is the fp32 file quantized with the recipe the toolkit used before these
-   experiments (TODAY_RECIPE: float input head, uint8 logits), beside the int8 file in models/.
+   experiments (BASELINE_RECIPE: float input head, uint8 logits), beside the int8 file in models/.
 2. Per-node profile of the baseline at batch 256 (onnxruntime's profiler), and of the new recipe.
 3. Variants of the file, one change at a time and together (CPU_RECIPE, what `toolkit export` and
    `toolkit quantize` now build), then session options on the new file: optimisation level, a
@@ -29,7 +29,7 @@ import sys
 import tempfile
 from collections import Counter
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +39,9 @@ from toolkit.edge.data.datasets import CIFAR10_LABELS
 from toolkit.edge.data.fsio import atomic_write_text
 from toolkit.edge.quantize import variants as quantize
 from toolkit.edge.quantize.classifier import read_quantization_data
-from toolkit.edge.quantize.recipe import CPU_RECIPE, OPENVINO_RECIPE, TODAY_RECIPE
-from toolkit.edge.runtime.ort import open_model
+from toolkit.edge.quantize.config import QuantizeOptions
+from toolkit.edge.quantize.recipe import BASELINE_RECIPE, CPU_RECIPE, OPENVINO_RECIPE
+from toolkit.edge.runtime import open_model
 from toolkit.edge.runtime.streams import Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,13 +51,13 @@ DATA = ROOT / "data" / "cifar10-jpeg" / "train"
 MAX_DROP = 0.5
 # (name, what changed, recipe, nodes kept in float)
 FILE_VARIANTS = [
-    ("today", "the recipe before: float head (Cast, Sub, Mul, Quantize), uint8 logits", TODAY_RECIPE, ()),
+    ("today", "the recipe before: float head (Cast, Sub, Mul, Quantize), uint8 logits", BASELINE_RECIPE, ()),
     ("integer head", "normalisation folded into conv1; its input is the uint8 pixels (exact borders)",
-     replace(TODAY_RECIPE, integer_head=True), ()),
+     replace(BASELINE_RECIPE, integer_head=True), ()),
     ("integer head, zero-point borders", "the same, conv1 pads with the mean pixel z (one op fewer)",
-     replace(TODAY_RECIPE, integer_head=True, border="zero-point"), ()),
+     replace(BASELINE_RECIPE, integer_head=True, border="zero-point"), ()),
     ("float logits", "no Quantize/Dequantize pair on the output: the last QGemm writes float",
-     replace(TODAY_RECIPE, float_logits=True), ()),
+     replace(BASELINE_RECIPE, float_logits=True), ()),
     ("unpacked recipe", "integer head + float logits, first conv not packed (the OpenVINO files before the NHWC head)",
      replace(OPENVINO_RECIPE, nhwc_head=False, nhwc_flatten=False), ()),
     ("OpenVINO recipe", ("the unpacked recipe, padded and dequantized before the input's Transpose, NHWC flatten "
@@ -69,7 +70,8 @@ FILE_VARIANTS = [
      replace(CPU_RECIPE, per_channel=False), ()),
     ("new recipe, u8u8", "uint8 weights (zero point 128) instead of int8: VNNI multiplies u8 × s8",
      replace(CPU_RECIPE, weight_type="uint8"), ()),
-    ("today, conv1 in float", "the first convolution (3 input channels) kept in fp32", TODAY_RECIPE, ("node_conv2d",)),
+    ("today, conv1 in float", "the first convolution (3 input channels) kept in fp32", BASELINE_RECIPE,
+     ("node_conv2d",)),
 ]
 # (file, provider, schedule): the batch cut into micro-batches run on streams (toolkit/edge/runtime/streams.py)
 SCHEDULE_VARIANTS = [("new recipe", "cpu", "2x32"), ("new recipe", "cpu", "1x32"),
@@ -151,7 +153,7 @@ def main() -> None:
     if not FP32.is_file() or not args.data.is_dir():
         sys.exit(f"error: needs {FP32.relative_to(ROOT)} (make models) and {args.data} (make data)")
     threads = args.threads or bench.available_cores()
-    data = read_quantization_data(args.data, (32, 32), list(CIFAR10_LABELS), "val", 500, None, False, log=print)
+    data = read_quantization_data(args.data, (32, 32), list(CIFAR10_LABELS), QuantizeOptions(), log=print)
     labels = np.asarray(data.labels)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -221,7 +223,7 @@ def main() -> None:
                          "throughput": stats["throughput"], "runs": len(plan.timings),
                          "ratio": float(np.median(ratios)), "ratio_range": [float(ratios.min()), float(ratios.max())],
                          **runners[name][2]})
-    doc = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+    doc = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
            "machine": bench.machine_info(), "threads": threads, "rounds": args.rounds, "seconds": args.seconds,
            "profile_today": before, "profile_new": after, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from toolkit.edge.bench.machine import machine_lines
 from toolkit.edge.data.datasets import class_folder_files, split_indices
 from toolkit.edge.data.fsio import atomic_write, atomic_write_text
 from toolkit.edge.data.images import load_image, resize
-from toolkit.edge.runtime.ort import open_model
+from toolkit.edge.runtime import open_model
 from toolkit.edge.spectral import transforms
 
 ROOT = Path(__file__).resolve().parent.parent

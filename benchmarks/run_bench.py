@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from toolkit.edge import bench
-from toolkit.edge.runtime.ort import ModelError, ProviderError, usable_providers
+from toolkit.edge.runtime import ModelError, ProviderError, usable_providers
 from toolkit.edge.runtime.streams import Schedule
 from toolkit.pytorch.torch_bench import torch_rows
 

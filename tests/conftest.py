@@ -1,4 +1,5 @@
-"""Shared fixtures: small data the tests make themselves, and one freshly initialised exported CNN."""
+"""Shared fixtures: small data the tests make themselves, and one freshly initialised exported CNN.
+Builders (plain functions) live in tests/helpers.py; this file holds fixtures and the `slow` rule."""
 
 import os
 
@@ -6,27 +7,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from toolkit.edge.data.datasets import CIFAR10_LABELS
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "datasets"
+from tests.helpers import TORCH_FIXTURES, tiny_classifier, write_class_tree
 
 
-def write_class_tree(root: Path, per_class: int = 10, size=(32, 32), seed: int = 0, classes=CIFAR10_LABELS) -> Path:
-    """A class-per-folder tree of small JPEGs whose colour depends on the class, so a model can learn it."""
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(classes):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        base = np.array([(c * 53) % 256, (c * 97) % 256, (c * 151) % 256], dtype=np.float64)
-        for i in range(per_class):
-            img = np.clip(base + rng.normal(0, 20, (*size, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(folder / f"{i:04d}.jpg", quality=90)
-    return root
+@pytest.hookimpl(tryfirst=True)          # before `-m` deselects, so the mark counts there
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for a fixture exporting with torch is slow, wherever it is written."""
+    for item in items:
+        if TORCH_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +52,9 @@ def fresh_onnx(tmp_path_factory, fresh_weights, class_tree) -> Path:
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch) -> Path:
-    """A tiny uint8-image classifier (tests/test_bench.py's tiny_classifier), with no shipped models
-    in reach and a cache folder of its own; shared by the OpenVINO and streams tests."""
+    """A tiny uint8-image classifier (helpers.tiny_classifier), with no shipped models in reach and
+    a cache folder of its own; shared by the OpenVINO and streams tests."""
     import toolkit.zoo as zoo
-    from tests.test_bench import tiny_classifier  # here, not at the top: test_bench imports this module
 
     monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path / "no-models")
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "cache"))

@@ -12,48 +12,20 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from PIL import Image
 from typer.testing import CliRunner
 
 import toolkit.zoo as zoo
-from tests.conftest import write_class_tree
+from tests.helpers import LABELS, tiny_classifier, write_class_tree
 from toolkit.cli import app
 from toolkit.edge import bench
-from toolkit.edge.runtime.ort import usable_providers
+from toolkit.edge.runtime import usable_providers
 
-LABELS = ["cat", "dog"]
 REQUIRED_ROW_KEYS = {"model", "precision", "provider", "backend", "batch_size", "compute", "p50_ms", "p90_ms",
                      "p99_ms", "mean_ms", "throughput", "min_ms", "threads", "warmup_runs", "runs", "rounds",
                      "session_create_s", "file_size_bytes", "accuracy", "placement", "timings_ms", "input", "shapes",
                      "isa_roof_share", "gemm_roof_share"}
-
-
-def tiny_classifier(path, model_name="tiny", labels=LABELS):
-    """uint8 [N, 32, 32, 3] → Cast → Transpose → Conv(3→4, 3×3, same) → Relu → GlobalAveragePool → MatMul → logits."""
-    rng = np.random.default_rng(0)
-    conv_w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.01, "conv_w")
-    fc_w = numpy_helper.from_array(rng.standard_normal((4, len(labels))).astype(np.float32), "fc_w")
-    nodes = [
-        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
-        helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Conv", ["nchw", "conv_w"], ["conv"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["conv"], ["relu"]),
-        helper.make_node("GlobalAveragePool", ["relu"], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "fc_w"], ["logits"]),
-    ]
-    graph = helper.make_graph(nodes, "tiny",
-                              [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 32, 32, 3])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(labels)])],
-                              [conv_w, fc_w])
-    # IR 8: what every onnxruntime from 1.14 on loads.
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    for key, value in {"toolkit.task": "classify", "toolkit.model": model_name, "toolkit.precision": "fp32",
-                       "toolkit.labels": json.dumps(labels)}.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, path)
-    return path
 
 
 def tiny_generator(path):
@@ -169,6 +141,7 @@ def test_accuracy_and_real_images_from_data(model_path, tmp_path):
     assert "validation images" in row["input"]
 
 
+@pytest.mark.slow
 def test_onnx_rows_do_not_import_torch(model_path):
     code = ("import sys; from toolkit.edge import bench; "
             f"bench.run_benchmark(bench.BenchConfig(models=[{str(model_path)!r}], batch_sizes=[1], runs=2, warmup=0, "
@@ -176,6 +149,7 @@ def test_onnx_rows_do_not_import_torch(model_path):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
 def test_torch_row_measured_in_the_same_run(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path / "no-models")
     path = tiny_classifier(tmp_path / "cnn.onnx", model_name=zoo.CIFAR_CNN.name, labels=zoo.CIFAR_CNN.labels)

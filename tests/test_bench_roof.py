@@ -10,7 +10,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_bench import tiny_classifier
+from tests.helpers import tiny_classifier
 from toolkit.cli import app
 from toolkit.edge import bench
 from toolkit.edge.bench import roof
@@ -79,6 +79,7 @@ def test_shares_against_the_roof_of_the_computed_precision():
     assert roof.shares(row, None) == (None, None)
 
 
+@pytest.mark.slow
 @needs_compiler
 def test_roof_in_the_run_and_the_report(quick_roof, tmp_path, monkeypatch):
     import toolkit.zoo as zoo

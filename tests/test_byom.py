@@ -9,8 +9,7 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import REPO, write_class_tree
-from tests.test_wrap import foreign_classifier
+from tests.helpers import REPO, foreign_classifier, write_class_tree
 from toolkit.cli import app
 
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -77,16 +76,17 @@ def user_net(tmp_path_factory):
 
 def export(folder, weights, out, *extra):
     return runner.invoke(app, ["export", "--module", f"{folder / 'net.py'}:Net", "--weights", str(folder / weights),
-                               "--input-size", "40", "48", "--labels", "a,b,c,d", "--mean", ",".join(map(str, MEAN)),
+                               "--size", "40", "48", "--labels", "a,b,c,d", "--mean", ",".join(map(str, MEAN)),
                                "--std", ",".join(map(str, STD)), "--data", str(folder / "tree"), "--out", str(out),
                                *extra])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weights", ["net.safetensors", "net.pt", "checkpoint.pth"])
 def test_export_module_meets_the_contract_and_matches_torch(tmp_path, user_net, weights):
     import torch
 
-    from toolkit.edge.runtime.ort import open_model
+    from toolkit.edge.runtime import open_model
 
     folder, net = user_net
     out = tmp_path / "user.onnx"
@@ -116,7 +116,7 @@ def test_a_pickle_that_needs_full_unpickling_is_refused_unrun(tmp_path, user_net
     marker = tmp_path / "created_by_the_pickle"
     torch.save({"weight": Payload(marker)}, tmp_path / "evil.pt")
     result = runner.invoke(app, ["export", "--module", f"{folder / 'net.py'}:Net", "--weights",
-                                 str(tmp_path / "evil.pt"), "--input-size", "40", "48",
+                                 str(tmp_path / "evil.pt"), "--size", "40", "48",
                                  "--out", str(tmp_path / "x.onnx")])
     assert result.exit_code == 1 and "refused" in result.output and "full unpickling" in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -132,7 +132,7 @@ def test_weights_that_do_not_fit_are_listed(tmp_path, user_net):
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "partial.pt")
     result = runner.invoke(app, ["export", "--module", f"{folder / 'net.py'}:Net", "--weights",
-                                 str(tmp_path / "partial.pt"), "--input-size", "40", "48",
+                                 str(tmp_path / "partial.pt"), "--size", "40", "48",
                                  "--out", str(tmp_path / "x.onnx")])
     assert result.exit_code == 1
     assert "missing head.bias" in result.output and "unexpected extra.weight" in result.output
@@ -149,12 +149,13 @@ def test_weights_that_do_not_fit_are_listed(tmp_path, user_net):
 def test_bad_module_specs_fail_in_one_line(tmp_path, user_net, target, message):
     folder, _ = user_net
     result = runner.invoke(app, ["export", "--module", target.format(folder=folder), "--weights",
-                                 str(folder / "net.safetensors"), "--input-size", "40", "48",
+                                 str(folder / "net.safetensors"), "--size", "40", "48",
                                  "--out", str(tmp_path / "x.onnx")])
     assert result.exit_code == 1 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_factory_in_a_package_and_fp16(tmp_path, user_net):
     import importlib
     import sys
@@ -171,7 +172,7 @@ def test_factory_in_a_package_and_fp16(tmp_path, user_net):
     importlib.invalidate_caches()
     try:
         result = runner.invoke(app, ["export", "--module", "usernets.models:make_net", "--weights",
-                                     str(folder / "net.safetensors"), "--input-size", "40", "48", "--labels",
+                                     str(folder / "net.safetensors"), "--size", "40", "48", "--labels",
                                      "a,b,c,d", "--data", str(folder / "tree"), "--precision", "fp16",
                                      "--out", str(out)])
     finally:
@@ -187,7 +188,7 @@ def test_model_or_module_not_both(tmp_path):
     result = runner.invoke(app, ["export", "--model", "cifar-cnn", "--module", "x.py:Net"])
     assert result.exit_code == 1 and "either --model" in result.output
     result = runner.invoke(app, ["export", "--module", "x.py:Net", "--out", str(tmp_path / "x.onnx")])
-    assert result.exit_code == 1 and "--input-size" in result.output
+    assert result.exit_code == 1 and "--size H W" in result.output
 
 
 # ----------------------------------------------------------------------------- the Python API

@@ -9,37 +9,23 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import toolkit.zoo as zoo
+from tests.helpers import DATA, check_classifier_contract, write_class_tree
 from toolkit.cli import app
 from toolkit.edge.data.datasets import CIFAR10_LABELS
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
 
+@pytest.mark.slow
 def test_parameter_count_is_the_papers():
     net = zoo.CIFAR_CNN.build()
     assert sum(p.numel() for p in net.parameters()) == 1_250_858
 
 
-def check_classifier_contract(path, precision):
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model, full_check=True)
-    assert all(o.version >= 17 for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    meta = {p.key: p.value for p in model.metadata_props}
-    assert meta["toolkit.task"] == "classify" and meta["toolkit.model"] == "cifar-cnn"
-    assert meta["toolkit.precision"] == precision and "toolkit.version" in meta
-    assert json.loads(meta["toolkit.labels"]) == CIFAR10_LABELS
-    (inp,), (out,) = model.graph.input, model.graph.output
-    assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    dims = inp.type.tensor_type.shape.dim
-    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [32, 32, 3]
-    assert out.name == "logits" and out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-
-
 def test_fresh_export_meets_the_contract_and_matches_torch(fresh_onnx, fresh_weights):
     import torch
 
-    from toolkit.edge.runtime.ort import open_model
+    from toolkit.edge.runtime import open_model
     from toolkit.pytorch.export import classifier_module
 
     check_classifier_contract(fresh_onnx, "fp32")
@@ -126,7 +112,6 @@ def test_eval_json_and_table(fresh_onnx, class_tree):
 
 
 def test_eval_rejects_unknown_class_folders(fresh_onnx, tmp_path):
-    from tests.conftest import write_class_tree
     root = write_class_tree(tmp_path / "t", per_class=2, classes=["cat", "unicorn"])
     result = runner.invoke(app, ["eval", "--model", str(fresh_onnx), "--data", str(root)])
     assert result.exit_code == 1 and "unicorn" in result.stderr
@@ -139,26 +124,25 @@ def test_info_shows_io_metadata_and_ops(fresh_onnx):
         assert needle in result.stdout
 
 
-SHARED_TRAIN = __import__("tests.conftest", fromlist=["REPO"]).REPO / "data" / "cifar10-jpeg" / "train"
-
-
-@pytest.mark.skipif(not (SHARED_TRAIN.exists()), reason="real data not extracted (make data)")
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.skipif(not (DATA.exists()), reason="real data not extracted (make data)")
 def test_shipped_classifier_on_real_validation_images():
     """Integration: the shipped model meets its accuracy on the real validation split."""
     from toolkit.edge.data.datasets import read_split
     from toolkit.edge.infer import evaluate
-    from toolkit.edge.runtime.ort import open_model
+    from toolkit.edge.runtime import open_model
 
     if not zoo.CIFAR_CNN.onnx_path().exists():
         pytest.skip("no shipped model")
-    val = read_split(SHARED_TRAIN, "val", limit=1000)
+    val = read_split(DATA, "val", limit=1000)
     result = evaluate(open_model(zoo.CIFAR_CNN.onnx_path()), val.images, val.labels, val.class_names)
     assert result.accuracy >= 0.72   # 75% on all 5,000; a 1,000-image subset varies by a couple of points
 
 
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
 def test_infer_refuses_a_gpu_provider_it_cannot_use(fresh_onnx, mixed_inputs, provider):
-    from toolkit.edge.runtime.ort import usable_providers
+    from toolkit.edge.runtime import usable_providers
     if provider in usable_providers():
         pytest.skip(f"{provider} is usable here")
     good, _ = mixed_inputs
@@ -170,7 +154,7 @@ def test_infer_refuses_a_gpu_provider_it_cannot_use(fresh_onnx, mixed_inputs, pr
 # ----------------------------------------------------------------------------- export options
 
 def test_tta_export_averages_the_image_and_its_mirror(tmp_path, fresh_onnx, fresh_weights, class_tree):
-    from toolkit.edge.runtime.ort import open_model
+    from toolkit.edge.runtime import open_model
     from toolkit.pytorch.export import export_classifier
 
     out = tmp_path / "cnn.tta.onnx"
@@ -191,7 +175,9 @@ def test_default_output_names():
     spec = zoo.CIFAR_CNN
     assert default_output(spec).name == "cifar_cnn.onnx"
     assert default_output(spec, "fp16", tta=True).name == "cifar_cnn.tta.fp16.onnx"
-    assert default_output(spec, preprocess="fft-lowpass:0.5").name == "cifar_cnn.fft_lowpass.onnx"
+    lowpass = zoo.MODELS_DIR / "cifar_cnn_lowpass.safetensors"
+    assert default_output(spec, preprocess="fft-lowpass:0.5", weights=lowpass).name == \
+        "cifar_cnn_lowpass.fft_lowpass.onnx"
 
 
 def test_export_rejects_unknown_models_and_precisions(tmp_path):
@@ -205,6 +191,7 @@ def test_export_rejects_unknown_models_and_precisions(tmp_path):
 OTHER_ZOO_CLASSIFIERS = [name for name, spec in zoo.REGISTRY.items() if spec.task == "classify" and name != "cifar-cnn"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", OTHER_ZOO_CLASSIFIERS)
 def test_every_zoo_classifier_exports_with_batchnorm_folded(tmp_path, model, class_tree):
     """Registry-driven export: any classifier of the zoo, BatchNorm folded (none left in the graph)."""
@@ -230,6 +217,7 @@ def test_every_zoo_classifier_exports_with_batchnorm_folded(tmp_path, model, cla
     assert {p.key: p.value for p in onnx.load(str(out)).metadata_props}["toolkit.model"] == model
 
 
+@pytest.mark.slow
 def test_batchnorm_with_a_negative_scale_after_a_pool_stays():
     """Max-pooling commutes only with positive scales: a negative one must not be folded."""
     import torch

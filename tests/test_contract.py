@@ -129,7 +129,7 @@ def test_foreign_external_data_inside_the_folder_is_read(tmp_path):
     save_with_external_data(tiny_classifier(contract_metadata=False), model)
     info = contract.check_model_file(model)
     assert not info.is_contract and info.external[0].inside and info.total_size > info.file_size
-    from toolkit.edge.runtime.ort import open_model
+    from toolkit.edge.runtime import open_model
     assert open_model(model).run(np.zeros((1, 32, 32, 3), dtype=np.uint8)).shape == (1, 10)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from tests.helpers import write_class_tree
 from toolkit.edge.data import datasets
 from toolkit.edge.data import images as data
 from toolkit.edge.data.images import ImageError, load_image
@@ -78,7 +79,6 @@ def test_split_on_the_real_layout_is_the_last_500_of_5000():
 
 
 def test_bad_files_in_a_tree_are_reported_and_skipped(tmp_path):
-    from tests.conftest import write_class_tree
     root = write_class_tree(tmp_path / "t", per_class=2, classes=["a", "b"])
     (root / "a" / "9999.jpg").write_bytes(b"")
     errors = []

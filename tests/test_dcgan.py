@@ -9,6 +9,8 @@ from typer.testing import CliRunner
 from toolkit.cli import app
 
 runner = CliRunner(env={"COLUMNS": "200"})
+# Every test here builds, trains or exports the DCGAN with torch (seconds to a minute each on 2 cores).
+pytestmark = pytest.mark.slow
 
 
 def test_generator_and_discriminator_shapes_and_size():

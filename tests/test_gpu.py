@@ -21,23 +21,12 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.helpers import REPO, tiny_classifier
 from toolkit.cli import app
-from toolkit.edge.runtime import gpu
-from toolkit.edge.runtime.ort import (
-    ProviderError,
-    check_provider,
-    classify,
-    first_run,
-    int8_target,
-    model_hash,
-    open_model,
-    placement,
-    provider_options,
-    tensorrt_version,
-)
-from toolkit.edge.runtime.tensorrt import EngineCache, gpu_name, trt_profile
+from toolkit.edge.runtime import ProviderError, check_provider, gpu, int8_target, open_model
+from toolkit.edge.runtime.ort import classify, provider_options
+from toolkit.edge.runtime.tensorrt import READY, EngineCache, gpu_name, model_hash, tensorrt_version, trt_profile
 
-REPO = Path(__file__).resolve().parent.parent
 REQUIRE_GPU = os.environ.get("TOOLKIT_REQUIRE_GPU") == "1"
 GPU = ["cuda", "tensorrt"]
 
@@ -50,29 +39,6 @@ def need(provider: str) -> None:
         if REQUIRE_GPU:
             pytest.fail(f"TOOLKIT_REQUIRE_GPU=1 but {provider} cannot run here: {exc}")
         pytest.skip(f"{provider} cannot run here")
-
-
-def tiny_classifier(path: Path) -> Path:
-    """uint8 [N, 32, 32, 3] → Cast → Transpose → Conv → Relu → GlobalAveragePool → Flatten → MatMul."""
-    rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.01, "conv_w"),
-               numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "fc_w")]
-    nodes = [helper.make_node("Cast", ["image"], ["x"], name="cast", to=TensorProto.FLOAT),
-             helper.make_node("Transpose", ["x"], ["nchw"], name="nchw", perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["nchw", "conv_w"], ["conv"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["conv"], ["relu"], name="relu"),
-             helper.make_node("GlobalAveragePool", ["relu"], ["pooled"], name="pool"),
-             helper.make_node("Flatten", ["pooled"], ["flat"], name="flat"),
-             helper.make_node("MatMul", ["flat", "fc_w"], ["logits"], name="fc")]
-    graph = helper.make_graph(nodes, "tiny",
-                              [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 32, 32, 3])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], weights)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    for key, value in {"toolkit.task": "classify", "toolkit.model": "tiny", "toolkit.precision": "fp32",
-                       "toolkit.labels": json.dumps(["cat", "dog"])}.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, path)
-    return path
 
 
 @pytest.fixture
@@ -91,6 +57,7 @@ def toolkit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 # ----------------------------------------------------------------------------- everywhere, no GPU needed
 
+@pytest.mark.slow
 def test_require_gpu_turns_skips_into_failures():
     try:
         check_provider("cuda")
@@ -123,7 +90,10 @@ def shadow_onnxruntime(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_provider_library_that_cannot_load_is_named_in_one_line(tmp_path, model_path):
+    if gpu.cuda_build_version() is None:
+        pytest.skip("a CPU build of onnxruntime has no CUDA provider library to hide")
     shadow = shadow_onnxruntime(tmp_path / "shadow")
     picture = tmp_path / "cat.png"
     Image.fromarray(images(1)[0]).save(picture)
@@ -142,7 +112,7 @@ def test_a_provider_library_that_cannot_load_is_named_in_one_line(tmp_path, mode
 
 def test_placement_on_a_cpu_session(model_path):
     model = open_model(model_path, "cpu")
-    where = placement(model)
+    where = model.placement()
     assert where.complete and where.compute == {"CPU": ["Conv conv", "MatMul fc"]} and where.subgraphs == {}
     assert where.nodes["CPU"] >= 2 and set(where.nodes) == {"CPU"}
     facts = where.facts()
@@ -180,10 +150,10 @@ def test_tensorrt_options_explicit_profile_keyed_cache_and_no_int8_switch_for_fl
     assert options["trt_profile_min_shapes"] == options["trt_profile_opt_shapes"] == options["trt_profile_max_shapes"] \
         == profile
     assert "trt_int8_enable" not in options and options["trt_fp16_enable"] is True
-    assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(cache.staging)
+    assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(cache.folder)
     slug = re.sub(r"[^a-z0-9]+", "-", (gpu_name() or "unknown-gpu").lower()).strip("-")
     key = f"{model_hash(model_path)}-{slug}-trt{tensorrt_version() or 'unknown'}-ort{ort.__version__}"
-    assert cache.folder.parent == root / key and not cache.folder.exists()
+    assert cache.folder.parent == root / key and cache.pending and not (cache.folder / READY).exists()
     cache.discard()
     assert list(root.iterdir()) == []
 
@@ -205,15 +175,15 @@ def test_tensorrt_int8_builder_flag_only_for_qdq_files_on_tensorrt_10(model_path
             c.discard()
 
 
-def test_engine_cache_appears_only_after_success(tmp_path):
+def test_engine_cache_counts_only_after_success(tmp_path):
     failed = EngineCache.prepare(tmp_path, "key", "batch4")
-    assert failed.staging.is_dir() and not failed.folder.exists() and not failed.hit
+    assert failed.pending and not failed.hit and not (failed.folder / READY).exists()
     failed.discard()
     assert list(tmp_path.iterdir()) == []
     built = EngineCache.prepare(tmp_path, "key", "batch4")
-    (built.staging / "model.engine").write_bytes(b"engine")
+    (built.path / "model.engine").write_bytes(b"engine")
     built.publish()
-    assert (tmp_path / "key" / "batch4" / "model.engine").is_file() and built.staging is None
+    assert (tmp_path / "key" / "batch4" / "model.engine").is_file() and not built.pending
     assert [p.name for p in tmp_path.iterdir()] == ["key"]
     again = EngineCache.prepare(tmp_path, "key", "batch4")
     assert again.hit and again.path == tmp_path / "key" / "batch4"
@@ -234,21 +204,24 @@ def test_preload_prints_nothing(capfd):
 
 # ----------------------------------------------------------------------------- on a GPU
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("provider", GPU)
 def test_gpu_session_matches_cpu(model_path, tmp_path, provider):
     need(provider)
     batch = images(4)
-    model = open_model(model_path, provider, cache_dir=tmp_path, shapes={"image": batch.shape})
-    first_run(model, {"image": batch})
+    model = open_model(model_path, provider, cache_dir=tmp_path,
+                       shapes={"image": batch.shape} if provider == "tensorrt" else None)
+    model.first_run({"image": batch})
     expected = open_model(model_path, "cpu").run(batch)
     np.testing.assert_allclose(model.run(batch), expected, rtol=1e-2, atol=1e-3)
-    where = placement(model)
+    where = model.placement()
     short = {"cuda": "CUDA", "tensorrt": "Tensorrt"}[provider]
     assert where.complete and set(where.compute) == {short}, where.facts()
     if provider == "tensorrt":
         assert where.subgraphs.get("Tensorrt", 0) >= 1 and where.nodes["Tensorrt"] >= 2
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("provider", GPU)
 @pytest.mark.parametrize("include_copy", [False, True])
 def test_gpu_bench_rows(model_path, tmp_path, provider, include_copy):
@@ -268,22 +241,24 @@ def test_gpu_bench_rows(model_path, tmp_path, provider, include_copy):
             assert row["warmup_runs"] == 1 and row["shapes"]["image"][0] == row["batch_size"]
 
 
+@pytest.mark.gpu
 def test_tensorrt_cache_is_published_keyed_and_reused(model_path, tmp_path):
     need("tensorrt")
     batch = images(2)
     model = open_model(model_path, "tensorrt", cache_dir=tmp_path, shapes={"image": batch.shape})
     cache = model.engine_cache
-    assert cache is not None and not cache.hit and not cache.folder.exists()
-    first_run(model, {"image": batch})
-    assert cache.folder.is_dir() and any(cache.folder.iterdir())
+    assert cache is not None and not cache.hit and not (cache.folder / READY).exists()
+    model.first_run({"image": batch})
+    assert (cache.folder / READY).is_file() and len(list(cache.folder.iterdir())) > 1
     assert cache.folder.parent.name == (f"{model_hash(model_path)}-"
                                         f"{re.sub(r'[^a-z0-9]+', '-', gpu_name().lower()).strip('-')}-"
                                         f"trt{tensorrt_version()}-ort{ort.__version__}")
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]
+    assert [p.name for p in tmp_path.iterdir()] == [cache.folder.parent.name]
     again = open_model(model_path, "tensorrt", cache_dir=tmp_path, shapes={"image": batch.shape})
     assert again.engine_cache is not None and again.engine_cache.hit
 
 
+@pytest.mark.gpu
 def test_tensorrt_version_is_the_loaded_library(model_path, tmp_path):
     need("tensorrt")
     open_model(model_path, "tensorrt", cache_dir=tmp_path, shapes={"image": (1, 32, 32, 3)})
@@ -293,18 +268,20 @@ def test_tensorrt_version_is_the_loaded_library(model_path, tmp_path):
     assert re.fullmatch(r"\d+\.\d+\.\d+", loaded[1]) and loaded[1].split(".")[0] == major
 
 
+@pytest.mark.gpu
 def test_tensorrt_first_run_failure_is_one_line(model_path, tmp_path):
     need("tensorrt")
     model = open_model(model_path, "tensorrt", cache_dir=tmp_path, shapes={"image": (2, 32, 32, 3)})
     with pytest.raises(ProviderError) as caught:
-        first_run(model, {"image": images(8)})           # outside the engine's profile
+        model.first_run({"image": images(8)})           # outside the engine's profile
     assert len(str(caught.value).splitlines()) == 1 and "first run" in str(caught.value)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]     # nothing published
 
 
+@pytest.mark.gpu
 def test_cuda_from_a_torch_free_process(model_path):
     need("cuda")
-    code = ("import sys; from toolkit.edge.runtime.ort import open_model; "
+    code = ("import sys; from toolkit.edge.runtime import open_model; "
             f"open_model({str(model_path)!r}, 'cuda'); assert 'torch' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
@@ -323,6 +300,7 @@ def dft_model(path: Path) -> Path:
     return path
 
 
+@pytest.mark.gpu
 def test_partial_placement_is_marked_and_refused_when_strict(tmp_path):
     need("cuda")
     path = dft_model(tmp_path / "dft.onnx")

@@ -3,7 +3,7 @@ the lazy ones inside functions included, since a lazy import is still a dependen
 
 The rules (README, layout):
 - no cycle among the package's modules;
-- the runtime layer (toolkit.edge) imports neither the build layer (toolkit.pytorch) nor what the
+- the runtime layer (toolkit.edge) imports neither the torch layer (toolkit.pytorch) nor what the
   `train` extra installs (torch, …), nor the CLI or the Python API above it;
 - toolkit.pytorch.nets imports only torch, numpy, the standard library, toolkit.edge.spectral.ops and itself;
 - and, run in a fresh interpreter that cannot import torch, every runtime module and command loads.
@@ -153,7 +153,7 @@ def edges() -> list[Edge]:
 
 
 def test_the_graph_is_read(edges):
-    """The reader sees lazy imports (the CLI imports the build layer inside its commands)."""
+    """The reader sees lazy imports (the CLI imports the torch layer inside its commands)."""
     assert any(e.source == "toolkit.cli.build" and in_package(e.target, BUILD) for e in edges)
     assert any(e.source.startswith(NETS) and e.target == "torch" for e in edges)
 
@@ -197,7 +197,7 @@ def test_runtime_layer_does_not_import_the_build_layer(edges):
     above = (BUILD, "toolkit.cli", "toolkit.api")
     bad = [str(e) for e in edges if in_package(e.source, RUNTIME)
            and (e.target in TRAIN_EXTRA_MODULES or any(in_package(e.target, p) for p in above))]
-    assert not bad, "the runtime layer imports the build layer or torch:\n  " + "\n  ".join(bad)
+    assert not bad, "the runtime layer imports the torch layer or torch:\n  " + "\n  ".join(bad)
 
 
 def test_nets_import_only_torch_numpy_and_ops(edges):
@@ -213,6 +213,7 @@ def runtime_modules() -> list[str]:
             if in_package(m, RUNTIME) or in_package(m, "toolkit.cli") or m in ("toolkit", "toolkit.zoo", "toolkit.api")]
 
 
+@pytest.mark.slow
 def test_runtime_modules_and_commands_load_without_torch():
     """In a fresh interpreter where importing torch (or any train-extra module) fails: every runtime
     module imports and every command's --help renders (Typer resolves each command's options then)."""

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.test_int8_recipe import contract_cnn
+from tests.helpers import contract_cnn
 from toolkit.edge.quantize import nhwc as int8_nhwc
 from toolkit.edge.quantize import recipe as int8_recipe
 from toolkit.edge.quantize import variants as quantize

@@ -11,33 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.helpers import CNN_MEAN, contract_cnn
 from toolkit.edge.quantize import recipe as int8_recipe
 from toolkit.edge.quantize import variants as quantize
-
-MEAN = np.array([125.3, 123.0, 113.9])
-SCALE = 1 / (255 * np.array([0.247, 0.2435, 0.2616]))
-
-
-def contract_cnn(pads=(1, 1, 1, 1)) -> onnx.ModelProto:
-    """uint8 [N, 8, 8, 3] → Transpose → Cast → Sub(mean) → Mul(1/std) → Conv(3→4) → Relu → GAP → MatMul."""
-    rng = np.random.default_rng(0)
-    consts = [numpy_helper.from_array(MEAN.reshape(1, 3, 1, 1).astype(np.float32), "pre.mean"),
-              numpy_helper.from_array(SCALE.reshape(1, 3, 1, 1).astype(np.float32), "pre.scale"),
-              numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
-              numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
-              numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "fc")]
-    nodes = [helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2], name="t"),
-             helper.make_node("Cast", ["t"], ["f"], to=TensorProto.FLOAT, name="cast"),
-             helper.make_node("Sub", ["f", "pre.mean"], ["s"], name="sub"),
-             helper.make_node("Mul", ["s", "pre.scale"], ["x"], name="mul"),
-             helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=list(pads), name="conv"),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
-             helper.make_node("Flatten", ["p"], ["fl"], name="flatten"),
-             helper.make_node("MatMul", ["fl", "fc"], ["logits"], name="fc")]
-    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 8, 8, 3])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], consts)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def run(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
@@ -55,7 +31,7 @@ def test_folded_head_is_the_same_function(images, pads):
     reference = run(contract_cnn(pads), images)
     model = contract_cnn(pads)
     head = int8_recipe.fold_input_head(model, "exact")
-    assert head is not None and head.zero == round(MEAN.mean())
+    assert head is not None and head.zero == round(CNN_MEAN.mean())
     onnx.checker.check_model(model, full_check=True)
     # Only the border fill is rounded (to whole grey levels): a fraction of a level, times the weights.
     np.testing.assert_allclose(run(model, images), reference, atol=0.02)
@@ -134,7 +110,7 @@ def test_quantized_with_the_recipe(tmp_path, images):
     pre = tmp_path / "pre.onnx"
     quantize.preprocess_for_quantization(fp32, pre)
     calibration = np.random.default_rng(2).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8)
-    plain = quantize.quantize_int8_static(pre, tmp_path / "plain.onnx", calibration, recipe=int8_recipe.TODAY_RECIPE)
+    plain = quantize.quantize_int8_static(pre, tmp_path / "plain.onnx", calibration, recipe=int8_recipe.BASELINE_RECIPE)
     tuned = quantize.quantize_int8_static(pre, tmp_path / "tuned.onnx", calibration, target="openvino")
     onnx.checker.check_model(tuned, full_check=True)
     first_dq = next(n for n in tuned.graph.node                       # OpenVINO's head pads in NHWC

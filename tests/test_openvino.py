@@ -13,12 +13,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import toolkit.zoo as zoo
-from tests.conftest import write_class_tree
-from tests.test_bench import LABELS
+from tests.helpers import LABELS, write_class_tree
 from toolkit.cli import app
+from toolkit.edge.runtime import ModelError, ProviderError, open_model
 from toolkit.edge.runtime.openvino import OpenVINOModel
 from toolkit.edge.runtime.openvino import version as openvino_version
-from toolkit.edge.runtime.ort import ModelError, ProviderError, open_model
 
 pytestmark = pytest.mark.skipif(openvino_version() is None, reason="openvino is not installed (toolkit[openvino])")
 
@@ -28,7 +27,7 @@ def test_same_interface_and_results_as_onnxruntime(tiny, tmp_path):
     ort = open_model(tiny, "cpu", threads=1)
     assert isinstance(ov, OpenVINOModel) and ov.provider == "openvino" and ov.precision_hint == "f32"
     assert (ov.task, ov.labels, ov.precision, ov.input_hw) == (ort.task, ort.labels, ort.precision, ort.input_hw)
-    assert (ov.input.name, ov.input.type, ov.input.shape) == (ort.input.name, ort.input.type, ort.input.shape)
+    assert (ov.inputs, ov.outputs) == (ort.inputs, ort.outputs)
     x = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_allclose(ov.run(x), ort.run(x), atol=1e-4, rtol=1e-4)
     assert "bf16" not in ov.runtime_precisions()

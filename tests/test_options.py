@@ -25,7 +25,7 @@ CHOICE_OPTIONS = [
     (["generate"], "--provider", options.PROVIDERS),
     (["bench", "--provider", "cpu"], "--provider", options.PROVIDERS),
     (["bench"], "--precision-hint", options.PRECISION_HINTS),
-    (["transform", "x.jpg", "--out", "y.png"], "--op", options.OPS),
+    (["transform", "x.jpg", "--out", "y.png"], "--op", options.SPECTRAL_OPS),
     (["transform", "x.jpg", "--op", "fft-lowpass", "--out", "y.png"], "--form", options.FORMS),
     (["transform", "x.jpg", "--op", "fft-lowpass", "--out", "y.png"], "--provider", options.PROVIDERS),
     (["quantize", "m.onnx", "--out", "q.onnx", "--data", "d"], "--precision", options.QUANTIZED_PRECISIONS),
@@ -41,7 +41,7 @@ def test_a_value_outside_the_set_fails_while_parsing_naming_the_choices(args, op
     assert lines == [f"error: {option} bogus is not one of {', '.join(choices)} (see root {args[0]} --help)"]
 
 
-@pytest.mark.parametrize("command,choices", [("export", options.PRECISIONS), ("transform", options.OPS),
+@pytest.mark.parametrize("command,choices", [("export", options.PRECISIONS), ("transform", options.SPECTRAL_OPS),
                                              ("bench", options.PROVIDERS)])
 def test_help_lists_the_choices(command, choices):
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"})
@@ -67,7 +67,7 @@ def test_bf16_export_fails_before_any_work():
 
 def test_unknown_model_names_the_known_ones_without_quotes(tmp_path):
     result = runner.invoke(app, ["export", "--model", "foo", "--out", str(tmp_path / "x.onnx")])
-    known = ", ".join([*zoo.REGISTRY, *options.OPS])
+    known = ", ".join([*zoo.REGISTRY, *options.SPECTRAL_OPS])
     assert result.exit_code == 1 and result.stderr.strip() == f"error: unknown model foo (known: {known})"
     with pytest.raises(KeyError) as raised:
         zoo.get("foo")
@@ -76,14 +76,12 @@ def test_unknown_model_names_the_known_ones_without_quotes(tmp_path):
 
 def test_the_library_checks_the_same_sets():
     """Where a runtime module keeps its own table of a set (a mapping), its keys are the set."""
-    from toolkit.edge.quantize import classifier as quantize_classifier
-    from toolkit.edge.runtime import ort as sessions
+    from toolkit.edge.runtime import registry
     from toolkit.edge.spectral import ops
     from toolkit.pytorch import export
 
-    assert tuple(sessions.PROVIDERS) == options.PROVIDERS
-    assert tuple(ops.OPS) == options.OPS and set(ops.PREPROCESS_OPS) <= set(options.OPS)
+    assert tuple(registry.PROVIDER_TABLE) == options.PROVIDERS
+    assert tuple(ops.OP_PARAMETER) == options.SPECTRAL_OPS and set(ops.IMAGE_OPS) <= set(options.SPECTRAL_OPS)
     assert ops.FORMS == options.FORMS
-    assert export.PRECISIONS == options.PRECISIONS and export.TRANSFORM_MODELS == options.OPS
-    assert quantize_classifier.PRECISIONS == options.QUANTIZED_PRECISIONS
-    assert not set(options.OPS) & set(zoo.REGISTRY)     # `export --model` takes either kind of name
+    assert export.PRECISIONS == options.PRECISIONS and export.TRANSFORM_MODELS == options.SPECTRAL_OPS
+    assert not set(options.SPECTRAL_OPS) & set(zoo.REGISTRY)     # `export --model` takes either kind of name

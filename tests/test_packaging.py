@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHIPPED = [REPO / "models" / "cifar_cnn.onnx", REPO / "models" / "dcgan.onnx"]
 TRAIN_EXTRA = {"torch", "onnxscript", "safetensors"}
 
-pytestmark = pytest.mark.skipif(not all(p.is_file() for p in SHIPPED), reason="models not built (make models)")
+# Every test here builds the wheel and installs it into a fresh venv (a minute or more on 2 cores).
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not all(p.is_file() for p in SHIPPED), reason="models not built (make models)")]
 
 
 def run(args, cwd, env=None, check=True) -> subprocess.CompletedProcess:
@@ -50,22 +52,33 @@ def source_copy(dest: Path) -> Path:
     return dest
 
 
+def runtime_extra() -> str:
+    """The runtime extra whose onnxruntime build the dev venv has (`cpu` or `gpu`)."""
+    try:
+        importlib.metadata.distribution("onnxruntime-gpu")
+    except importlib.metadata.PackageNotFoundError:
+        return "cpu"
+    return "gpu"
+
+
 def runtime_closure(wheel: Path) -> list[importlib.metadata.Distribution]:
-    """The installed distributions the wheel's runtime requirements need, transitively."""
+    """The installed distributions the wheel's runtime requirements need, transitively, with the
+    runtime extra of the build installed here (the runtime is an extra: `cpu` or `gpu`)."""
     from packaging.requirements import Requirement
 
     with zipfile.ZipFile(wheel) as z:
         meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
-    todo = [Requirement(line.split(":", 1)[1]) for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    todo = [(Requirement(line.split(":", 1)[1]), runtime_extra()) for line in meta.splitlines()
+            if line.startswith("Requires-Dist:")]
     found: dict[str, importlib.metadata.Distribution] = {}
     while todo:
-        req = todo.pop()
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        req, extra = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
             continue
         key = req.name.lower().replace("_", "-")
         if key not in found:
             found[key] = importlib.metadata.distribution(req.name)
-            todo += [Requirement(r) for r in found[key].requires or []]
+            todo += [(Requirement(r), "") for r in found[key].requires or []]
     return list(found.values())
 
 

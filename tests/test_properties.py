@@ -12,7 +12,6 @@ the limit set to 4 Mpx, i.e. ≤ 64 MB of peak RSS for the whole hostile set.
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -22,15 +21,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from typer.testing import CliRunner
 
-from tests import hostile
-from tests.conftest import REPO
+from tests import helpers
+from tests.helpers import REPO
 from toolkit.cli import app
 from toolkit.edge.contract import ModelFileError, inspect_model
 from toolkit.edge.data.images import ImageError, decode_image
-from toolkit.edge.runtime.ort import ModelError, ProviderError, open_model
+from toolkit.edge.runtime import ModelError, ProviderError, open_model
 
 FAST = settings(max_examples=60, deadline=timedelta(seconds=3), database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -39,32 +37,7 @@ MAGICS = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM", b"II*\x00
           b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"P6\n", b"P5\n"]
 
 
-def _encoded() -> dict[str, bytes]:
-    """Real, small files of every format and mode the decoder takes."""
-    rng = np.random.default_rng(0)
-    rgb = Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8))
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    files = {}
-    for name, picture, options in [
-        ("png", rgb, {"format": "PNG"}),
-        ("png-palette", rgb.convert("P"), {"format": "PNG", "transparency": 0}),
-        ("png-16bit", Image.fromarray(rng.integers(0, 65535, (24, 20), dtype=np.uint16)), {"format": "PNG"}),
-        ("png-rgba", rgb.convert("RGBA"), {"format": "PNG"}),
-        ("jpeg", rgb, {"format": "JPEG", "exif": exif}),
-        ("jpeg-progressive", rgb, {"format": "JPEG", "progressive": True}),
-        ("gif", rgb.convert("P"), {"format": "GIF"}),
-        ("bmp", rgb, {"format": "BMP"}),
-        ("tiff", rgb, {"format": "TIFF"}),
-        ("webp", rgb, {"format": "WEBP"}),
-    ]:
-        buf = io.BytesIO()
-        picture.save(buf, **options)
-        files[name] = buf.getvalue()
-    return files
-
-
-ENCODED = _encoded()
+ENCODED = helpers.encoded_images()
 
 
 def check_decode(blob: bytes) -> None:
@@ -109,9 +82,10 @@ def test_mutated_real_files(kind, edits):
 @FAST
 @given(st.integers(1, 2**31 - 1), st.integers(1, 2**31 - 1), st.binary(max_size=256))
 def test_png_headers_that_lie_about_their_size(width, height, payload):
-    check_decode(hostile.png_claiming(width, height, payload))
+    check_decode(helpers.png_claiming(width, height, payload))
 
 
+@pytest.mark.slow
 def test_decoding_hostile_inputs_stays_within_the_stated_memory():
     """In a fresh process: the peak RSS that decoding adds over a set of hostile inputs — headers
     claiming just under and far over the pixel limit in several formats, and 300 seeded random
@@ -121,8 +95,7 @@ import resource, sys, io, struct
 import numpy as np
 sys.path.insert(0, {str(REPO)!r})
 from toolkit.edge.data import images as data
-from tests import hostile
-from tests.test_properties import ENCODED
+from tests.helpers import encoded_images, png_claiming
 data.MAX_PIXELS = 4_000_000
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -131,9 +104,10 @@ def attempt(blob):
         data.decode_image(blob, "x")
     except data.ImageError:
         pass
+ENCODED = encoded_images()
 attempt(ENCODED["png"])
 base = peak()
-blobs = [hostile.png_claiming(w, h, b"\\0" * 64) for w, h in ((1999, 2000), (4000, 999), (70000, 70000), (1, 3999999))]
+blobs = [png_claiming(w, h, b"\\0" * 64) for w, h in ((1999, 2000), (4000, 999), (70000, 70000), (1, 3999999))]
 jpeg = ENCODED["jpeg-progressive"]
 sof = jpeg.find(b"\\xff\\xc2")
 for h, w in ((1999, 2000), (65000, 65000)):
@@ -160,7 +134,7 @@ print(peak() - base)
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> bytes:
-    return hostile.classifier(tmp_path_factory.mktemp("tiny") / "tiny.onnx").read_bytes()
+    return helpers.colour_classifier(tmp_path_factory.mktemp("tiny") / "tiny.onnx").read_bytes()
 
 
 def _mutate(blob: bytes, cut: float, edits: list[tuple[float, int]]) -> bytes:
@@ -187,12 +161,13 @@ def test_mutated_onnx_is_loaded_or_refused_in_one_line(tiny_model, tmp_path, cut
             assert "\n" not in str(exc)
 
 
+@pytest.mark.slow
 @settings(FAST, max_examples=30)
 @given(*MUTATIONS)
 def test_mutated_onnx_through_info_and_infer_never_tracebacks(tiny_model, tmp_path, cut, edits):
     path = tmp_path / "m.onnx"
     path.write_bytes(_mutate(tiny_model, cut, edits))
-    hostile.image(tmp_path / "x.png")
+    helpers.image(tmp_path / "x.png")
     for args in (["info", path], ["infer", tmp_path / "x.png", "--model", path, "--json"]):
         result = CliRunner().invoke(app, [str(a) for a in args])
         assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)

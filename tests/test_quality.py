@@ -58,6 +58,7 @@ def test_identical_sets_score_zero():
     assert result["mean"] == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_noise_is_far_from_smooth_images():
     a, b = smooth_images(64, seed=2), smooth_images(64, seed=3)
     same = quality.sliced_wasserstein(a, b, **FAST)["mean"]
@@ -71,6 +72,7 @@ def test_mean_is_the_average_of_the_levels():
     assert result["mean"] == pytest.approx(np.mean(list(result["levels"].values())))
 
 
+@pytest.mark.slow
 def test_deterministic_for_a_seed():
     a, b = smooth_images(32, seed=7), smooth_images(32, seed=8)
     first = quality.sliced_wasserstein(a, b, seed=3, **FAST)

@@ -5,10 +5,12 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_classifier import check_classifier_contract
+from tests.helpers import CIFAR_MEAN, CIFAR_STD, DATA, bare_cnn_onnx, check_classifier_contract, foreign_classifier
 from toolkit.cli import app
 
 runner = CliRunner(env={"COLUMNS": "200"})
+# Every test here quantizes a CNN trained first (about a minute on 2 cores) or the shipped one.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +58,11 @@ def test_accuracy_guard_excludes_the_most_sensitive_nodes(tmp_path, trained_weig
     quantized model fails the guard; it must keep nodes in float until the accuracy holds."""
     from toolkit.edge.data.datasets import read_split
     from toolkit.edge.quantize import variants as quantize
-    from toolkit.edge.quantize.recipe import TODAY_RECIPE
+    from toolkit.edge.quantize.recipe import BASELINE_RECIPE
     from toolkit.pytorch.export import export_classifier
 
     # The plain recipe: its uint8 logits are what black-image calibration ruins (float logits survive it).
-    monkeypatch.setattr(quantize, "CPU_RECIPE", TODAY_RECIPE)
+    monkeypatch.setattr(quantize, "CPU_RECIPE", BASELINE_RECIPE)
 
     fp32 = tmp_path / "fp32.onnx"
     export_classifier(fp32, trained_weights, class_tree, log=lambda *_: None)
@@ -78,16 +80,16 @@ def test_accuracy_guard_excludes_the_most_sensitive_nodes(tmp_path, trained_weig
 def test_accuracy_guard_fails_when_it_cannot_hold(tmp_path, trained_weights, class_tree, monkeypatch):
     from toolkit.edge.data.datasets import read_split
     from toolkit.edge.quantize import variants as quantize
-    from toolkit.edge.quantize.recipe import TODAY_RECIPE
+    from toolkit.edge.quantize.recipe import BASELINE_RECIPE
     from toolkit.pytorch.export import export_classifier
 
     fp32 = tmp_path / "fp32.onnx"
     export_classifier(fp32, trained_weights, class_tree, log=lambda *_: None)
     val = read_split(class_tree, "all")
     monkeypatch.setattr(quantize, "quantizable_nodes", lambda model: [])   # nothing may be kept in float
-    monkeypatch.setattr(quantize, "CPU_RECIPE", TODAY_RECIPE)             # see the test above
+    monkeypatch.setattr(quantize, "CPU_RECIPE", BASELINE_RECIPE)             # see the test above
     black = np.zeros((16, 32, 32, 3), dtype=np.uint8)
-    with pytest.raises(quantize.QuantizationError, match="cannot hold"):
+    with pytest.raises(quantize.QuantizeError, match="cannot hold"):
         quantize.quantize_int8(fp32, tmp_path / "q.onnx", black, val.images, val.labels, max_drop=0.0,
                                log=lambda *_: None)
 
@@ -158,9 +160,9 @@ def test_unlabeled_guard_on_a_flat_folder(tmp_path, trained_onnx, class_tree):
 def test_agreement_guard_keeps_nodes_in_float_until_it_holds(tmp_path, trained_onnx, class_tree, monkeypatch):
     from toolkit.edge.data.datasets import read_split
     from toolkit.edge.quantize import variants as quantize
-    from toolkit.edge.quantize.recipe import TODAY_RECIPE
+    from toolkit.edge.quantize.recipe import BASELINE_RECIPE
 
-    monkeypatch.setattr(quantize, "CPU_RECIPE", TODAY_RECIPE)       # see the guard tests above
+    monkeypatch.setattr(quantize, "CPU_RECIPE", BASELINE_RECIPE)       # see the guard tests above
 
     val = read_split(class_tree, "all")
     black = np.zeros((16, 32, 32, 3), dtype=np.uint8)
@@ -178,8 +180,6 @@ def test_fp16_of_any_classifier(tmp_path, trained_onnx, class_tree):
 
 
 def test_quantize_refuses_what_it_cannot_take(tmp_path, trained_onnx, class_tree):
-    from tests.test_wrap import foreign_classifier
-
     shipped_int8 = tmp_path / "already.int8.onnx"
     model = onnx.load(str(trained_onnx))
     for p in model.metadata_props:
@@ -200,8 +200,6 @@ def test_quantize_refuses_what_it_cannot_take(tmp_path, trained_onnx, class_tree
 
 @pytest.fixture(scope="module")
 def wrapped_cnn(tmp_path_factory):
-    from tests.test_wrap import CIFAR_MEAN, CIFAR_STD, DATA, bare_cnn_onnx
-
     if not DATA.is_dir():
         pytest.skip("needs data/cifar10-jpeg (make data)")
     folder = tmp_path_factory.mktemp("wrapped")
@@ -213,12 +211,14 @@ def wrapped_cnn(tmp_path_factory):
     return out, DATA
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("target, max_drop", [("cpu", 0.5), ("tensorrt", 1.0)])
 def test_int8_of_a_wrapped_model_holds_the_guard_on_validation(tmp_path, wrapped_cnn, target, max_drop):
     from toolkit.edge.quantize.classifier import quantize_classifier
+    from toolkit.edge.quantize.config import QuantizeOptions
 
     wrapped, data = wrapped_cnn
-    result = quantize_classifier(wrapped, tmp_path / "q.onnx", "int8", data, target=target, max_drop=max_drop,
+    result = quantize_classifier(wrapped, tmp_path / "q.onnx", data, QuantizeOptions(target=target, max_drop=max_drop),
                                  log=lambda *_: None)
     assert result.guard == "accuracy" and result.n_gate == 1000
     assert result.drop_points <= max_drop, result.describe()

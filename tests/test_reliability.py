@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests import hostile
-from tests.conftest import REPO, write_class_tree
+from tests import helpers
+from tests.helpers import REPO, write_class_tree
 from toolkit.cli import app
 from toolkit.edge.data import datasets
 from toolkit.edge.data import images as data
@@ -46,11 +46,11 @@ def errors(lines: list[str]) -> list[str]:
 def work(tmp_path, monkeypatch) -> Path:
     """A folder of tiny models and images; the tests run inside it (generate's default grid.png)."""
     monkeypatch.chdir(tmp_path)
-    hostile.classifier(tmp_path / "tiny.onnx")
-    hostile.classifier(tmp_path / "nan.onnx", nan_when_dark=True)
-    hostile.generator(tmp_path / "gen.onnx")
-    hostile.image(tmp_path / "red.png", (220, 30, 30))
-    hostile.image(tmp_path / "blue.jpg", (30, 30, 220))
+    helpers.colour_classifier(tmp_path / "tiny.onnx")
+    helpers.colour_classifier(tmp_path / "nan.onnx", nan_when_dark=True)
+    helpers.grey_generator(tmp_path / "gen.onnx")
+    helpers.image(tmp_path / "red.png", (220, 30, 30))
+    helpers.image(tmp_path / "blue.jpg", (30, 30, 220))
     (tmp_path / "junk.onnx").write_bytes(b"this is not a protobuf")
     return tmp_path
 
@@ -59,7 +59,7 @@ def bad_images(folder: Path) -> list[Path]:
     """One of each kind of input that must fail on its own (pipes are added by the callers)."""
     (folder / "text.png").write_text("not an image")
     (folder / "empty.jpg").write_bytes(b"")
-    (folder / "lies.png").write_bytes(hostile.png_claiming(20_000, 20_000))      # 400 Mpx declared
+    (folder / "lies.png").write_bytes(helpers.png_claiming(20_000, 20_000))      # 400 Mpx declared
     whole = (folder / "red.png").read_bytes()
     (folder / "cut.png").write_bytes(whole[: len(whole) // 2])
     (folder / "zero.png").symlink_to("/dev/zero")
@@ -77,8 +77,8 @@ def bad_images(folder: Path) -> list[Path]:
 
 def test_infer_processes_every_input_on_its_own(work):
     bad = bad_images(work)
-    before = hostile.every_file(work)
-    with hostile.fifo(work / "pipe.png") as pipe:
+    before = helpers.every_file(work)
+    with helpers.fifo(work / "pipe.png") as pipe:
         start = time.perf_counter()
         code, err, out = run("infer", work / "red.png", pipe, *bad, work / "blue.jpg", "--model", work / "tiny.onnx",
                              "--json")
@@ -87,13 +87,13 @@ def test_infer_processes_every_input_on_its_own(work):
     assert len(errors(err)) == len(bad) + 1 and errors(err) == err           # one line per bad input, nothing else
     assert any("a\\nb.png" in line for line in err)                          # the newline is escaped
     assert [json.loads(line)["path"] for line in out.splitlines()] == [str(work / "red.png"), str(work / "blue.jpg")]
-    assert hostile.every_file(work) == before | {"pipe.png"}
+    assert helpers.every_file(work) == before | {"pipe.png"}
 
 
 def test_infer_refuses_folders_it_cannot_list_and_reads_only_regular_files_in_folders(work):
     tree = work / "photos"
     (tree / "sub").mkdir(parents=True)
-    hostile.image(tree / "sub" / "ok.png")
+    helpers.image(tree / "sub" / "ok.png")
     (tree / "dev.png").symlink_to("/dev/zero")          # not a regular file: never listed
     os.mkfifo(tree / "pipe.jpg")
     code, err, out = run("infer", tree, work / "nowhere", "--model", work / "tiny.onnx", "--json")
@@ -104,7 +104,7 @@ def test_infer_refuses_folders_it_cannot_list_and_reads_only_regular_files_in_fo
 def test_eval_one_bad_model_or_image_does_not_stop_the_others(work):
     tree = write_class_tree(work / "tree", per_class=2)
     (tree / "cat" / "9999.jpg").write_bytes(b"broken")
-    with hostile.fifo(work / "pipe.onnx") as pipe:
+    with helpers.fifo(work / "pipe.onnx") as pipe:
         code, err, out = run("eval", "--model", work / "tiny.onnx", "--model", work / "junk.onnx", "--model", pipe,
                              "--model", work / "gen.onnx", "--model", work / "missing.onnx", "--model",
                              work / "nan.onnx", "--data", tree, "--json")
@@ -132,7 +132,7 @@ def test_info_and_generate_refuse_a_bad_model_in_one_line(work, make):
         target.write_bytes(b"")
     if make == "newline":
         target.write_bytes(b"\x08\x01")
-    with hostile.fifo(target) if make == "fifo" else _nothing():
+    with helpers.fifo(target) if make == "fifo" else _nothing():
         for args in (["info", target], ["generate", "--model", target, "--n", "2"]):
             code, err, _ = run(*args)
             assert code == 1 and len(err) == 1 and err[0].startswith("error:"), (args, err)
@@ -154,15 +154,15 @@ def _nothing():
     ["generate", "--model", "gen.onnx", "--n", "200000", "--out-dir", "many"],
 ])
 def test_requests_over_a_stated_limit_are_refused_up_front(work, args):
-    before = hostile.every_file(work)
+    before = helpers.every_file(work)
     start = time.perf_counter()
     code, err, _ = run(*args)
     assert code == 1 and len(err) == 1 and ("limit" in err[0] or "at most" in err[0]), err
-    assert time.perf_counter() - start < 5 and hostile.every_file(work) == before
+    assert time.perf_counter() - start < 5 and helpers.every_file(work) == before
 
 
 def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(work):
-    (work / "huge.png").write_bytes(hostile.png_claiming(9000, 9000))           # 81 Mpx > 64 Mpx
+    (work / "huge.png").write_bytes(helpers.png_claiming(9000, 9000))           # 81 Mpx > 64 Mpx
     code, err, out = run("infer", "huge.png", "red.png", "--model", "tiny.onnx", "--json")
     assert code == 1 and len(err) == 1 and "too large" in err[0] and len(out.splitlines()) == 1
 
@@ -181,14 +181,15 @@ def test_eval_streams_the_data_set_in_chunks_of_the_batch_size(work, monkeypatch
     assert code == 0 and json.loads(out)["n"] == 30 and max(seen) == 4 and sum(seen) == 30
 
 
+@pytest.mark.slow
 def test_eval_memory_follows_the_batch_not_the_data_set(tmp_path):
     """Python-side peak (numpy arrays included) while evaluating 40 vs 160 images of 96×96."""
     import tracemalloc
 
     from toolkit.edge.infer import evaluate_stream
-    from toolkit.edge.runtime.ort import open_model
+    from toolkit.edge.runtime import open_model
 
-    model = open_model(hostile.classifier(tmp_path / "tiny.onnx"))
+    model = open_model(helpers.colour_classifier(tmp_path / "tiny.onnx"))
     peaks = []
     for n in (4, 16):
         tree = write_class_tree(tmp_path / f"t{n}", per_class=n, size=(96, 96))
@@ -213,19 +214,19 @@ def test_generate_streams_to_files_and_grid(work):
 def test_eval_markdown_onto_a_folder_is_refused_before_evaluating(work):
     tree = write_class_tree(work / "tree", per_class=1)
     (work / "report").mkdir()
-    before = hostile.every_file(work)
+    before = helpers.every_file(work)
     code, err, out = run("eval", "--model", "junk.onnx", "--data", tree, "--markdown", "report")
     assert code == 1 and len(err) == 1 and "--markdown" in err[0] and not out     # the junk model never opened
-    assert hostile.every_file(work) == before
+    assert helpers.every_file(work) == before
 
 
 @pytest.mark.parametrize("args", [["--out", "folder"], ["--out-dir", "file.txt"], ["--out", "file.txt/grid.png"]])
 def test_generate_destinations_are_checked_before_generating(work, args):
     (work / "folder").mkdir()
     (work / "file.txt").write_text("x")
-    before = hostile.every_file(work)
+    before = helpers.every_file(work)
     code, err, _ = run("generate", "--model", "gen.onnx", "--n", "4", *args)
-    assert code == 1 and len(err) == 1 and hostile.every_file(work) == before
+    assert code == 1 and len(err) == 1 and helpers.every_file(work) == before
 
 
 @pytest.mark.parametrize("failure", [OSError("disk full"), KeyboardInterrupt()])
@@ -237,19 +238,19 @@ def test_the_atomic_writer_leaves_nothing_on_any_failure(tmp_path, failure):
         raise failure
     with pytest.raises(type(failure)):
         atomic_write(tmp_path / "grid.png", write)
-    assert hostile.every_file(tmp_path) == {"grid.png"} and (tmp_path / "grid.png").read_bytes() == b"old"
+    assert helpers.every_file(tmp_path) == {"grid.png"} and (tmp_path / "grid.png").read_bytes() == b"old"
 
 
 def test_save_image_that_fails_to_encode_leaves_nothing(tmp_path):
     with pytest.raises(OSError):
         data.save_image(np.zeros((4, 4, 4), np.uint8), tmp_path / "x.jpg")       # JPEG has no alpha: fails mid-write
-    assert hostile.every_file(tmp_path) == set()
+    assert helpers.every_file(tmp_path) == set()
 
 
 # ----------------------------------------------------------------------------- 5. promises about results
 
 def test_non_finite_scores_are_a_per_input_error_and_json_stays_json(work):
-    hostile.image(work / "dark.png", (10, 10, 10))
+    helpers.image(work / "dark.png", (10, 10, 10))
     code, err, out = run("infer", "red.png", "dark.png", "--model", "nan.onnx", "--json")
     assert code == 1 and len(err) == 1 and "dark.png" in err[0] and "not finite" in err[0]
     (row,) = [json.loads(line, parse_constant=pytest.fail) for line in out.splitlines()]
@@ -264,7 +265,7 @@ def test_top_k_is_clamped_to_the_number_of_labels(work):
 
 
 def test_names_are_text_not_markup_in_tables(work):
-    hostile.image(work / "[bold]x.png")
+    helpers.image(work / "[bold]x.png")
     code, _, table = run("infer", "[bold]x.png", "--model", "tiny.onnx")
     assert code == 0 and "[bold]x.png" in table
 
@@ -293,6 +294,7 @@ def test_exif_rotated_photo_gets_the_same_answer_as_upright(tmp_path):
     assert code == 0 and first == second
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_interrupted_and_exits_130(tmp_path):
     """A real SIGINT in the middle of a command, through the `toolkit` entry point."""
     script = (
@@ -310,7 +312,7 @@ def test_ctrl_c_says_interrupted_and_exits_130(tmp_path):
         f"sys.argv = ['toolkit', 'infer', {str(REPO / 'models' / 'samples')!r},\n"
         f"            '--model', {str(tmp_path / 'm.onnx')!r}]\n"
         "main()\n")
-    hostile.classifier(tmp_path / "m.onnx")
+    helpers.colour_classifier(tmp_path / "m.onnx")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 130 and done.stderr.strip() == "interrupted", done.stderr[-500:]
 
@@ -325,9 +327,9 @@ def test_bench_compare_file_is_read_before_measuring(work):
 
 @pytest.mark.parametrize("args", [["--out", "red.png"], ["--data", "nowhere"]])
 def test_bench_destinations_and_data_are_checked_before_measuring(work, args):
-    before = hostile.every_file(work)
+    before = helpers.every_file(work)
     code, err, out = run("bench", "--model", "tiny.onnx", "--runs", "2", "--no-roof", *args)
-    assert code == 1 and len(err) == 1 and not out and hostile.every_file(work) == before
+    assert code == 1 and len(err) == 1 and not out and helpers.every_file(work) == before
 
 
 def test_eval_without_data_fails_before_opening_models(work):

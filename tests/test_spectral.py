@@ -67,6 +67,12 @@ def expected_spectrum(images):
 
 
 def expected_walsh_compress(images, keep):
+    return np.round(unrounded_walsh_compress(images, keep))
+
+
+def unrounded_walsh_compress(images, keep):
+    """255·y before rounding: block means of whole grey levels often fall exactly on .5, where
+    float64 rounding order alone decides the side, so exactness is 'a nearest integer'."""
     x = images / 255.0
     h, w = x.shape[1:3]
     s_h, s_w = scipy_sequency_hadamard(h), scipy_sequency_hadamard(w)
@@ -74,7 +80,7 @@ def expected_walsh_compress(images, keep):
     coefficients[:, math.ceil(keep * h):] = 0
     coefficients[:, :, math.ceil(keep * w):] = 0
     y = np.einsum("ha,nhbc,bw->nawc", s_h, coefficients, s_w)
-    return np.round(np.clip(255 * y, 0, 255))
+    return np.clip(255 * y, 0, 255)
 
 
 def grey_levels(a, b):
@@ -120,6 +126,7 @@ def test_fourier_bases_are_orthonormal(n):
     np.testing.assert_allclose(f, np.fft.fftshift(np.fft.fft(np.eye(n), norm="ortho"), axes=0), atol=1e-12)
 
 
+@pytest.mark.slow
 def test_numpy_references_are_the_guides_definitions():
     for size in SIZES:
         images = random_images(size)
@@ -129,7 +136,8 @@ def test_numpy_references_are_the_guides_definitions():
     for size in WALSH_SIZES:
         images = random_images(size)
         for keep in KEEPS:
-            assert grey_levels(ops.reference_walsh_compress(images, keep), expected_walsh_compress(images, keep)) == 0
+            nearest = np.abs(ops.reference_walsh_compress(images, keep) - unrounded_walsh_compress(images, keep))
+            assert nearest.max() <= 0.5 + 1e-9
 
 
 def test_lowpass_keeps_flat_images_and_a_tiny_radius_keeps_only_the_mean():
@@ -229,7 +237,7 @@ def test_parse_preprocess():
     ("fft-lowpass", "dft", (0, 5), "positive"),
 ])
 def test_sizes_over_the_limits_are_refused_before_building(op, form, size, message):
-    params = {ops.OPS[op]: 0.5} if ops.OPS[op] else {}
+    params = {ops.OP_PARAMETER[op]: 0.5} if ops.OP_PARAMETER[op] else {}
     with pytest.raises(ops.TransformError, match=message):
         transforms.cached_transform(op, params, form, size)
 
@@ -255,6 +263,7 @@ def test_onnxruntime_matches_the_float64_reference_on_every_size(op, params, for
         check_output(op, params, run_onnx(path, images), images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("radius", [0.3, 0.1, 0.2, 0.5, 0.6, 0.7, 1.0])
 def test_dft_mask_agrees_with_the_float64_rule_on_every_size(radius):
     import onnxruntime as ort

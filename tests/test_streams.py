@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from toolkit.cli import app
+from toolkit.edge.runtime import ProviderError, open_model
 from toolkit.edge.runtime.openvino import version as openvino_version
-from toolkit.edge.runtime.ort import ProviderError, open_model
 from toolkit.edge.runtime.streams import PLAIN, Runner, Schedule, batch_of
 
 needs_openvino = pytest.mark.skipif(openvino_version() is None, reason="openvino is not installed")

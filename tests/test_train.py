@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import write_class_tree
+from tests.helpers import write_class_tree
 from toolkit.cli import app
 from toolkit.pytorch.checkpoint import load_tensors
 from toolkit.pytorch.loop import Interrupted
@@ -57,6 +57,7 @@ def _train_gan(*args, **kwargs):
     return train_gan(*args, quiet=True, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [
     ClassifierConfig(data="", epochs=2, batch_size=16, translate=2, ema=0.9),                 # dropout, AdamW, average
     ResNetConfig(data="", epochs=2, batch_size=16, cutout=8),                                  # batch norm, SGD, bf16
@@ -73,6 +74,7 @@ def test_classifier_resume_after_interrupt_is_bit_identical(tmp_path, small_tree
     _same_tensors(straight, resumed)
 
 
+@pytest.mark.slow
 def test_gan_resume_after_interrupt_is_bit_identical(tmp_path, faces):
     cfg = GanConfig(data=str(faces), epochs=2, batch_size=4, holdout=0, samples_dir=str(tmp_path / "samples"))
     straight, resumed = tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors"
@@ -83,6 +85,7 @@ def test_gan_resume_after_interrupt_is_bit_identical(tmp_path, faces):
     _same_tensors(straight, resumed)
 
 
+@pytest.mark.slow
 def test_interrupt_at_epoch_end_resumes_into_next_epoch(tmp_path, small_tree):
     cfg = ClassifierConfig(data=str(small_tree), epochs=2, batch_size=32)
     out = tmp_path / "w.safetensors"

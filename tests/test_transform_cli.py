@@ -132,6 +132,7 @@ def test_one_output_file_for_several_inputs_is_refused(tmp_path):
     assert result.exit_code == 1 and "give a folder" in result.stderr
 
 
+@pytest.mark.slow
 def test_building_and_running_graphs_does_not_import_torch(tmp_path):
     write_image(tmp_path / "a.png", (16, 16))
     write_image(tmp_path / "b.png", (8, 8))

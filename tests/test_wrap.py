@@ -1,65 +1,26 @@
 """`toolkit wrap`: foreign ONNX classifiers brought into the contract, and infer/eval on any input size."""
 
 import json
-import warnings
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 from typer.testing import CliRunner
 
-from tests.conftest import REPO, write_class_tree
+from tests.helpers import CIFAR_MEAN, CIFAR_STD, DATA, REPO, bare_cnn_onnx, foreign_classifier, write_class_tree
 from toolkit.cli import app
 
 runner = CliRunner(env={"COLUMNS": "200"})
 SAMPLES = REPO / "models" / "samples"
-DATA = REPO / "data" / "cifar10-jpeg" / "train"
-CIFAR_MEAN, CIFAR_STD = "0.4914,0.4822,0.4465", "0.2470,0.2435,0.2616"
-
-
-def foreign_classifier(path, layout="nchw", size=(32, 32), classes=10, batch="N", softmax=False, opset=17,
-                       extra_output=False, seed=0):
-    """A small float classifier as another tool would export it: Conv → Relu → global pool → Gemm,
-    normalised input in its own layout, no toolkit metadata."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    shape = [batch, 3, h, w] if layout == "nchw" else [batch, h, w, 3]
-    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "conv_w"),
-             numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "conv_b"),
-             numpy_helper.from_array(rng.normal(0, 1.0, (classes, 8)).astype(np.float32), "fc_w"),
-             numpy_helper.from_array(rng.normal(0, 0.1, classes).astype(np.float32), "fc_b")]
-    nodes, x = [], "input"
-    if layout == "nhwc":
-        nodes.append(helper.make_node("Transpose", [x], ["nchw"], perm=[0, 3, 1, 2]))
-        x = "nchw"
-    nodes += [helper.make_node("Conv", [x, "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
-              helper.make_node("Relu", ["c"], ["r"]),
-              helper.make_node("GlobalAveragePool", ["r"], ["p"]),
-              helper.make_node("Flatten", ["p"], ["f"]),
-              helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["scores"], transB=1)]
-    out = "scores"
-    if softmax:
-        nodes.append(helper.make_node("Softmax", ["scores"], ["probs"], axis=1))
-        out = "probs"
-    outputs = [helper.make_tensor_value_info(out, TensorProto.FLOAT, [batch, classes])]
-    if extra_output:
-        outputs.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, [batch, 8, 1, 1]))
-    graph = helper.make_graph(nodes, "theirs", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-                              outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 def run_original(path, images, layout="nchw", channels="rgb", mean=(0, 0, 0), std=(1, 1, 1), scale=255.0):
     """The foreign model fed the documented preprocessing, done independently here."""
     import onnxruntime as ort
-    x = images.astype(np.float64)
+    x = (images.astype(np.float64) / scale - np.asarray(mean)) / np.asarray(std)    # mean, std: R,G,B
     if channels == "bgr":
         x = x[..., ::-1]
-    x = (x / scale - np.asarray(mean)) / np.asarray(std)
     if layout == "nchw":
         x = x.transpose(0, 3, 1, 2)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -67,7 +28,7 @@ def run_original(path, images, layout="nchw", channels="rgb", mean=(0, 0, 0), st
 
 
 def run_wrapped(path, images):
-    from toolkit.edge.runtime.ort import open_model
+    from toolkit.edge.runtime import open_model
     return open_model(path).run(images)
 
 
@@ -239,41 +200,11 @@ def test_224_classifier_classifies_and_evaluates_any_image_size(tmp_path):
 
 # ----------------------------------------------------------------------------- real data
 
-def bare_cnn_onnx(path, nhwc_bgr=False):
-    """The shipped CNN without the contract head, as plain torch.onnx.export writes it: float NCHW
-    (or NHWC with BGR channels), normalisation expected outside the graph."""
-    import torch
-
-    import toolkit.zoo as zoo
-    from toolkit.pytorch.checkpoint import load_weights
-
-    net = zoo.CIFAR_CNN.build()
-    load_weights(net, zoo.CIFAR_CNN.weights_path)
-    net.eval()
-    if nhwc_bgr:
-        class NhwcBgr(torch.nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, x):
-                return self.inner(x.flip(3).permute(0, 3, 1, 2))
-        net, example = NhwcBgr(net).eval(), torch.zeros(2, 32, 32, 3)
-    else:
-        example = torch.zeros(2, 3, 32, 32)
-    with warnings.catch_warnings():      # the TorchScript exporter is deprecated, and it is what many tools use
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, (example,), str(path), input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False,
-                          opset_version=17)
-    return path
-
-
 @pytest.fixture(scope="module")
 def shipped_accuracy(tmp_path_factory):
     from toolkit.edge.data.datasets import read_split
     from toolkit.edge.infer import evaluate
-    from toolkit.edge.runtime.ort import open_model
+    from toolkit.edge.runtime import open_model
     from toolkit.pytorch.export import export_classifier
 
     if not DATA.is_dir():
@@ -284,20 +215,20 @@ def shipped_accuracy(tmp_path_factory):
     return val, evaluate(open_model(reference), val.images, val.labels, val.class_names).accuracy
 
 
+@pytest.mark.slow
+@pytest.mark.data
 @pytest.mark.parametrize("variant", ["nchw", "nhwc-bgr"])
 def test_round_trip_of_the_shipped_cnn(tmp_path, shipped_accuracy, variant):
     from toolkit.edge.infer import evaluate
-    from toolkit.edge.runtime.ort import open_model
+    from toolkit.edge.runtime import open_model
 
     val, expected = shipped_accuracy
     src = bare_cnn_onnx(tmp_path / "bare.onnx", nhwc_bgr=variant == "nhwc-bgr")
-    mean, std = CIFAR_MEAN, CIFAR_STD
-    args = []
-    if variant == "nhwc-bgr":
-        mean, std, args = ",".join(mean.split(",")[::-1]), ",".join(std.split(",")[::-1]), ["--channels", "bgr"]
+    args = ["--channels", "bgr"] if variant == "nhwc-bgr" else []     # the same R,G,B statistics either way
     out = tmp_path / "wrapped.onnx"
     labels = ",".join(val.class_names)
-    result = wrap(src, "--out", out, "--mean", mean, "--std", std, "--labels", labels, "--images", DATA, *args)
+    result = wrap(src, "--out", out, "--mean", CIFAR_MEAN, "--std", CIFAR_STD, "--labels", labels, "--images", DATA,
+                  *args)
     assert result.exit_code == 0, result.output
     accuracy = evaluate(open_model(out), val.images, val.labels, val.class_names).accuracy
     assert abs(accuracy - expected) * 100 <= 0.05, (accuracy, expected)

@@ -8,7 +8,7 @@ function imports what it needs when called, and only `export_module` needs torch
     quantize("mine.onnx", "mine.int8.onnx", data="photos/")
     print(classify(open_model("mine.int8.onnx"), ["cat.jpg"]))
 
-Errors are exceptions whose message is one line (WrapError, QuantizeError, ModuleExportError,
+Errors are exceptions whose message is one line (WrapError, QuantizeError, ExportError,
 ModelError, ProviderError). Messages that the CLI prints go to `log` (default: nowhere).
 """
 
@@ -19,12 +19,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from toolkit.edge.quantize.config import DEFAULTS as _Q  # the quantize options' defaults, declared once
+
 if TYPE_CHECKING:
     import numpy as np
 
     from toolkit.edge.infer import Evaluation, Prediction
     from toolkit.edge.quantize.classifier import QuantizeResult
-    from toolkit.edge.runtime.ort import Model
+    from toolkit.edge.runtime import Model, Schedule
     from toolkit.edge.wrap.wrapper import WrapResult
 
 __all__ = ["bench", "classify", "evaluate", "export_module", "open_model", "quantize", "wrap"]
@@ -41,9 +43,9 @@ def wrap(source: PathLike, out: PathLike, *, layout: str | None = None, channels
          labels: Sequence[str] | str | None = None, size: tuple[int, int] | None = None,
          output: str | None = None, outputs: str = "logits", name: str | None = None,
          images: PathLike | np.ndarray | None = None, log: Callable[[str], Any] = _quiet) -> WrapResult:
-    """Bring a foreign ONNX classifier into the contract (see `toolkit wrap --help`). `labels` is
-    a list, a label file or "a,b,c"; `images` (real images for the parity gate) defaults to the
-    shipped sample images."""
+    """Bring a foreign ONNX classifier into the contract (see `toolkit wrap --help`). `mean` and
+    `std` are R,G,B whatever `channels` says; `labels` is a list, a label file or "a,b,c";
+    `images` (real images for the parity gate) defaults to the shipped sample images."""
     import toolkit.zoo as zoo
     from toolkit.edge.wrap.wrapper import WrapSpec, parse_labels
     from toolkit.edge.wrap.wrapper import wrap as run_wrap
@@ -61,44 +63,61 @@ def _triple(values: Sequence[float]) -> tuple[float, float, float]:
     return a, b, c
 
 
-def quantize(source: PathLike, out: PathLike, precision: str = "int8", *, data: PathLike,
-             split: str = "val", calibration_images: int = 500, calibration_method: str = "minmax",
-             max_drop: float = 0.5, unlabeled: bool = False, min_agreement: float = 0.98, target: str = "cpu",
-             guard_images: int | None = None, log: Callable[[str], Any] = _quiet) -> QuantizeResult:
-    """An fp16 or int8 variant of any fp32 contract classifier (see `toolkit quantize --help`)."""
+def quantize(source: PathLike, out: PathLike, precision: str = _Q.precision, *, data: PathLike,
+             split: str = _Q.split, calibration_images: int = _Q.calibration_images,
+             calibration_method: str = _Q.calibration_method, max_drop: float = _Q.max_drop,
+             unlabeled: bool = _Q.unlabeled, min_agreement: float = _Q.min_agreement, target: str = _Q.target,
+             guard_images: int | None = _Q.guard_images, log: Callable[[str], Any] = _quiet) -> QuantizeResult:
+    """An fp16 or int8 variant of any fp32 contract classifier (see `toolkit quantize --help`; the
+    options, their defaults and meaning are toolkit.edge.quantize.config.QuantizeOptions')."""
     from toolkit.edge.quantize.classifier import quantize_classifier
+    from toolkit.edge.quantize.config import QuantizeOptions
 
-    return quantize_classifier(source, out, precision, data, split, calibration_images, calibration_method,
-                               max_drop, unlabeled, min_agreement, target, guard_images, log=log)
+    options = QuantizeOptions(precision=precision, split=split, calibration_images=calibration_images,
+                              calibration_method=calibration_method, max_drop=max_drop, unlabeled=unlabeled,
+                              min_agreement=min_agreement, target=target, guard_images=guard_images)
+    return quantize_classifier(source, out, data, options, log=log)
 
 
-def export_module(module: str, weights: PathLike, input_size: tuple[int, int], out: PathLike, *,
+def export_module(module: str, weights: PathLike, size: tuple[int, int], out: PathLike, *,
                   labels: Sequence[str] | str | None = None, mean: Sequence[float] = (0.0, 0.0, 0.0),
                   std: Sequence[float] = (1.0, 1.0, 1.0), data: PathLike | None = None, name: str | None = None,
                   precision: str = "fp32", log: Callable[[str], Any] = _quiet, **quantize_options: Any) -> dict:
     """Export your `nn.Module` ("file.py:Net" or "package.module:make_net") as a contract
-    classifier (needs torch; see `toolkit export --help`)."""
+    classifier (needs torch; see `toolkit export --help`). `quantize_options`, for fp16 and int8:
+    fields of toolkit.edge.quantize.config.QuantizeOptions (calibration_images, max_drop, …)."""
+    from toolkit.edge.quantize.config import QuantizeOptions
     from toolkit.edge.wrap.wrapper import parse_labels
     from toolkit.pytorch.module_export import export_module as run_export
 
     if isinstance(labels, str):
         labels = parse_labels(labels)
-    return run_export(module, weights, input_size, out, list(labels) if labels is not None else None,
-                      _triple(mean), _triple(std), data, name, precision, log=log, **quantize_options)
+    return run_export(module, weights, size, out, list(labels) if labels is not None else None,
+                      _triple(mean), _triple(std), data, name, precision, QuantizeOptions(**quantize_options),
+                      log=log)
 
 
-def open_model(path: PathLike, provider: str = "cpu", threads: int | None = None, schedule: str = "1") -> Model:
-    """A session on `provider` (no silent fallback) with the model's metadata. `schedule`
-    (cpu, openvino): `2x32` runs each batch as micro-batches of 32 on 2 streams (streams.py);
-    a schedule that cannot be read is a ValueError."""
-    from toolkit.edge.runtime.ort import open_model as run_open
-    from toolkit.edge.runtime.streams import Schedule
+def open_model(path: PathLike, provider: str = "cpu", threads: int | None = None, schedule: str | Schedule = "1",
+               precision_hint: str | None = None, shapes: dict[str, Sequence[int]] | None = None,
+               cache_dir: PathLike | None = None) -> Model:
+    """`path` opened on `provider` (no silent fallback), with every option the CLI's infer, eval
+    and bench take. `threads`: intra-op threads (default: the runtime's). `schedule` (cpu,
+    openvino): `2x32` runs each batch as micro-batches of 32 on 2 streams (streams.py); one that
+    cannot be read is a ValueError. `precision_hint` (openvino: f32 | bf16): the compute precision
+    of float models. `shapes` (tensorrt): input name → shape to build the engine for. `cache_dir`:
+    where compiled engines are kept. An option that does not apply to the provider is a
+    ProviderError; a file that is not a usable model a ModelError."""
+    from toolkit.edge.runtime import Schedule
+    from toolkit.edge.runtime import open_model as run_open
 
-    return run_open(path, provider, threads=threads, schedule=Schedule.parse(schedule))
+    plan = schedule if isinstance(schedule, Schedule) else Schedule.parse(schedule)
+    dims = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()} if shapes is not None else None
+    return run_open(path, provider, threads=threads, schedule=plan, precision_hint=precision_hint, shapes=dims,
+                    cache_dir=Path(cache_dir) if cache_dir is not None else None)
 
 
 def _model(model: Model | PathLike) -> Model:
-    from toolkit.edge.runtime.ort import Model
+    from toolkit.edge.runtime import Model
     return model if isinstance(model, Model) else open_model(model)
 
 
@@ -112,14 +131,25 @@ def classify(model: Model | PathLike, images: Sequence[PathLike] | PathLike, k: 
     return list(classify_files(_model(model), expand_inputs(paths), k=k))
 
 
-def evaluate(model: Model | PathLike, data: PathLike, split: str = "val") -> Evaluation:
-    """Top-1 accuracy on a class-per-folder tree or CIFAR-10 batches (`split`: val | train | all)."""
-    from toolkit.edge.data.datasets import read_split
-    from toolkit.edge.infer import evaluate as run_eval
+def evaluate(model: Model | PathLike, data: PathLike, split: str = "val", *, batch_size: int = 256,
+             on_error: Callable[[str], Any] = _quiet) -> Evaluation:
+    """Top-1 accuracy on a class-per-folder tree or CIFAR-10 batches (`split`: val | train | all;
+    all on CIFAR batches means their test_batch), streamed `batch_size` images at a time through
+    the same function as `toolkit eval`. An image that cannot be read is left out: one line in
+    `Evaluation.errors` and to `on_error`. A model that is not a classifier of these classes, fails
+    to run or scores an image with NaN or infinity gets no accuracy: ModelError, with the line
+    `toolkit eval` prints. A folder that is not a data set: ValueError."""
+    from toolkit.edge.errors import shown
+    from toolkit.edge.infer import eval_split, evaluate_stream
+    from toolkit.edge.runtime import ModelError
 
-    session = _model(model)
-    labelled = read_split(data, split, session.input_hw or (32, 32))
-    return run_eval(session, labelled.images, labelled.labels, labelled.class_names, str(data))
+    listing = eval_split(data, split)
+    failures: list[str] = []
+    results = evaluate_stream([_model(model)], listing, shown(data), on_error, batch_size,
+                              on_model_error=failures.append)
+    if failures:
+        raise ModelError(failures[0])
+    return results[0]
 
 
 def bench(models: Sequence[PathLike] | PathLike, providers: Sequence[str] = ("cpu",),
@@ -128,7 +158,7 @@ def bench(models: Sequence[PathLike] | PathLike, providers: Sequence[str] = ("cp
     the remaining BenchConfig fields (warmup, runs, seconds, threads, data, …); `schedules` may be
     given as specs such as ["1", "2x32"]."""
     from toolkit.edge import bench as bench_lib
-    from toolkit.edge.runtime.streams import Schedule
+    from toolkit.edge.runtime import Schedule
 
     if "schedules" in options:
         options["schedules"] = [s if isinstance(s, Schedule) else Schedule.parse(s) for s in options["schedules"]]

@@ -8,23 +8,10 @@ default lives here and nowhere else. No torch here: the CLI imports this module 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-
-def option(default: Any, help: str) -> Any:
-    """A dataclass field whose default and help text become the CLI option's."""
-    return field(default=default, metadata={"help": help})
-
-
-def help_text(cls: type, name: str) -> str:
-    """The help of a field; a subclass that only changes a default inherits its base's text."""
-    for base in cls.__mro__:
-        f = getattr(base, "__dataclass_fields__", {}).get(name)
-        if f is not None and "help" in f.metadata:
-            return str(f.metadata["help"])
-    raise KeyError(name)
+from toolkit.edge.options import option
 
 
 def _check(condition: bool, message: str) -> None:

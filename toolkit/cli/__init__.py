@@ -1,8 +1,9 @@
 """The `toolkit` command: a thin Typer shell. Each command parses, calls one function, prints.
 
 Heavy imports (torch, onnxruntime) happen inside the commands, so `toolkit --help` is instant
-and the runtime commands never import torch. Commands live in run.py (runtime layer) and
-build.py (build layer); importing them registers them on `app`.
+and the runtime commands never import torch. Commands live in run.py (the runtime commands),
+bench.py (bench), byom.py (wrap, quantize) and build.py (train, export: the torch layer);
+importing them registers them on `app`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import sys
 
 import typer
 
-from toolkit.cli import build, byom, run  # noqa: F401  (registers the commands)
-from toolkit.cli.common import _one_line, app
+from toolkit.cli import bench, build, byom, run  # noqa: F401  (registers the commands)
+from toolkit.cli.common import app
+from toolkit.edge.errors import first_line
+from toolkit.edge.runtime import install
 
 __all__ = ["app", "main"]
 
@@ -28,5 +31,9 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("TOOLKIT_DEBUG"):
             raise
-        typer.echo(f"error: {type(exc).__name__}: {_one_line(exc)} (set TOOLKIT_DEBUG=1 for the traceback)", err=True)
+        if isinstance(exc, install.SetupError) or (isinstance(exc, ModuleNotFoundError) and exc.name == "onnxruntime"):
+            # No runtime, two in one folder, or one too old: the fix is an install, said in one line.
+            typer.echo(f"error: {exc if isinstance(exc, install.SetupError) else install.missing_line()}", err=True)
+            sys.exit(1)
+        typer.echo(f"error: {type(exc).__name__}: {first_line(exc)} (set TOOLKIT_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)

@@ -7,8 +7,11 @@ from typing import Any
 
 import typer
 
-from toolkit.cli.common import _one_line, _progress_factory, app, fail, require_train_extra, train_app
-from toolkit.edge.options import OPS, CalibrationMethod, Form, Int8Target, Precision
+from toolkit.cli.common import _progress_factory, app, fail, quantize_option, require_train_extra, say, train_app
+from toolkit.cli.size import parse_size, refused_input_size, size_option
+from toolkit.edge.errors import first_line
+from toolkit.edge.options import SPECTRAL_OPS, CalibrationMethod, Form, Int8Target, Precision
+from toolkit.edge.quantize.config import QuantizeOptions
 
 # ----------------------------------------------------------------------------- export
 
@@ -22,23 +25,22 @@ def export(
     data: Path | None = typer.Option(None, help="Image tree for parity, calibration and the accuracy guard "
                                                    "(default: data/cifar10-jpeg/train)."),
     preprocess: str | None = typer.Option(None, help="Fuse a transform before the classifier, e.g. fft-lowpass:0.5."),
-    calibration_images: int = typer.Option(500, min=1, help="int8: training images used for calibration."),
-    calibration_method: CalibrationMethod = typer.Option("minmax", help="int8: how ranges are calibrated."),
-    max_drop: float = typer.Option(0.5, min=0.0, help="int8: largest allowed validation-accuracy drop, in points."),
-    dynamic: bool = typer.Option(False, help="int8: dynamic quantization (refused for models with convolutions)."),
-    target: Int8Target = typer.Option("cpu", help="int8 scheme: cpu (uint8 activations, onnxruntime's layout), "
-                                                  "openvino (the same, OpenVINO's layout; out models/<name>.ov.int8"
-                                                  ".onnx) or tensorrt (symmetric int8, zero point 0; out models/"
-                                                  "<name>.trt.int8.onnx)."),
+    calibration_images: int = quantize_option("calibration_images"),
+    calibration_method: CalibrationMethod = quantize_option("calibration_method"),
+    max_drop: float = quantize_option("max_drop"),
+    dynamic: bool = quantize_option("dynamic"),
+    target: Int8Target = quantize_option("target", more_help="Default out: models/<name>.ov.int8.onnx (openvino), "
+                                                             "models/<name>.trt.int8.onnx (tensorrt)."),
     radius: float = typer.Option(0.5, help="fft-lowpass: cut-off radius in (0, 1]."),
     keep: float = typer.Option(0.5, help="walsh-compress: fraction of coefficients kept per side, in (0, 1]."),
-    size: list[int] | None = typer.Option(None, help="Transforms: image size H W (repeat: --size 32 --size 32)."),
+    size: tuple[str, str] | None = size_option("Transforms: image size H W (default 32 32); --module: the net's "
+                                               "input H W."),
     form: Form = typer.Option("matmul", help="Transforms: DFT nodes (cpu only) or MatMuls (every provider)."),
     tta: bool = typer.Option(False, "--tta", help="Classifiers: average the logits of each image and its mirror "
                                                    "inside the graph (default out: models/<name>.tta.onnx)."),
     module: str | None = typer.Option(None, help="Your classifier instead of --model: FILE.py:NAME or "
                                                     "package.module:NAME (a class or factory taking no arguments)."),
-    input_size: tuple[int, int] | None = typer.Option(None, help="--module: the net's input H W."),
+    input_size: tuple[str, str] | None = refused_input_size(),
     labels: str | None = typer.Option(None, help="--module: label file (one per line) or a,b,c."),
     mean: str = typer.Option("0,0,0", help="--module: per-channel mean R,G,B of pixels scaled to [0, 1]."),
     std: str = typer.Option("1,1,1", help="--module: per-channel std R,G,B."),
@@ -47,47 +49,45 @@ def export(
     if (model is None) == (module is None):
         fail("give either --model NAME or --module FILE.py:NAME")
     import toolkit.zoo as zoo
-    if model is not None and model not in (known := [*zoo.REGISTRY, *OPS]):
+    if model is not None and model not in (known := [*zoo.REGISTRY, *SPECTRAL_OPS]):
         fail(f"unknown model {model} (known: {', '.join(known)})")
     from toolkit.pytorch.export import TRANSFORM_MODELS, export_model
     if model not in TRANSFORM_MODELS:          # transforms are built without torch
         require_train_extra()
+    hw = parse_size(size)
+    quantize = QuantizeOptions(calibration_images=calibration_images, calibration_method=calibration_method,
+                               max_drop=max_drop, dynamic=dynamic, target=target)
     if module is not None:
-        _export_module(module, weights, input_size, out, labels, mean, std, data, precision, calibration_images,
-                       calibration_method, max_drop, target)
+        _export_module(module, weights, hw, out, labels, mean, std, data, precision, quantize)
         return
     assert model is not None                    # exactly one of --model and --module, checked above
     try:
         result = export_model(model=model, precision=precision, weights=weights, out=out, data=data,
-                              preprocess=preprocess, calibration_images=calibration_images,
-                              calibration_method=calibration_method, max_drop=max_drop, dynamic=dynamic,
-                              radius=radius, keep=keep, size=size, form=form, tta=tta, target=target, log=typer.echo,
+                              preprocess=preprocess, quantize=quantize, radius=radius, keep=keep, size=hw,
+                              form=form, tta=tta, log=say,
                               progress=_progress_factory())
     except Exception as exc:  # noqa: BLE001  (every failure here has a one-line message meant for the user)
-        fail(_one_line(exc))
+        fail(first_line(exc))
     typer.echo(result.describe())
 
 
 
-def _export_module(module: str, weights: Path | None, input_size, out: Path | None, labels: str | None,
-                   mean: str, std: str, data: Path | None, precision: str, calibration_images: int,
-                   calibration_method: str, max_drop: float, target: str) -> None:
+def _export_module(module: str, weights: Path | None, input_size: tuple[int, int] | None, out: Path | None,
+                   labels: str | None, mean: str, std: str, data: Path | None, precision: str,
+                   quantize: QuantizeOptions) -> None:
     if weights is None or input_size is None or out is None:
-        fail("--module needs --weights, --input-size H W and --out")
+        fail("--module needs --weights, --size H W and --out")
         return
-    if target != "cpu" and precision != "int8":
-        fail(f"--target {target} applies to int8 classifiers only")
+    if quantize.target != "cpu" and precision != "int8":
+        fail(f"--target {quantize.target} applies to int8 classifiers only")
     from toolkit.edge.wrap.wrapper import parse_labels, parse_triple
     from toolkit.pytorch.module_export import export_module
-    options: dict[str, Any] = {} if precision == "fp32" else {
-        "calibration_images": calibration_images, "calibration_method": calibration_method, "max_drop": max_drop,
-        "target": target}
     try:
-        export_module(module, weights, tuple(input_size), out, parse_labels(labels) if labels else None,
+        export_module(module, weights, input_size, out, parse_labels(labels) if labels else None,
                       parse_triple(mean, "--mean"), parse_triple(std, "--std", positive=True), data,
-                      precision=precision, log=typer.echo, **options)
+                      precision=precision, quantize=quantize, log=say)
     except Exception as exc:  # noqa: BLE001  (every failure here has a one-line message meant for the user)
-        fail(_one_line(exc))
+        fail(first_line(exc))
 
 
 # ----------------------------------------------------------------------------- train
@@ -100,7 +100,7 @@ def _train_command(name: str, config_cls: type, trainer: str, doc: str, skip: tu
     import typing
 
     import toolkit.zoo as zoo
-    from toolkit.recipes import help_text
+    from toolkit.edge.options import help_text
 
     keyword = inspect.Parameter.KEYWORD_ONLY
     hints = typing.get_type_hints(config_cls)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import _one_line, _progress_factory, app, fail
+from toolkit.cli.common import _progress_factory, app, fail, quantize_option, say
+from toolkit.cli.size import parse_size, size_option
+from toolkit.edge.errors import first_line
 from toolkit.edge.options import CalibrationMethod, Channels, Int8Target, Layout, OutputKind, QuantizedPrecision, Split
 
 
@@ -17,10 +19,12 @@ def wrap(
     layout: Layout | None = typer.Option(None, help="The model's input layout (default: the axis of size 3)."),
     channels: Channels = typer.Option("rgb", help="Channel order the model expects."),
     scale: float = typer.Option(255.0, help="Pixels are divided by this before normalising."),
-    mean: str = typer.Option("0,0,0", help="Per-channel mean R,G,B subtracted after scaling."),
-    std: str = typer.Option("1,1,1", help="Per-channel std R,G,B divided by after that."),
+    mean: str = typer.Option("0,0,0", help="Per-channel mean subtracted after scaling, R,G,B whatever "
+                                           "--channels says."),
+    std: str = typer.Option("1,1,1", help="Per-channel std divided by after that, R,G,B whatever "
+                                          "--channels says."),
     labels: str | None = typer.Option(None, help="Label file (one per line) or a,b,c (default: 0…K-1)."),
-    size: tuple[int, int] | None = typer.Option(None, help="H W, where the model's spatial size is dynamic."),
+    size: tuple[str, str] | None = size_option("H W, where the model's spatial size is dynamic."),
     output: str | None = typer.Option(None, help="Which output holds the class scores (several outputs)."),
     outputs: OutputKind = typer.Option("logits", help="What that output is; probabilities become "
                                                                "log-probabilities."),
@@ -37,10 +41,10 @@ def wrap(
         spec = WrapSpec(layout=layout, channels=channels, scale=scale,
                         mean=parse_triple(mean, "--mean"), std=parse_triple(std, "--std", positive=True),
                         labels=parse_labels(labels) if labels is not None else None,
-                        size=(size[0], size[1]) if size else None, output=output, outputs=outputs, name=name)
-        result = run_wrap(source, out, spec, images or zoo.MODELS_DIR / "samples", log=typer.echo)
+                        size=parse_size(size), output=output, outputs=outputs, name=name)
+        result = run_wrap(source, out, spec, images or zoo.MODELS_DIR / "samples", log=say)
     except (WrapError, InputError, OSError) as exc:
-        fail(_one_line(exc))
+        fail(first_line(exc))
     typer.echo(result.describe())
 
 
@@ -49,31 +53,29 @@ def quantize(
     source: Path = typer.Argument(..., metavar="IN.onnx", help="An fp32 contract classifier (zoo, wrapped, "
                                                                "or exported with --module)."),
     out: Path = typer.Option(..., help="The variant to write."),
-    precision: QuantizedPrecision = typer.Option("int8", help="int8 (static QDQ) or fp16."),
+    precision: QuantizedPrecision = quantize_option("precision"),
     data: Path = typer.Option(..., help="Class-per-folder tree, CIFAR-10 batches or a flat folder of images: "
                                         "calibration and the guard."),
-    split: Split = typer.Option("val", help="Part of the fixed split the guard measures on."),
-    calibration_images: int = typer.Option(500, min=1, help="int8: training images used for calibration."),
-    calibration_method: CalibrationMethod = typer.Option("minmax", help="int8: how ranges are calibrated."),
-    max_drop: float = typer.Option(0.5, min=0.0, help="int8: largest allowed validation-accuracy drop, in points."),
-    unlabeled: bool = typer.Option(False, "--unlabeled", help="Ignore labels: guard on top-1 agreement with fp32."),
-    min_agreement: float = typer.Option(0.98, min=0.0, max=1.0, help="Unlabelled guard: least top-1 agreement "
-                                                                      "with fp32."),
-    target: Int8Target = typer.Option("cpu", help="int8 scheme: cpu (uint8 activations, onnxruntime's "
-                                                   "layout), openvino (the same, OpenVINO's layout) or tensorrt "
-                                                   "(symmetric int8, zero point 0)."),
-    guard_images: int | None = typer.Option(None, min=1, help="Measure the guard on this many images of the "
-                                                                 "split (default: all)."),
+    split: Split = quantize_option("split"),
+    calibration_images: int = quantize_option("calibration_images"),
+    calibration_method: CalibrationMethod = quantize_option("calibration_method"),
+    max_drop: float = quantize_option("max_drop"),
+    unlabeled: bool = quantize_option("unlabeled", "--unlabeled"),
+    min_agreement: float = quantize_option("min_agreement"),
+    target: Int8Target = quantize_option("target"),
+    guard_images: int | None = quantize_option("guard_images"),
 ):
     """An fp16 or int8 variant of any contract classifier, with an accuracy guard."""
     from toolkit.edge.data.fsio import InputError
     from toolkit.edge.quantize.classifier import QuantizeError, quantize_classifier
-    from toolkit.edge.runtime.ort import ModelError, ProviderError
+    from toolkit.edge.quantize.config import QuantizeOptions
+    from toolkit.edge.runtime import ModelError, ProviderError
 
+    options = QuantizeOptions(precision=precision, split=split, calibration_images=calibration_images,
+                              calibration_method=calibration_method, max_drop=max_drop, unlabeled=unlabeled,
+                              min_agreement=min_agreement, target=target, guard_images=guard_images)
     try:
-        result = quantize_classifier(source, out, precision, data, split, calibration_images,
-                                     calibration_method, max_drop, unlabeled, min_agreement, target,
-                                     guard_images, log=typer.echo, progress=_progress_factory())
+        result = quantize_classifier(source, out, data, options, log=say, progress=_progress_factory())
     except (QuantizeError, InputError, ModelError, ProviderError, FileNotFoundError, ValueError, OSError) as exc:
-        fail(_one_line(exc))
+        fail(first_line(exc))
     typer.echo(result.describe())

@@ -11,11 +11,22 @@ from typing import Any, NoReturn
 import typer
 from typer.core import TyperGroup
 
+from toolkit.cli.helptext import tidy_help
+
 
 class _OneLineUsageErrors(TyperGroup):
     """A bad command line (a value outside an option's choices, a missing or unknown option) is
     reported like every other bad input: one `error:` line on stderr, before any work, here exit
     status 2, instead of Typer's boxed usage panel. In place for `toolkit` and for CliRunner alike."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        return tidy_help(super().get_command(ctx, cmd_name), ctx)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""                 # a flag: no `<bool>` beside it in the help
+        return option
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         standalone = kwargs.get("standalone_mode", True)
@@ -64,10 +75,6 @@ train_app = typer.Typer(no_args_is_help=True, help="Train a model of the zoo.")
 app.add_typer(train_app, name="train")
 
 
-class UserError(Exception):
-    """An error whose message is for the user: printed on one line, exit status 1."""
-
-
 # Set once a command has said why it stops, so that exit status 130 gets "interrupted" only when
 # nothing else was said (a Ctrl-C that Typer turns into a bare exit 130).
 _said_why = False
@@ -76,6 +83,12 @@ _said_why = False
 def report(message: str) -> None:
     """One `error:` line on stderr for one bad input; the command goes on with the others."""
     typer.echo(f"error: {message}", err=True)
+
+
+def say(line: str) -> None:
+    """A command's running commentary: notes (lines that start with "note:") go to stderr beside
+    the errors, so that stdout holds what the command produced; other lines go to stdout."""
+    typer.echo(line, err=line.startswith("note:"))
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -103,7 +116,7 @@ def check_output_file(path: Path | None, option: str) -> None:
     is a file or a folder we may not write into."""
     import os
 
-    from toolkit.edge.data.fsio import shown
+    from toolkit.edge.errors import shown
     if path is None:
         return
     if path.is_dir():
@@ -119,7 +132,7 @@ def check_output_dir(path: Path | None, option: str) -> None:
     """Refuse, before any work, an output folder that is a file or cannot be written."""
     import os
 
-    from toolkit.edge.data.fsio import shown
+    from toolkit.edge.errors import shown
     if path is None:
         return
     if path.exists() and not path.is_dir():
@@ -146,6 +159,28 @@ def each_of(choices: tuple[str, ...]) -> Callable[[list[str] | None], list[str] 
 def metavar(choices: tuple[str, ...]) -> str:
     """How Typer shows a list of choices in the help (as it would a list of an Enum)."""
     return "<list[" + "|".join(choices) + "]>"
+
+
+PROVIDER_HELP = "Where to run; no silent fallback to another provider."
+
+
+def provider_option() -> Any:
+    """The --provider option of every command that runs one model (the choices are its Literal)."""
+    return typer.Option("cpu", help=PROVIDER_HELP)
+
+
+def quantize_option(name: str, *flags: str, more_help: str = "") -> Any:
+    """The Typer option for the QuantizeOptions field `name`: its default, help text and limits,
+    never restated by a command; `more_help` adds what one command does beyond that."""
+    import dataclasses
+
+    from toolkit.edge.options import help_text, limits
+    from toolkit.edge.quantize.config import QuantizeOptions
+
+    default = next(f.default for f in dataclasses.fields(QuantizeOptions) if f.name == name)
+    text = help_text(QuantizeOptions, name) + (f" {more_help}" if more_help else "")
+    bounds = limits(QuantizeOptions, name)
+    return typer.Option(default, *flags, help=text, min=bounds.get("min"), max=bounds.get("max"))
 
 
 # What the build commands (train, export from torch) need beyond the runtime install.
@@ -179,14 +214,9 @@ def _progress_factory():
     return start
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
 
 def _open(path: Path, provider: str, precision_hint: str | None = None):
-    from toolkit.edge.runtime.ort import ModelError, ProviderError, open_model
+    from toolkit.edge.runtime import ModelError, ProviderError, open_model
     try:
         return open_model(path, provider, precision_hint=precision_hint)
     except (ModelError, ProviderError) as exc:

@@ -1,4 +1,4 @@
-"""The artifact contract (GUIDE §1): what every ONNX file the toolkit writes obeys, and what a file
+"""The artifact contract (docs/contract.md): what every ONNX file the toolkit writes obeys, and what a file
 must be before any command loads it. Every stage uses this module; it never imports torch.
 
 Writing: `set_metadata`, `replace_metadata`, `read_metadata`, `prune_opsets`, `check_contract` and
@@ -6,9 +6,9 @@ Writing: `set_metadata`, `replace_metadata`, `read_metadata`, `prune_opsets`, `c
 (checked, written to a temp file beside the target, gated, renamed; nothing is left behind on
 failure) — plus `run_onnx`, `compare_outputs` and `logit_gate` for the parity gates.
 
-Minimum opset: 17 for what the toolkit builds itself; 13 for a wrapped foreign model (issue #10
-keeps the original graph's opset, raised to 13 if older), told by its `toolkit.wrapped` metadata,
-which its fp16 and int8 variants inherit.
+Minimum opset: 17 for what the toolkit builds itself; 13 for a wrapped foreign model (`wrap`
+keeps the original graph's opset, raised to 13 if older, since converting a foreign graph further
+risks changing it), told by its `toolkit.wrapped` metadata, which its fp16 and int8 variants inherit.
 
 Reading: `inspect_model` says what a file is (size, metadata, external data, where each external
 file lies) and `check_model_file` refuses what no command should load — an empty or non-ONNX file,
@@ -29,8 +29,12 @@ import numpy as np
 import onnx
 
 from toolkit._version import __version__
-from toolkit.edge.data.fsio import InputError, atomic_write, read_regular_file, shown
+from toolkit.edge.data.fsio import InputError, atomic_write, read_regular_file
+from toolkit.edge.errors import first_line, shown
+from toolkit.edge.onnxgraph import parse_onnx
+from toolkit.edge.words import counted
 
+OPSET = 18                          # what the toolkit builds its own graphs at (torch export, transform graphs)
 MIN_OPSET = 17                      # files the toolkit builds (torch export, transform graphs)
 MIN_OPSET_WRAPPED = 13              # a wrapped foreign graph keeps its own opset, at least this
 WRAPPED_KEY = "toolkit.wrapped"     # set by `toolkit wrap`; marks the file as a wrapped foreign model
@@ -158,7 +162,7 @@ class Parity:
     top1_agreement: float | None = None
 
     def describe(self) -> str:
-        text = f"parity on {self.n} inputs: max |Δ| {self.max_abs_diff:.2e}"
+        text = f"parity on {counted(self.n, 'input')}: max |Δ| {self.max_abs_diff:.2e}"
         if self.top1_agreement is not None:
             text += f", top-1 agreement {self.top1_agreement:.2%}"
         return text
@@ -173,26 +177,11 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, classify: bool
 def run_onnx(path: str | os.PathLike, feed: np.ndarray, batch_size: int = 256, output: str | None = None,
              fixed_batch: int | None = None) -> np.ndarray:
     """Run one output (default: the first) of a model on the CPU over `feed`, in batches: the
-    reference runner of every gate. A model whose batch is fixed at B (`fixed_batch`) gets chunks
-    of exactly B, the last one padded.
+    reference runner of every gate (runtime.ort.reference_run). A model whose batch is fixed at B
+    (`fixed_batch`) gets chunks of exactly B, the last one padded."""
+    from toolkit.edge.runtime.ort import reference_run
 
-    A plain CPU session, not sessions.open_model: the file being gated was written a moment ago by
-    write_model, and the gate must not depend on the provider machinery."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    step = fixed_batch or batch_size
-    outs = []
-    for i in range(0, len(feed), step):
-        chunk = feed[i:i + step]
-        n = len(chunk)
-        if fixed_batch and n < fixed_batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - n, axis=0)])
-        outs.append(session.run([output] if output else None, {name: chunk})[0][:n])
-    return np.concatenate(outs)
+    return reference_run(path, feed, batch_size, output, fixed_batch)
 
 
 def logit_gate(reference: np.ndarray, images: np.ndarray, against: str, min_agreement: float = 1.0,
@@ -305,10 +294,7 @@ def inspect_model(path: str | os.PathLike) -> ModelFile:
         raise ModelFileError(str(exc)) from None
     if not data:
         raise ModelFileError(f"{shown(path)}: empty file (0 bytes), not an ONNX model")
-    try:
-        proto = onnx.load_model_from_string(data)
-    except Exception as exc:  # noqa: BLE001  (protobuf raises several types for a bad file)
-        raise ModelFileError(f"{shown(path)}: not an ONNX model ({first_line(exc, 200)})") from None
+    proto = parse_onnx(data, path, ModelFileError)
     if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.output:
         raise ModelFileError(f"{shown(path)}: not an ONNX model (no graph with outputs)")
     if not _all_text(proto):
@@ -334,13 +320,3 @@ def check_model_file(path: str | os.PathLike) -> ModelFile:
             raise ModelFileError(f"{shown(model.path)}: external data file {shown(ext.location)} not found beside "
                                  f"the model")
     return model
-
-
-def first_line(exc: BaseException, limit: int = 300, typed: bool = False) -> str:
-    """An exception as one line for the user: the first line of its message (at most `limit`
-    characters), its type name where the message is empty or `typed` asks for it (user code)."""
-    text = str(exc).strip()
-    if not text:
-        return type(exc).__name__
-    line = text.splitlines()[0][:limit]
-    return f"{type(exc).__name__}: {line}" if typed else line

@@ -13,19 +13,18 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from toolkit.edge.data.fsio import atomic_write_text, shown
-from toolkit.edge.data.images import ImageError, load_image, resize
-from toolkit.edge.runtime.ort import Model, ModelError, softmax, topk
+from toolkit.edge.data.fsio import atomic_write_text
+from toolkit.edge.data.images import ImageError, OnError, load_image, resize
+from toolkit.edge.errors import shown
+from toolkit.edge.runtime import Model, ModelError
 
 MAX_BATCH_SIZE = 4096             # images (or latents) per runtime call, for every command alike
 MAX_GENERATE = 100_000            # images per `generate` call (written one by one: memory is one batch)
 MAX_GRID = 1024                   # images in one grid picture (32 × 32 tiles of 64 px: a 2,114 px square)
 
-OnError = Callable[[str], None]
 
 
 def require_task(model: Model, task: str) -> None:
@@ -38,18 +37,26 @@ def require_task(model: Model, task: str) -> None:
 
 
 def _runtime_failure(model: Model, exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{shown(model.path)}: the model failed to run ({text[:200]})"
+    return f"{shown(model.path)}: the model failed to run ({model.explain(exc)})"
 
 
 def class_count(model: Model) -> int:
     """How many classes a classifier scores: its labels, else its output's declared width."""
     if model.labels:
         return len(model.labels)
-    session: Any = model.session       # an onnxruntime session, or OpenVINO's stand-in without outputs
-    outputs = session.get_outputs() if hasattr(session, "get_outputs") else []
-    shape = outputs[0].shape if outputs else None
-    return shape[-1] if shape and isinstance(shape[-1], int) else 0
+    return model.output_width or 0
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def topk(probs: np.ndarray, labels: list[str], k: int) -> list[list[dict]]:
+    order = np.argsort(-probs, axis=-1)[:, :k]
+    return [[{"label": labels[j] if j < len(labels) else str(j), "prob": round(float(p[j]), 4)} for j in row]
+            for p, row in zip(probs, order)]
 
 
 # ----------------------------------------------------------------------------- classify
@@ -118,6 +125,7 @@ class Evaluation:
     predictions: np.ndarray
     delta_vs_reference: float | None = None
     agreement_with_reference: float | None = None
+    errors: list[str] = field(default_factory=list)      # the inputs left out, one line each
 
     def to_json(self) -> dict:
         out = {"model": self.model, "precision": self.precision, "size_mb": round(self.size_mb, 3),
@@ -202,22 +210,55 @@ class _Tally:
         self.targets.append(self.to_label[labels])
 
 
+def eval_split(data: str | os.PathLike, split: str, log: Callable[[str], object] | None = None):
+    """The part of the fixed split an evaluation streams (`datasets.SplitListing`), listed, not
+    decoded; `all` on CIFAR-10 batches means their test_batch, said in one note through `log`.
+    ValueError, one line, for a folder that is not a data set or holds no images in that part."""
+    from toolkit.edge.data.datasets import is_cifar_batches, list_split
+
+    data = Path(data)
+    if not data.is_dir():
+        raise ValueError(f"{shown(data)}: not a folder")
+    part = "test" if split == "all" and is_cifar_batches(data) and (data / "test_batch").is_file() else split
+    if part != split and log is not None:
+        log(f"note: {shown(data)} holds CIFAR-10 batches: --split all evaluates their test_batch (the "
+            f"data_batch_* files are the training images; --split val takes the validation part of those)")
+    try:
+        listing = list_split(data, part)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    if not len(listing):
+        raise ValueError(f"{shown(data)}: no images in the {split} part")
+    return listing
+
+
 def evaluate_stream(models: list[Model], listing, source: str, on_error: OnError,
-                    batch_size: int = 256, progress: Callable[[int], None] | None = None) -> list[Evaluation]:
-    """Evaluate several classifiers on one streamed split (`datasets.list_split`), decoding each chunk
-    once for all of them. A model that is not a classifier, whose labels do not cover the data's
-    classes, that fails to run or gives non-finite scores is reported through `on_error` (one line)
-    and left out; an unreadable image is reported once and left out for every model."""
+                    batch_size: int = 256, progress: Callable[[int], None] | None = None,
+                    on_model_error: OnError | None = None) -> list[Evaluation]:
+    """Evaluate several classifiers on one streamed split (`eval_split`), decoding each chunk once for
+    all of them: what `toolkit eval` and `toolkit.evaluate` both run. A model that is not a
+    classifier, whose labels do not cover the data's classes, that fails to run or gives
+    non-finite scores is reported through `on_model_error` (default `on_error`; one line) and left
+    out; an unreadable image is reported once through `on_error` and left out for every model (each
+    Evaluation lists them in `errors`)."""
+    model_failed = on_model_error or on_error
+    skipped: list[str] = []
+
+    def image_failed(message: str) -> None:
+        skipped.append(message)
+        on_error(message)
+
     tallies: list[_Tally] = []
     for model in models:
         try:
             require_task(model, "classify")
             tallies.append(_Tally(model, match_labels(model.labels, listing.class_names, source)))
         except (ModelError, ValueError) as exc:
-            on_error(str(exc))
+            model_failed(str(exc))
     if not tallies:
         return []
-    for chunk in listing.chunks([t.size for t in tallies], chunk=batch_size, on_error=on_error, progress=progress):
+    for chunk in listing.chunks([t.size for t in tallies], chunk=batch_size, on_error=image_failed,
+                                progress=progress):
         for tally in tallies:
             if tally.failure is None:
                 tally.add(chunk.images[tally.size], chunk.labels, chunk.paths)
@@ -227,10 +268,12 @@ def evaluate_stream(models: list[Model], listing, source: str, on_error: OnError
             tally.failure = (f"{shown(tally.model.path)}: the output is not finite (NaN or infinity) for "
                              f"{tally.not_finite} images, first {tally.first_not_finite}; no accuracy reported")
         if tally.failure is not None:
-            on_error(tally.failure)
+            model_failed(tally.failure)
         elif tally.preds:
-            results.append(_evaluation(tally.model, np.concatenate(tally.preds), np.concatenate(tally.targets),
-                                       listing.class_names))
+            result = _evaluation(tally.model, np.concatenate(tally.preds), np.concatenate(tally.targets),
+                                 listing.class_names)
+            result.errors = list(skipped)
+            results.append(result)
     return results
 
 
@@ -263,13 +306,19 @@ def _cell(text: str) -> str:
     return shown(text).replace("|", "\\|")
 
 
+def row_labels(results: list[Evaluation]) -> list[str]:
+    """How each result's row names its model: the file name, or the path where two files share a name."""
+    names = [Path(r.model).name for r in results]
+    return [shown(name if names.count(name) == 1 else r.model) for name, r in zip(names, results)]
+
+
 def accuracy_markdown(results: list[Evaluation], source: str, path: str | os.PathLike) -> Path:
     """The accuracy table as markdown, written atomically."""
     lines = [f"Top-1 accuracy on {_cell(source)}; Δ and agreement are against the fp32 model.", "",
              "| model | precision | size (MB) | accuracy | Δ vs fp32 | top-1 agreement with fp32 |",
              "|---|---|---:|---:|---:|---:|"]
-    for r in results:
-        lines.append(f"| {_cell(Path(r.model).name)} | {r.precision} | {r.size_mb:.2f} | {r.accuracy:.2%} | "
+    for label, r in zip(row_labels(results), results):
+        lines.append(f"| {_cell(label)} | {r.precision} | {r.size_mb:.2f} | {r.accuracy:.2%} | "
                      f"{(r.delta_vs_reference or 0.0) * 100:+.2f} pt | {r.agreement_with_reference or 0.0:.2%} |")
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -280,7 +329,10 @@ def generate_batches(model: Model, n: int, seed: int = 0, batch_size: int = 64) 
     """n images from standard-normal latents, yielded batch by batch (uint8 [b, H, W, 3]); the same
     seed gives the same images whatever the batch size (the latents are drawn in order)."""
     require_task(model, "generate")
-    latent_dim = int(model.metadata.get("toolkit.latent_dim", model.input.shape[1]))
+    declared = model.input.shape[1] if len(model.input.shape) == 2 else None
+    latent_dim = int(model.metadata.get("toolkit.latent_dim", declared if isinstance(declared, int) else 0))
+    if latent_dim < 1:
+        raise ModelError(f"{shown(model.path)}: neither toolkit.latent_dim nor the input's shape gives the latent size")
     rng = np.random.default_rng(seed)
     for start in range(0, n, batch_size):
         z = rng.standard_normal((min(batch_size, n - start), latent_dim)).astype(np.float32)

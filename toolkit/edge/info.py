@@ -7,24 +7,12 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import onnx
 from rich.console import Group
 from rich.table import Table
 
 from toolkit.edge.contract import ModelFile, inspect_model
-from toolkit.edge.data.fsio import shown
-
-
-def _text(value: str | bytes) -> str:
-    """A string from the file as one printable line: a damaged file can hold bytes that are not
-    UTF-8 (protobuf then hands them over as bytes) or control characters."""
-    return shown(value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value)
-
-
-def _shape(value_info: onnx.ValueInfoProto) -> str:
-    t = value_info.type.tensor_type
-    dims = [d.dim_param or str(d.dim_value) if (d.dim_param or d.HasField("dim_value")) else "?" for d in t.shape.dim]
-    return f"{onnx.TensorProto.DataType.Name(t.elem_type).lower()} [{', '.join(dims)}]"
+from toolkit.edge.errors import shown
+from toolkit.edge.onnxgraph import input_signature, output_signature
 
 
 def _size_line(model: ModelFile) -> str:
@@ -59,9 +47,9 @@ def describe_model(path: str | os.PathLike) -> Group:
     io.add_column("")
     io.add_column("name")
     io.add_column("type and shape")
-    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+    for kind, values in (("input", input_signature(proto)), ("output", output_signature(proto))):
         for v in values:
-            io.add_row(kind, _text(v.name), _shape(v))
+            io.add_row(kind, shown(v.name), v.type_and_shape())
     parts: list = [io]
     if model.external:
         ext = Table(title="external data")
@@ -75,10 +63,10 @@ def describe_model(path: str | os.PathLike) -> Group:
     meta.add_column("key")
     meta.add_column("value", overflow="fold")
     for p in proto.metadata_props:
-        meta.add_row(_text(p.key), _text(p.value))
+        meta.add_row(shown(p.key), shown(p.value))
     ops = Table(title=f"ops ({len(proto.graph.node)} nodes, {len(proto.graph.initializer)} initializers)")
     ops.add_column("op type")
     ops.add_column("count", justify="right")
     for op, count in sorted(Counter(n.op_type for n in proto.graph.node).items(), key=lambda t: (-t[1], t[0])):
-        ops.add_row(_text(op), str(count))
+        ops.add_row(shown(op), str(count))
     return Group(*parts, meta, ops, _status(model))

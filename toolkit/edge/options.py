@@ -1,15 +1,17 @@
-"""The closed sets of option values, declared once: precisions, providers, forms, ops, splits.
+"""The closed sets of option values, declared once: precisions, providers, forms, ops, splits;
+and `option`, the field whose default and help a command's option takes (recipes.py, quantize/config.py).
 
-Standard library only, so anything may import it (the CLI at start-up, the leaf `core/ops.py`).
+Standard library only, so anything may import it (the CLI at start-up, the leaf `edge/spectral/ops.py`).
 Each set is a `Literal`, which gives three things from one declaration: Typer renders it as a
 choice (the help lists it; a bad value fails while parsing, before any work, naming the choices),
-mypy checks every call site, and the values stay plain `str`, so nothing downstream changes.
+mypy checks every call site, and the values stay plain `str` for every caller.
 The tuple beside each is the same set at run time, for the library's own checks and messages.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from dataclasses import field, fields
+from typing import Any, Literal, get_args
 
 # File precisions (`toolkit.precision` in the metadata). bf16 is a compute mode of a runtime, never
 # a file precision: see PrecisionHint.
@@ -32,11 +34,11 @@ PRECISION_HINTS: tuple[PrecisionHint, ...] = get_args(PrecisionHint)
 Form = Literal["dft", "matmul"]
 FORMS: tuple[Form, ...] = get_args(Form)
 
-# The spectral ops (GUIDE §1); each is also a registry-free model name for `export --model`.
+# The spectral ops (docs/transforms.md); each is also a registry-free model name for `export --model`.
 Op = Literal["fft-lowpass", "fft-spectrum", "walsh-compress"]
-OPS: tuple[Op, ...] = get_args(Op)
+SPECTRAL_OPS: tuple[Op, ...] = get_args(Op)
 
-# Parts of the fixed split (GUIDE §2): val = the last 500 files of each class.
+# Parts of the fixed split (docs/data.md): val = the last 10% of each class (500 CIFAR-10 files).
 Split = Literal["all", "val", "train"]
 SPLITS: tuple[Split, ...] = get_args(Split)
 
@@ -52,3 +54,26 @@ INT8_TARGETS: tuple[Int8Target, ...] = get_args(Int8Target)
 Layout = Literal["nchw", "nhwc"]                 # wrap: a foreign model's input layout
 Channels = Literal["rgb", "bgr"]                 # wrap: the channel order it expects
 OutputKind = Literal["logits", "probabilities"]  # wrap: what its output holds
+
+
+# ----------------------------------------------------------------------------- options with defaults
+
+def option(default: Any, help: str, **limits: float) -> Any:
+    """A dataclass field whose default, help text and limits (`min`, `max`) become the CLI option's."""
+    return field(default=default, metadata={"help": help, **limits})
+
+
+def help_text(cls: type, name: str) -> str:
+    """The help of a field; a subclass that only changes a default inherits its base's text."""
+    for base in cls.__mro__:
+        f = getattr(base, "__dataclass_fields__", {}).get(name)
+        if f is not None and "help" in f.metadata:
+            return str(f.metadata["help"])
+    raise KeyError(name)
+
+
+def limits(cls: type, name: str) -> dict[str, float]:
+    """The `min` and `max` a field's value must respect, where it declares them."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return {k: v for k, v in f.metadata.items() if k in ("min", "max")}
+

@@ -1,1 +1,1 @@
-"""The build layer: torch. May import toolkit.edge; toolkit.edge never imports it."""
+"""The torch layer: training and export. May import toolkit.edge; toolkit.edge never imports it."""

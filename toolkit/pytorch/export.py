@@ -1,12 +1,12 @@
-"""Export from torch under the artifact contract (GUIDE §1), per task, each gated on parity.
+"""Export from torch under the artifact contract (docs/contract.md), per task, each gated on parity.
 
     classifier  any classify model of zoo.REGISTRY: uint8 NHWC → logits, optionally a transform fused
                 in front (`preprocess`) and/or flip averaging inside the graph (`tta`); fp32 is gated
-                on PyTorch, fp16/int8 variants are made by core.quantize_classifier from that fp32 file
+                on PyTorch, fp16/int8 variants are made by edge.quantize.classifier from that fp32 file
     generator   the DCGAN: z → uint8 NHWC; fp32 gated on PyTorch, fp16/int8 on PSNR against fp32
-    transform   core.transforms.export_transform (no torch)
+    transform   edge.spectral.transforms.export_transform (no torch)
 
-Contract checks, metadata and the atomic, gated write live in core.contract; the torch → ONNX step
+Contract checks, metadata and the atomic, gated write live in edge.contract; the torch → ONNX step
 and its graph clean-ups in onnx_export.py. Every public export returns an `Exported`.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,9 @@ from toolkit.edge.contract import (
     set_metadata,
     write_model,
 )
-from toolkit.edge.options import OPS, PRECISIONS
+from toolkit.edge.onnxgraph import input_signature
+from toolkit.edge.options import PRECISIONS, SPECTRAL_OPS
+from toolkit.edge.quantize.config import QuantizeOptions
 from toolkit.edge.quantize.variants import TARGETS
 from toolkit.pytorch.onnx_export import torch_to_onnx
 
@@ -55,7 +57,10 @@ DEFAULT_DATA = Path("data") / "cifar10-jpeg" / "train"
 FP32_TOLERANCE = 1e-3                           # max |Δlogit| between PyTorch and onnxruntime fp32
 FP16_MIN_AGREEMENT, FP16_MAX_DIFF = 0.99, 0.1   # fp16 vs fp32 logits when no real images are at hand
 GENERATOR_MAX_PIXEL_DIFF = 1                    # fp32 generator: PyTorch vs onnxruntime
-TRANSFORM_MODELS = OPS                          # the spectral ops export as weight-free models, without torch
+TRANSFORM_MODELS = SPECTRAL_OPS                  # the spectral ops export as weight-free models, without torch
+# Shipped files whose default name does not say which weights they hold (the Makefile's rules):
+# a default output path never replaces them with a model made from other weights.
+SHIPPED_FROM_OTHER_WEIGHTS = {"cifar_cnn.fft_lowpass.onnx": "cifar_cnn_lowpass.safetensors"}
 
 Log = Callable[[str], object]
 
@@ -87,10 +92,12 @@ def _size(path: Path) -> str:
 
 
 def default_output(spec: zoo.ModelSpec, precision: str = "fp32", preprocess: str | None = None,
-                   tta: bool = False, target: str = "cpu") -> Path:
-    """models/<stem>[.<preprocess op>][.tta][.trt|.ov][.<precision>].onnx (.trt, .ov: the TensorRT and
-    OpenVINO int8 files)"""
-    parts = [spec.file_stem]
+                   tta: bool = False, target: str = "cpu", weights: str | os.PathLike | None = None) -> Path:
+    """<weights folder>/<weights stem>[.<preprocess op>][.tta][.trt|.ov][.<precision>].onnx, named after
+    the weights it is made from (models/<name>… for the shipped ones; .trt, .ov: the TensorRT and
+    OpenVINO int8 files). A name that a shipped file built from other weights holds is refused."""
+    source = Path(weights) if weights else spec.weights_path
+    parts = [source.name.removesuffix(source.suffix)]
     if preprocess:
         parts.append(preprocess.split(":")[0].replace("-", "_"))
     if tta:
@@ -99,7 +106,12 @@ def default_output(spec: zoo.ModelSpec, precision: str = "fp32", preprocess: str
         parts.append(zoo.TARGET_SUFFIX[target])
     if precision != "fp32":
         parts.append(precision)
-    return zoo.MODELS_DIR / (".".join(parts) + ".onnx")
+    path = source.parent / (".".join(parts) + ".onnx")
+    made_from = SHIPPED_FROM_OTHER_WEIGHTS.get(path.name)
+    if made_from is not None and source.name != made_from and path.parent.resolve() == zoo.MODELS_DIR.resolve():
+        raise ExportError(f"{path} is the shipped model made from {made_from}, not from {source.name}; "
+                          f"give --out FILE (or --weights {zoo.MODELS_DIR / made_from})")
+    return path
 
 
 # ----------------------------------------------------------------------------- classifier
@@ -181,7 +193,7 @@ def _fp16_on_random_images(fp32_path: Path, out: Path, log: Log) -> Exported:
     from toolkit.edge.quantize import variants as quantize
 
     fp32 = onnx.load(str(fp32_path))
-    size = tuple(d.dim_value for d in fp32.graph.input[0].type.tensor_type.shape.dim[1:3])
+    size = tuple(d or 0 for d in input_signature(fp32)[0].sizes()[1:3])
     log(f"note: {DEFAULT_DATA} not found; the fp16 gate runs on 1000 random images (pass --data for real ones)")
     images = np.random.default_rng(0).integers(0, 256, (1000, *size, 3), dtype=np.uint8)
     proto = quantize.convert_fp16(fp32)
@@ -193,18 +205,15 @@ def _fp16_on_random_images(fp32_path: Path, out: Path, log: Log) -> Exported:
     return Exported(out, "fp16", f"wrote {out} (fp16, {_size(out)}); {gate}", {"gate": gate, **parity[0].__dict__})
 
 
-def export_classifier_variant(out: str | os.PathLike, precision: str, weights: str | os.PathLike | None = None,
-                              data: str | os.PathLike | None = None, calibration_images: int = 500,
-                              calibration_method: str = "minmax", max_drop: float = 0.5, dynamic: bool = False,
+def export_classifier_variant(out: str | os.PathLike, options: QuantizeOptions,
+                              weights: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
                               log: Log = print, progress=None, *, model: str = "cifar-cnn",
-                              tta: bool = False, target: str = "cpu") -> Exported:
-    """fp16 or int8 classifier: export fp32 (gated against PyTorch) to a temp file, then let
-    core.quantize_classifier make the variant with its guard and its gate against fp32.
-    `target` is the int8 scheme (cpu | tensorrt), as for `toolkit quantize --target`."""
-    from toolkit.edge.quantize import variants as quantize
+                              tta: bool = False) -> Exported:
+    """fp16 or int8 classifier (`options.precision`): export fp32 (gated against PyTorch) to a temp
+    file, then let edge.quantize.classifier make the variant with its guard and its gate against fp32."""
     from toolkit.edge.quantize.classifier import QuantizeError, quantize_classifier
 
-    out = Path(out)
+    out, precision = Path(out), options.precision
     root = Path(data) if data else (DEFAULT_DATA if DEFAULT_DATA.exists() else None)
     if root is None and precision == "int8":
         raise ExportError(f"{DEFAULT_DATA} not found: int8 needs real images for calibration and its guard "
@@ -216,10 +225,8 @@ def export_classifier_variant(out: str | os.PathLike, precision: str, weights: s
         if root is None:
             return _fp16_on_random_images(fp32, out, log)
         try:
-            result = quantize_classifier(fp32, out, precision, data=root, calibration_images=calibration_images,
-                                         calibration_method=calibration_method, max_drop=max_drop, dynamic=dynamic,
-                                         target=target, log=log, progress=progress)
-        except (QuantizeError, quantize.QuantizationError) as exc:
+            result = quantize_classifier(fp32, out, root, options, log=log, progress=progress)
+        except QuantizeError as exc:
             raise ExportError(str(exc)) from None
     return Exported(result.path, precision, result.describe(),
                     {"excluded": result.excluded, "fp32_score": result.fp32_score, "score": result.score,
@@ -307,11 +314,13 @@ def export_generator(out: str | os.PathLike, weights: str | os.PathLike | None =
 
 def export_model(model: str, precision: str = "fp32", weights: str | os.PathLike | None = None,
                  out: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
-                 preprocess: str | None = None, calibration_images: int = 500, calibration_method: str = "minmax",
-                 max_drop: float = 0.5, dynamic: bool = False, radius: float = 0.5, keep: float = 0.5,
-                 size: list[int] | tuple[int, ...] | None = None, form: str = "matmul", tta: bool = False,
-                 target: str = "cpu", log: Log = print, progress=None) -> Exported:
-    """What `toolkit export` does: validate the request, then dispatch on the model's task."""
+                 preprocess: str | None = None, quantize: QuantizeOptions | None = None, radius: float = 0.5,
+                 keep: float = 0.5, size: list[int] | tuple[int, ...] | None = None, form: str = "matmul",
+                 tta: bool = False, log: Log = print, progress=None) -> Exported:
+    """What `toolkit export` does: validate the request, then dispatch on the model's task.
+    `quantize`: how fp16 and int8 variants are made (its precision is `precision`'s)."""
+    quantize = quantize or QuantizeOptions()
+    target = quantize.target
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision} (choose from {', '.join(PRECISIONS)})")
     if target not in TARGETS:
@@ -323,24 +332,27 @@ def export_model(model: str, precision: str = "fp32", weights: str | os.PathLike
         if precision != "fp32" or tta or preprocess:
             raise ExportError("transforms are exported in fp32, without --tta, --preprocess or --target")
         if size is not None and len(size) != 2:
-            raise ExportError("--size takes two values: --size H --size W")
+            raise ExportError("--size takes two values: --size H W")
         params = {"fft-lowpass": {"radius": radius}, "walsh-compress": {"keep": keep}}.get(model, {})
         path = export_transform(model, params, form, (int(size[0]), int(size[1])) if size else (32, 32),
                                 Path(out) if out else zoo.MODELS_DIR / f"{model.replace('-', '_')}.onnx")
         return Exported(path, "fp32", f"wrote {path} ({_size(path)}); matches the float64 reference "
                                       f"(transform {model}, {form} form)")
     spec = _spec(model)
+    if size is not None:
+        raise ExportError(f"--size applies to transforms and --module; {model} takes {spec.input_size[0]}x"
+                          f"{spec.input_size[1]} images")
     weights = Path(weights) if weights else spec.weights_path
     if not weights.is_file():
         raise ExportError(f"{weights}: weights not found (train first, or pass --weights)")
     if spec.task == "generate":
         if preprocess or tta or target != "cpu":
             raise ExportError("--preprocess, --tta and --target apply to classifiers only")
-        return export_generator(out or spec.onnx_path(precision), weights, precision, log=log)
+        return export_generator(out or default_output(spec, precision, weights=weights), weights, precision, log=log)
     if preprocess and precision != "fp32":
         raise ExportError("--preprocess applies to the fp32 classifier only")
-    path = Path(out) if out else default_output(spec, precision, preprocess, tta, target)
+    path = Path(out) if out else default_output(spec, precision, preprocess, tta, target, weights)
     if precision == "fp32":
         return export_classifier(path, weights, data, preprocess, log=log, model=spec.name, tta=tta)
-    return export_classifier_variant(path, precision, weights, data, calibration_images, calibration_method,
-                                     max_drop, dynamic, log, progress, model=spec.name, tta=tta, target=target)
+    return export_classifier_variant(path, replace(quantize, precision=precision), weights, data, log, progress,
+                                     model=spec.name, tta=tta)

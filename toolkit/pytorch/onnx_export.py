@@ -22,14 +22,13 @@ import onnx
 from onnx import numpy_helper
 
 from toolkit._version import __version__
-
-OPSET = 18
+from toolkit.edge.contract import OPSET
 
 
 def torch_to_onnx(module, example_inputs: tuple, input_names: list[str], output_names: list[str],
                   dynamic_batch: bool = True, dynamic_dims: dict | None = None,
                   log: Callable[[str], object] = print) -> onnx.ModelProto:
-    """Export with the dynamo exporter (it lowers torch.fft to ONNX DFT; the old one cannot), then
+    """Export with the dynamo exporter (it lowers torch.fft to ONNX DFT; the TorchScript one cannot), then
     strip debug metadata and fold BatchNorm and scalar scales (module docstring)."""
     import torch
 

@@ -60,7 +60,7 @@ def torch_rows(onnx_plan: Plan, ctx: Context) -> list[Plan]:
 
         facts = {"model": spec.name, "precision": "fp32", "provider": "cpu", "backend": "torch",
                  "batch_size": batch_size, "compute": None, "schedule": None,
-                 "file": inputs.shown(weights) if weights else None,
+                 "file": inputs.report_path(weights) if weights else None,
                  "file_size_bytes": weights.stat().st_size if weights else None, "session_create_s": create_s,
                  "placement": None, "io_binding": False, "input": pool.source, "input_buffers": len(buffers),
                  "multiply_adds_per_item": onnx_plan.facts["multiply_adds_per_item"],

@@ -15,9 +15,10 @@ the machine's fingerprint and its measured roof. On CUDA and TensorRT the inputs
 stay on the device (IO binding) unless `--include-copy`. Every row reports where its nodes ran.
 
 The package, by job: inputs.py (signatures, shapes, real and synthesised inputs, multiply-adds),
-runtime.py (one call per runtime), timing.py (timed runs, statistics, accuracy), measure.py (plans,
-interleaved rounds, the whole run), machine.py (fingerprint), roof.py + roof.c (the measured roof),
-report.py (tables, plots, JSON, comparison). Nothing here imports torch: the PyTorch rows are made
+timing.py (timed runs, statistics, accuracy), measure.py (plans, interleaved rounds, the whole run;
+each row's timed call is the model's own `Model.timed_call`, IO binding on a GPU included),
+machine.py (fingerprint), roof.py + roof.c (the measured roof), report.py (tables, plots, JSON,
+comparison). Nothing here imports torch: the PyTorch rows are made
 by toolkit/pytorch/torch_bench.py and handed in as `BenchConfig.torch_rows`.
 """
 

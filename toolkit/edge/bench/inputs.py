@@ -55,7 +55,7 @@ class InputPool:
     class_names: list[str] | None = None
 
 
-def shown(path: str | os.PathLike) -> str:
+def report_path(path: str | os.PathLike) -> str:
     """A path as reports show it: relative to the working directory when inside it, so committed
     results do not carry one machine's folder layout."""
     path = Path(path).absolute()
@@ -66,17 +66,9 @@ def shown(path: str | os.PathLike) -> str:
 
 def signature(proto) -> list[TensorSpec]:
     """The inputs a caller must feed: graph inputs that are not initializers, in declared order."""
-    from onnx import TensorProto
+    from toolkit.edge.onnxgraph import input_signature
 
-    initializers = {t.name for t in proto.graph.initializer}
-    specs = []
-    for value in proto.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
-        specs.append(TensorSpec(value.name, TensorProto.DataType.Name(tensor.elem_type).lower(), dims))
-    return specs
+    return [TensorSpec(t.name, t.dtype, t.dims) for t in input_signature(proto)]
 
 
 def parse_shapes(options: list[str]) -> dict[str, tuple[int, ...]]:
@@ -159,7 +151,7 @@ def image_pool(size: tuple[int, int], data: Path | None) -> InputPool:
         except (FileNotFoundError, ValueError) as exc:
             raise BenchError(f"--data: {exc}") from None
         note = f"; {len(skipped)} unreadable files skipped" if skipped else ""
-        return InputPool(split.images, f"{len(split)} validation images of {shown(data)} (fixed split){note}",
+        return InputPool(split.images, f"{len(split)} validation images of {report_path(data)} (fixed split){note}",
                          split.labels, list(split.class_names))
     samples = zoo.MODELS_DIR / "samples"
     images = []
@@ -170,7 +162,7 @@ def image_pool(size: tuple[int, int], data: Path | None) -> InputPool:
             except ImageError:
                 continue
     if images:
-        return InputPool(np.stack(images), f"the {len(images)} sample images in {shown(samples)}")
+        return InputPool(np.stack(images), f"the {len(images)} sample images in {report_path(samples)}")
     noise = np.random.default_rng(SEED).integers(0, 256, (256, *size, 3), dtype=np.uint8)
     return InputPool(noise, "uniform random pixels (no --data given and no images in models/samples)")
 
@@ -251,6 +243,8 @@ def multiply_adds(proto, shapes: dict[str, tuple[int, ...]] | None = None) -> in
     Works on fp32, fp16 and QDQ graphs alike."""
     import onnx
 
+    from toolkit.edge.onnxgraph import DeclaredTensor
+
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     for value in proto.graph.input:
         dims = value.type.tensor_type.shape.dim
@@ -265,8 +259,7 @@ def multiply_adds(proto, shapes: dict[str, tuple[int, ...]] | None = None) -> in
         return None
     known = {t.name: list(t.dims) for t in graph.initializer}
     for value in [*graph.input, *graph.value_info, *graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        known[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        known[value.name] = DeclaredTensor.of(value).sizes()
 
     def shape(name: str) -> list[int]:
         s = known.get(name)

@@ -9,8 +9,8 @@ import subprocess
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from toolkit.edge.runtime.ort import tensorrt_version
 from toolkit.edge.runtime.streams import available_cores
+from toolkit.edge.runtime.tensorrt import tensorrt_version
 
 ISA_FLAGS = {"AVX2": "avx2", "AVX-512": "avx512f", "AVX-512 VNNI": "avx512_vnni", "AVX-VNNI": "avx_vnni",
              "AVX-512 BF16": "avx512_bf16", "AMX": "amx_int8"}

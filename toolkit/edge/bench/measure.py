@@ -4,7 +4,7 @@ Every row is first prepared as a Plan (session open, inputs ready, one call to t
 plans are measured — one after another, or with `rounds` > 1 interleaved: each round gives every
 plan its slice of the counted time in turn, so a noisy neighbour or a clock change hits every row
 alike and the ratios between rows stay fair. Warm-up runs are excluded; every counted run is timed
-and kept. Never imports torch: the PyTorch rows come from a plan maker the build layer injects.
+and kept. Never imports torch: the PyTorch rows come from a plan maker the torch layer injects.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +25,23 @@ from toolkit.edge.bench.inputs import BenchError, InputPool
 from toolkit.edge.bench.machine import available_cores, machine_info
 from toolkit.edge.bench.report import ROW_KEY
 from toolkit.edge.bench.roof import measure_roof, remeasure_roof, shares
-from toolkit.edge.bench.runtime import backend, placement, step
-from toolkit.edge.bench.timing import DEFAULT_RUNS, accuracy_of, latency_stats, time_runs
-from toolkit.edge.data.fsio import shown
-from toolkit.edge.runtime.ort import (
+from toolkit.edge.bench.timing import DEFAULT_RUNS, accuracy_of, fixed_batch, latency_stats, time_runs
+from toolkit.edge.errors import shown
+from toolkit.edge.runtime import (
+    PLAIN,
+    Model,
     ModelError,
     ProviderError,
+    Schedule,
     check_provider,
-    first_run,
     int8_target,
+    int8_target_of,
     open_model,
+    provider_facts,
+    provider_is_cpu_side,
 )
-from toolkit.edge.runtime.streams import PLAIN, Schedule
 
 DEFAULT_BATCH_SIZES = (1, 64)
-CPU_SIDE = ("cpu", "openvino")
 
 
 @dataclass
@@ -74,7 +76,7 @@ class BenchConfig:
     # CPU-side rows (cpu, openvino): one set per schedule (streams.py); a schedule that would not cut a
     # batch in two makes no row for it (it would be the plain row again). GPU rows: the plain one.
     schedules: list[Schedule] = field(default_factory=lambda: [PLAIN])
-    # The build layer's PyTorch rows (`--torch`): (first ONNX plan of a model, context) → plans.
+    # The torch layer's PyTorch rows (`--torch`): (first ONNX plan of a model, context) → plans.
     torch_rows: Callable[[Plan, Context], list[Plan]] | None = None
 
 
@@ -119,14 +121,9 @@ def default_models() -> list[Path]:
 # ----------------------------------------------------------------------------- ONNX plans
 
 def _load(path: Path):
-    import onnx
+    from toolkit.edge.onnxgraph import load_onnx
 
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001  (protobuf raises its own DecodeError for a file that is not ONNX)
-        raise ModelError(f"{path}: not an ONNX model ({str(exc).strip().splitlines()[0]})") from None
+    return load_onnx(path, ModelError)
 
 
 def _pool_for(specs: list[inp.TensorSpec], shapes: dict, meta: dict, ctx: Context) -> InputPool | None:
@@ -143,19 +140,32 @@ def _pool_for(specs: list[inp.TensorSpec], shapes: dict, meta: dict, ctx: Contex
     return None
 
 
-def _fixed_batch(run: Callable[[np.ndarray], np.ndarray], batch: int) -> Callable[[np.ndarray], np.ndarray]:
-    """images → logits through a session that takes exactly `batch` images (a TensorRT engine
-    built for one shape): the last chunk is padded with copies of its last image."""
-    def predict(images: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, len(images), batch):
-            chunk = images[i:i + batch]
-            n = len(chunk)
-            if n < batch:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-            out.append(run(chunk)[:n])
-        return np.concatenate(out)
-    return predict
+def _inputs(specs: list[inp.TensorSpec], shapes: dict, meta: dict,
+            ctx: Context) -> tuple[InputPool | None, list[dict[str, np.ndarray]], str]:
+    """(the real-data pool or None, the rotating feeds, where they come from) for one shape set."""
+    pool = _pool_for(specs, shapes, meta, ctx)
+    if pool is not None:
+        feeds = [{specs[0].name: b} for b in ctx.rotating(pool, inp.batch_of(specs, shapes))]
+        return pool, feeds, pool.source
+    return None, inp.synthesised_feeds(specs, shapes), inp.synthesised_source(specs, shapes)
+
+
+def _first_contact(model: Model, feed: dict[str, np.ndarray], label: str, create_s: float, source: str,
+                   ctx: Context) -> tuple[dict[str, str], float, dict]:
+    """(cache facts, first-run seconds, placement facts) of a freshly opened model, logged; with
+    --strict-placement, ProviderError when its compute nodes are not all on its provider."""
+    cache = model.cache_facts()          # read before the first run, which publishes a new cache
+    first_s = model.first_run(feed)
+    where = model.placement().facts()
+    ctx.log(f"{label}: session {create_s:.3f} s, first run {first_s:.3f} s, nodes "
+            + ", ".join(f"{k} {v}" for k, v in where["placement"].items())
+            + "".join(f"; {node}" for node in where.get("compute_elsewhere", [])) + f"; inputs: {source}")
+    if ctx.cfg.strict_placement and not where["placement_ok"]:
+        elsewhere = where.get("compute_elsewhere") or [f"no node on {model.provider}"]
+        raise ProviderError(f"{inp.report_path(model.path)} on {model.provider}: not every compute node runs there ("
+                            f"{', '.join(elsewhere[:3])}{', …' if len(elsewhere) > 3 else ''}); refused by "
+                            "--strict-placement")
+    return cache, first_s, where
 
 
 def onnx_plans(path: Path, provider: str, hint: str | None, ctx: Context,
@@ -170,7 +180,7 @@ def onnx_plans(path: Path, provider: str, hint: str | None, ctx: Context,
     meta = {p.key: p.value for p in proto.metadata_props}
     specs = inp.signature(proto)
     precision = inp.guess_precision(proto)
-    trt = provider == "tensorrt"
+    per_shape = provider_facts(provider).engine_per_shape
     shape_sets: list[dict] = []
     for batch_size in cfg.batch_sizes:
         shapes = inp.resolve_shapes(specs, cfg.shapes, batch_size, path.name)
@@ -180,58 +190,54 @@ def onnx_plans(path: Path, provider: str, hint: str | None, ctx: Context,
     def session(shapes: dict):
         start = time.perf_counter()
         model = open_model(path, provider, threads=cfg.threads, trt_fp16=precision == "fp16", cache_dir=cfg.cache_dir,
-                           precision_hint=hint if provider == "openvino" else None, shapes=shapes if trt else None,
-                           schedule=schedule)
+                           precision_hint=hint, shapes=shapes if per_shape else None, schedule=schedule)
         return model, time.perf_counter() - start
 
-    device = provider not in CPU_SIDE and not cfg.include_copy
     plans: list[Plan] = []
     accuracy = None
     for index, shapes in enumerate(shape_sets):
-        if index == 0 or trt:
+        if index == 0 or per_shape:
             model, create_s = session(shapes)
+            device = model.binds_io and not cfg.include_copy
         batch_size = inp.batch_of(specs, shapes)
-        pool = _pool_for(specs, shapes, meta, ctx)
-        if pool is not None:
-            feeds = [{specs[0].name: b} for b in ctx.rotating(pool, batch_size)]
-            source = pool.source
-        else:
-            feeds = inp.synthesised_feeds(specs, shapes)
-            source = inp.synthesised_source(specs, shapes)
-        cache = getattr(model, "engine_cache", None)
-        cache_state = None if cache is None else "hit" if cache.hit else "miss"
-        first_s = first_run(model, feeds[0])
-        where = placement(model)
-        ctx.log(f"{path.name} on {provider}{f' ({hint})' if hint else ''}"
-                f"{f', {schedule.label}' if schedule.label else ''} batch {batch_size}: "
-                f"session {create_s:.3f} s, "
-                f"first run {first_s:.3f} s, nodes " + ", ".join(f"{k} {v}" for k, v in where["placement"].items())
-                + "".join(f"; {node}" for node in where.get("compute_elsewhere", [])) + f"; inputs: {source}")
-        if cfg.strict_placement and not where["placement_ok"]:
-            elsewhere = where.get("compute_elsewhere") or [f"no node on {provider}"]
-            raise ProviderError(f"{inp.shown(path)} on {provider}: not every compute node runs there ("
-                                f"{', '.join(elsewhere[:3])}{', …' if len(elsewhere) > 3 else ''}); refused by "
-                                "--strict-placement")
+        pool, feeds, source = _inputs(specs, shapes, meta, ctx)
+        label = (f"{path.name} on {provider}{f' ({hint})' if hint else ''}"
+                 f"{f', {schedule.label}' if schedule.label else ''} batch {batch_size}")
+        cache, first_s, where = _first_contact(model, feeds[0], label, create_s, source, ctx)
         if index == 0 and pool is not None and meta.get("toolkit.task") == "classify":
-            predict = _fixed_batch(model.run, batch_size) if trt else model.run
+            predict = fixed_batch(model.run, batch_size) if per_shape else model.run
             accuracy = accuracy_of(predict, model.labels, pool, path.name)
         macs = inp.multiply_adds(proto, shapes)
         facts = {"model": meta.get("toolkit.model", path.name.split(".")[0]), "precision": precision,
-                 "provider": provider, "backend": backend(model), "batch_size": batch_size,
-                 "compute": "bf16" if hint == "bf16" else None, "schedule": schedule.label, "file": inp.shown(path),
+                 "provider": provider, "backend": model.runtime, "batch_size": batch_size,
+                 "compute": "bf16" if hint == "bf16" else None, "schedule": schedule.label,
+                 "file": inp.report_path(path),
                  "file_size_bytes": path.stat().st_size, "session_create_s": create_s, **where,
                  "first_run_s": first_s, "io_binding": device, "input": source, "input_buffers": len(feeds),
                  "shapes": {name: list(s) for name, s in shapes.items()},
                  "multiply_adds_per_item": round(macs / batch_size) if macs else None}
-        if trt:
-            facts.update(engine_build_s=create_s + first_s, engine_cache=cache_state, warmup_runs=max(cfg.warmup, 1))
-        if provider == "openvino":
-            facts["openvino_cache"] = "hit" if getattr(model, "cache_hit", False) else "miss"
-        plans.append(Plan(facts, step(model, feeds, device), accuracy, meta))
+        if per_shape:
+            facts.update(engine_build_s=create_s + first_s, warmup_runs=max(cfg.warmup, 1))
+        facts.update(cache)
+        plans.append(Plan(facts, model.timed_call(feeds, io_binding=device), accuracy, meta))
     return plans
 
 
 # ----------------------------------------------------------------------------- the whole run
+
+def name_files_apart(rows: list[dict]) -> None:
+    """Rows are labelled by the model's name (`toolkit.model`), which a wrapped model, its int8
+    variant and the original can all share: where one name covers several files, each of those
+    rows is labelled by its file instead (file name, or the path where names repeat too)."""
+    files: dict[str, set[str]] = {}
+    paths: dict[str, set[str]] = {}
+    for row in rows:
+        files.setdefault(row["model"], set()).add(row["file"])
+        paths.setdefault(Path(row["file"]).name, set()).add(row["file"])
+    for row in rows:
+        if len(files[row["model"]]) > 1:
+            name = Path(row["file"]).name
+            row["model"] = name if len(paths[name]) == 1 else row["file"]
 
 def check_providers(providers: list[str]) -> None:
     """Raise ProviderError, with its real cause, for the first requested provider that cannot
@@ -253,7 +259,7 @@ def _pairs(models: list[Path], providers: list[str]) -> list[tuple[Path, str]]:
     for path in models:
         name, target = schemes[path]
         for provider in providers:
-            wanted = provider if provider in ("tensorrt", "openvino") else "cpu"
+            wanted = int8_target_of(provider)
             if target is None or target == wanted or (name, wanted) not in present:
                 pairs.append((Path(path), provider))
     return pairs
@@ -290,18 +296,41 @@ def measure_plans(plans: list[Plan], cfg: BenchConfig, done: Callable[[Plan], No
                 done(plan)
 
 
-def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None,
-                  log: Callable[[str], None] | None = None,
-                  on_error: Callable[[str], None] | None = None) -> dict:
-    """Measure every model × provider × batch size (the PyTorch rows last). Returns
-    {"machine", "roof", "rows", "errors", "created", "command"}; `errors` (also passed to
-    `on_error` as they happen) has one line per model that could not be measured."""
+def _check_config(cfg: BenchConfig) -> None:
     if not cfg.models:
         raise BenchError("no models to measure: none of the shipped models exist in models/ (pass --model)")
     if cfg.runs is not None and cfg.seconds is not None:
         raise BenchError("--runs and --seconds are exclusive")
     if cfg.rounds < 1:
         raise BenchError("--rounds must be at least 1")
+
+
+def _all_onnx_plans(paths: list[Path], ctx: Context, failed: Callable[[Exception, Path], None]) -> list[Plan]:
+    """Every model × provider (× precision hint × schedule where the provider takes them); a model
+    that cannot be opened or run is `failed` and the others go on."""
+    cfg, plans = ctx.cfg, []
+    for path, provider in _pairs(paths, cfg.providers):
+        hinted = provider_facts(provider).precision_hint
+        hints: list[str | None] = list(cfg.precision_hints or ["f32"]) if hinted else [None]
+        if hinted and inp.guess_precision(_load(path)) == "int8":
+            # An int8 file computes in int8 whatever the hint; one set of rows (the first hint) says it.
+            hints = hints[:1]
+        schedules = cfg.schedules if provider_facts(provider).schedule else [PLAIN]
+        for hint, schedule in ((h, s) for h in hints for s in schedules):
+            try:
+                plans += onnx_plans(path, provider, hint, ctx, schedule)
+            except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types; the failure is this model's)
+                failed(exc, path)
+    return plans
+
+
+def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None,
+                  log: Callable[[str], None] | None = None,
+                  on_error: Callable[[str], None] | None = None) -> dict:
+    """Measure every model × provider × batch size (the PyTorch rows last). Returns
+    {"machine", "roof", "rows", "errors", "created", "command"}; `errors` (also passed to
+    `on_error` as they happen) has one line per model that could not be measured."""
+    _check_config(cfg)
     threads = cfg.threads or available_cores()
     cfg = replace(cfg, threads=threads)
     check_providers(cfg.providers)
@@ -329,27 +358,17 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None
             readable.append(Path(path))
         except ModelError as exc:
             model_failed(exc, Path(path))
-    plans: list[Plan] = []
-    for path, provider in _pairs(readable, cfg.providers):
-        hints: list[str | None] = list(cfg.precision_hints or ["f32"]) if provider == "openvino" else [None]
-        if provider == "openvino" and inp.guess_precision(_load(path)) == "int8":
-            # An int8 file computes in int8 whatever the hint; one set of rows (the first hint) says it.
-            hints = hints[:1]
-        schedules = cfg.schedules if provider in CPU_SIDE else [PLAIN]
-        for hint, schedule in ((h, s) for h in hints for s in schedules):
-            try:
-                plans += onnx_plans(path, provider, hint, ctx, schedule)
-            except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types; the failure is this model's)
-                model_failed(exc, path)
+    plans = _all_onnx_plans(readable, ctx, model_failed)
     if not plans:
         raise BenchError("no model could be measured" if errors else "nothing to measure")
+    name_files_apart([plan.facts for plan in plans])
     if cfg.torch_rows is not None:
         first_per_model: dict[str, Plan] = {}
         for plan in plans:
             first_per_model.setdefault(plan.facts["model"], plan)
         for first in list(first_per_model.values()):
             plans += cfg.torch_rows(first, ctx)
-    runtimes = sorted({p.facts["backend"] for p in plans if p.facts["provider"] in CPU_SIDE} - {"torch"})
+    runtimes = sorted({p.facts["backend"] for p in plans if provider_is_cpu_side(p.facts["provider"])} - {"torch"})
     roof = measure_roof(threads, runtimes, ctx.log) if cfg.roof and runtimes else None
     rows = []
 
@@ -366,5 +385,5 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None
         for row in rows:
             row["isa_roof_share"], row["gemm_roof_share"] = shares(row, roof)
     return {"machine": machine_info(), "roof": roof, "rows": rows, "errors": errors,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}

@@ -11,6 +11,7 @@ from toolkit.edge.bench.inputs import BUFFER_BYTES, MAX_BUFFERS, MIN_BUFFERS, Be
 from toolkit.edge.bench.machine import machine_lines
 from toolkit.edge.bench.roof import compute_kind, roof_lines
 from toolkit.edge.data.fsio import atomic_write
+from toolkit.edge.runtime.registry import provider_is_cpu_side
 
 # What identifies a row: rows of two runs that agree on these are compared (--compare).
 ROW_KEY = ("model", "precision", "provider", "backend", "batch_size", "compute", "schedule")
@@ -18,6 +19,8 @@ TABLE_COLUMNS = ("model", "precision", "runtime", "batch", "p50 ms", "p90 ms", "
                  "vs fp32", "ISA roof", "GEMM roof", "accuracy", "size MB", "session s", "runs")
 
 
+THROUGHPUT_NOTE = ("img/s: batch size ÷ the mean time per batch over the counted runs, what a loop of these runs "
+                   "delivers (not batch ÷ p50).")
 LEGEND = ("Latency is per batch. `vs torch`: PyTorch eager fp32 p50 / this row's p50 (same net, batch and "
           "threads). `vs fp32`: this row's throughput / the fp32 row of the same runtime. `ISA roof`, `GEMM roof`: "
           "this row's multiply-adds per second as a share of the issue roof and of the runtime's own best GEMM "
@@ -177,10 +180,10 @@ def summary_lines(doc: dict) -> list[str]:
     """Per model with int8 rows, one sentence: batch-1 latency and largest-batch throughput of the
     best int8 runtime (and schedule) against fp32 and PyTorch, and its share of the measured int8 roof."""
     rows, lines = doc["rows"], []
-    for model in dict.fromkeys(r["model"] for r in rows if r["precision"] == "int8" and r["provider"] in
-                               ("cpu", "openvino")):
+    for model in dict.fromkeys(r["model"] for r in rows if r["precision"] == "int8"
+                               and provider_is_cpu_side(r["provider"])):
         int8 = [r for r in rows
-                if r["model"] == model and r["precision"] == "int8" and r["provider"] in ("cpu", "openvino")]
+                if r["model"] == model and r["precision"] == "int8" and provider_is_cpu_side(r["provider"])]
         small, large = min(r["batch_size"] for r in int8), max(r["batch_size"] for r in int8)
         fastest = min((r for r in int8 if r["batch_size"] == small), key=lambda r: r["p50_ms"])
         best = max((r for r in int8 if r["batch_size"] == large), key=lambda r: r["throughput"])
@@ -216,7 +219,7 @@ def markdown_report(doc: dict) -> str:
         lines += ["", "## The measured roof", "", *roof_lines(roof)]
     lines += ["", "## Results", "", "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(doc)]
-    lines += ["", LEGEND]
+    lines += ["", LEGEND, "", THROUGHPUT_NOTE]
     distance = roof_table(doc)
     if distance:
         lines += ["", "## Distance from the roof (largest batch)", "", *distance]
@@ -239,7 +242,7 @@ def markdown_report(doc: dict) -> str:
               OPENVINO_NOTE]
     if any(r.get("schedule") for r in rows):
         lines += [SCHEDULE_NOTE]
-    if any(r["provider"] not in ("cpu", "openvino") for r in rows):
+    if any(not provider_is_cpu_side(r["provider"]) for r in rows):
         lines += [GPU_NOTE]
     if any(r.get("placement_ok") is False for r in rows):
         lines += [PARTIAL_NOTE]
@@ -253,7 +256,7 @@ def _roof_images_per_s(doc: dict, model: str) -> dict[str, float]:
     isa = (doc.get("roof") or {}).get("isa") or {}
     macs = next((r["multiply_adds_per_item"] for r in doc["rows"] if r["model"] == model
                  and r.get("multiply_adds_per_item")), None)
-    kinds = {compute_kind(r) for r in doc["rows"] if r["model"] == model and r["provider"] in ("cpu", "openvino")}
+    kinds = {compute_kind(r) for r in doc["rows"] if r["model"] == model and provider_is_cpu_side(r["provider"])}
     return {kind: isa[kind]["macs_per_s"] / macs for kind in sorted(kinds) if macs and kind in isa}
 
 
@@ -342,6 +345,7 @@ def print_table(doc: dict, console) -> None:
     for cells in table_cells(doc):
         table.add_row(*cells)
     console.print(table)
+    console.print(THROUGHPUT_NOTE, highlight=False)
     if any(r.get("placement_ok") is False for r in doc["rows"]):
         console.print(PARTIAL_NOTE.removeprefix("- ").replace("`", ""), highlight=False)
     for line in machine_lines(doc["machine"]):

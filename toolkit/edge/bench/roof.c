@@ -1,4 +1,4 @@
-/* Per-core issue rates behind the measured roof of `toolkit bench` (toolkit/core/bench/roof.py).
+/* Per-core issue rates behind the measured roof of `toolkit bench` (toolkit/edge/bench/roof.py).
 
    Built once per machine with the system compiler, for the host's own ISA:
        cc -O2 -march=native -pthread roof.c -o roof

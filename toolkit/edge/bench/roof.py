@@ -30,7 +30,18 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.edge.runtime.ort import DEFAULT_CACHE, ModelError, ProviderError, open_model
+from toolkit.edge.runtime import (
+    DEFAULT_CACHE,
+    ModelError,
+    ProviderError,
+    check_provider,
+    cpu_provider_of,
+    open_model,
+    provider_facts,
+    provider_is_cpu_side,
+    providers_with,
+    runtime_of,
+)
 
 SOURCE = Path(__file__).with_name("roof.c")
 PROBE_SECONDS = 0.05               # per repeat and test; roof.c keeps the best of 5 repeats
@@ -154,9 +165,10 @@ def gemm_rates(runtime: str, threads: int, log: Callable[[str], None]) -> dict:
     import onnx
 
 
-    provider = "openvino" if runtime == "openvino" else "cpu"
-    kinds = [("int8", True, None), ("fp32", False, "f32")]
-    if runtime == "openvino":
+    provider = cpu_provider_of(runtime)
+    hinted = provider_facts(provider).precision_hint
+    kinds = [("int8", True, None), ("fp32", False, "f32" if hinted else None)]
+    if hinted:
         kinds.append(("bf16", False, "bf16"))
     best: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,8 +177,7 @@ def gemm_rates(runtime: str, threads: int, log: Callable[[str], None]) -> dict:
                 path = Path(tmp) / f"gemm_{kind}_{m}x{k}x{n}.onnx"
                 onnx.save(gemm_graph(m, k, n, int8), path)
                 try:
-                    model = open_model(path, provider, threads=threads, cache_dir=Path(tmp),
-                                       precision_hint=hint if provider == "openvino" else None)
+                    model = open_model(path, provider, threads=threads, cache_dir=Path(tmp), precision_hint=hint)
                 except (ProviderError, ModelError) as exc:
                     log(f"roof: {runtime} {kind} GEMM not measured ({exc})")
                     break
@@ -231,7 +242,7 @@ def shares(row: dict, roof: dict | None) -> tuple[float | None, float | None]:
     """(share of the ISA roof, share of the runtime's own GEMM roof) for a CPU row; None where
     either side is unknown (GPU rows, models without counted multiply-adds, no probe)."""
     macs = row.get("multiply_adds_per_item")
-    if not roof or not macs or row["provider"] not in ("cpu", "openvino"):
+    if not roof or not macs or not provider_is_cpu_side(row["provider"]):
         return None, None
     achieved = row["throughput"] * macs
     kind = compute_kind(row)
@@ -282,10 +293,16 @@ def roof_lines(roof: dict) -> list[str]:
 def main(argv: list[str]) -> None:
     """`python -m toolkit.edge.bench [--build-only]`: build the probe (make install does), print the roof."""
     from toolkit.edge.bench.machine import available_cores
-    from toolkit.edge.runtime.openvino import version as openvino_version
 
     binary, how = build_probe()
     print(f"roof probe: {binary or 'not built'} ({how})")
     if "--build-only" not in argv:
-        runtimes = ["onnxruntime"] + (["openvino"] if openvino_version() else [])
+        runtimes = []
+        for provider in providers_with(cpu_side=True):       # the CPU runtimes that run here
+            try:
+                check_provider(provider)
+            except ProviderError as exc:
+                print(f"roof: {runtime_of(provider)} not measured ({exc})")
+                continue
+            runtimes.append(runtime_of(provider))
         print(json.dumps(measure_roof(available_cores(), runtimes, log=print), indent=1))

@@ -63,3 +63,18 @@ def accuracy_of(predict: Callable[[np.ndarray], np.ndarray], labels: list[str], 
     predicted = np.concatenate([predict(pool.items[i:i + ACCURACY_BATCH]).argmax(1)
                                 for i in range(0, len(pool.items), ACCURACY_BATCH)])
     return float(np.mean(predicted == truth)), len(truth)
+
+
+def fixed_batch(run: Callable[[np.ndarray], np.ndarray], batch: int) -> Callable[[np.ndarray], np.ndarray]:
+    """images → logits through a model that takes exactly `batch` images (a TensorRT engine
+    built for one shape): the last chunk is padded with copies of its last image."""
+    def predict(images: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), batch):
+            chunk = images[i:i + batch]
+            n = len(chunk)
+            if n < batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+            out.append(run(chunk)[:n])
+        return np.concatenate(out)
+    return predict

@@ -18,15 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.edge.data.fsio import InputError, read_regular_file
 from toolkit.edge.data.images import (
     ImageError,
     OnError,
     is_image_name,
     list_images,
     load_image,
+    may_be_file,
     resize,
 )
-from toolkit.edge.data.fsio import InputError, read_regular_file, shown
+from toolkit.edge.errors import shown
 
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer",
                   "dog", "frog", "horse", "ship", "truck"]
@@ -52,18 +54,31 @@ class LabelledImages:
         return LabelledImages(self.images[index], self.labels[index], self.class_names, paths)
 
 
-def class_folder_files(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, list[str]]:
-    """List a class-per-folder tree: (files sorted per class by name, labels, class names)."""
+def class_folder_files(root: str | os.PathLike, problems: list[str] | None = None
+                       ) -> tuple[list[Path], np.ndarray, list[str]]:
+    """List a class-per-folder tree: (files sorted per class by name, labels, class names). A class
+    folder that cannot be listed is one line in `problems` (without it, InputError) and has no
+    files; a file that cannot be looked at is kept, for its reader to report."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{shown(root)}: not a folder")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    try:
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError as exc:
+        raise InputError(f"{shown(root)}: cannot list folder ({exc.strerror or exc})") from None
     if not classes:
         raise ValueError(f"{shown(root)}: no class sub-folders found")
     files: list[Path] = []
     labels: list[int] = []
     for idx, name in enumerate(classes):
-        members = sorted(f for f in (root / name).iterdir() if f.is_file() and is_image_name(f))
+        try:
+            members = sorted(f for f in (root / name).iterdir() if is_image_name(f) and may_be_file(f))
+        except OSError as exc:
+            message = f"{shown(root / name)}: cannot list folder ({exc.strerror or exc})"
+            if problems is None:
+                raise InputError(message) from None
+            problems.append(message)
+            members = []
         files.extend(members)
         labels.extend([idx] * len(members))
     return files, np.asarray(labels, dtype=np.int64), classes
@@ -217,6 +232,7 @@ class SplitListing:
     labels: np.ndarray
     files: list[Path] | None = None                       # a class-per-folder tree
     batches: list[tuple[str, np.ndarray]] = field(default_factory=list)   # CIFAR: (batch, rows)
+    problems: list[str] = field(default_factory=list)     # class folders that could not be listed
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -224,8 +240,13 @@ class SplitListing:
     def chunks(self, sizes: list[Size], chunk: int = CHUNK, on_error: OnError | None = None,
                progress: Callable[[int], None] | None = None) -> Iterator[Chunk]:
         """Decode `chunk` images at a time, resized to each of `sizes`. Unreadable files go to
-        `on_error` (default: raise ImageError) and are left out of the chunk."""
+        `on_error` (default: raise ImageError) and are left out of the chunk, as do class folders
+        that could not be listed (reported first)."""
         sizes = list(dict.fromkeys(sizes))
+        for message in self.problems:
+            if on_error is None:
+                raise ImageError(message)
+            on_error(message)
         if self.files is None:
             start = 0
             for name, rows in self.batches:
@@ -287,10 +308,11 @@ def list_split(root: str | os.PathLike, part: str = "val", limit: int | None = N
         return SplitListing(root, _cifar_class_names(root), labels[index], batches=batches)
     if part == "test":
         raise ValueError(f"{shown(root)}: a 'test' part exists only in CIFAR-10 batches")
-    files, labels, classes = class_folder_files(root)
+    problems: list[str] = []
+    files, labels, classes = class_folder_files(root, problems)
     train, val = split_indices(labels)
     index = evenly_spaced({"train": train, "val": val}.get(part, np.arange(len(files))), limit)
-    return SplitListing(root, classes, labels[index], files=[files[i] for i in index])
+    return SplitListing(root, classes, labels[index], files=[files[i] for i in index], problems=problems)
 
 
 def read_split(root: str | os.PathLike, part: str = "val", size: Size = (32, 32),

@@ -6,6 +6,8 @@
 - `read_regular_file(path, limit)`: reads only regular files (a FIFO, a device such as /dev/zero or a
   folder is refused without opening it for reading), and never more than `limit` bytes whatever
   `stat` says — a file that grows past the limit while being read is refused too.
+- `PathIndex(paths)`: which of many paths a given path is (or resolves to), each path looked up
+  once, so that checking n outputs against n inputs costs O(n), not one comparison per pair.
 """
 
 from __future__ import annotations
@@ -13,20 +15,14 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from toolkit.edge.errors import shown
 
 
 class InputError(ValueError):
     """An input file that cannot be read; the message is one line for the user."""
-
-
-def shown(path: str | os.PathLike) -> str:
-    """A path as it may appear in a one-line message: control characters (newlines…) escaped."""
-    text = os.fspath(path)
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "backslashreplace")
-    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -94,3 +90,33 @@ def read_regular_file(path: str | os.PathLike, limit: int) -> bytes:
     if len(data) > limit:
         raise InputError(f"{shown(path)} is larger than the {limit / 2**20:.0f} MiB limit")
     return data
+
+
+class PathIndex:
+    """Who each of `paths` is, looked up once per path: its resolved path (catches symlinks and
+    `..`) and its device and inode (catches hard links and bind mounts)."""
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self.by_path: dict[str, Path] = {}
+        self.by_inode: dict[tuple[int, int], Path] = {}
+        for path in paths:
+            self.by_path.setdefault(os.path.realpath(path), path)
+            inode = self._inode(path)
+            if inode is not None:
+                self.by_inode.setdefault(inode, path)
+
+    @staticmethod
+    def _inode(path: Path) -> tuple[int, int] | None:
+        try:
+            info = os.stat(path)
+        except OSError:                 # not there (yet): nothing it could be a hard link to
+            return None
+        return info.st_dev, info.st_ino
+
+    def find(self, path: Path) -> Path | None:
+        """The indexed path that `path` is (or resolves to), if any: one resolution, one lookup."""
+        found = self.by_path.get(os.path.realpath(path))
+        if found is None and self.by_inode:
+            inode = self._inode(path)
+            found = self.by_inode.get(inode) if inode is not None else None
+        return found

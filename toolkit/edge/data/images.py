@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +26,8 @@ from struct import error as struct_error  # Pillow's plug-ins raise it on short 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from toolkit.edge.data.fsio import InputError, atomic_write, read_regular_file, shown
+from toolkit.edge.data.fsio import InputError, atomic_write, read_regular_file
+from toolkit.edge.errors import first_line, shown
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MAX_PIXELS = 64_000_000          # an 8k × 8k photo; a header declaring more is refused, not decoded
@@ -154,7 +156,7 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,
             struct_error, ZeroDivisionError, OverflowError) as exc:
         # Pillow's format plug-ins raise all of these on malformed headers.
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         if "truncated" in reason.lower() or isinstance(exc, EOFError):
             reason = "truncated or corrupt image data"
         raise ImageError(f"{name}: cannot decode image ({reason[:200]})") from None
@@ -182,22 +184,42 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def _is_folder(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:               # cannot be looked at: an input of its own, which its reader reports
+        return False
+
+
+def may_be_file(path: Path) -> bool:
+    """A regular file, or one that cannot be looked at (a folder we may list but not enter): kept,
+    so that its reader reports it as one bad input rather than it vanishing from the call."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:     # gone since the listing, or a dangling link: nothing to read
+        return False
+    except OSError:
+        return True
+
+
 def expand_inputs(inputs: Sequence[str | os.PathLike], on_error: OnError | None = None) -> list[Path]:
     """Expand folders (recursively, sorted) into image files; plain files are kept as given, so a
     non-image file named explicitly is reported as a bad input rather than skipped. Only regular
-    files are taken from folders. A folder that cannot be listed goes to `on_error` (without it,
-    it is kept in the list and its reader reports it)."""
+    files are taken from folders. Nothing here reads a file, and a path that cannot be looked at
+    is kept for its reader to report, so one unreadable input never stops the others. A folder
+    that cannot be listed goes to `on_error` (without it, it is kept in the list and its reader
+    reports it)."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if not p.is_dir():
+        if not _is_folder(p):
             out.append(p)
             continue
         found: list[Path] = []
         problems: list[OSError] = []
         for folder, dirs, names in os.walk(p, onerror=problems.append):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
-            found.extend(f for f in (Path(folder) / n for n in names) if is_image_name(f) and f.is_file())
+            found.extend(f for f in (Path(folder) / n for n in names) if is_image_name(f) and may_be_file(f))
         for exc in problems:
             where = shown(exc.filename or p)
             if on_error is None:

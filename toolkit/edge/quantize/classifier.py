@@ -4,11 +4,11 @@
     toolkit quantize mine.onnx --precision int8 --target tensorrt --data photos/ --out mine.trt.int8.onnx
 
 `quantize_classifier` is what `toolkit quantize`, `toolkit export --precision` and the Python API
-call. Data: a class-per-folder tree or CIFAR-10 batches give labelled images — calibration from the
-training part of the fixed split, the accuracy guard on `split`; a flat folder of images (or
-`unlabeled=True`) gives unlabelled images, and the guard then holds top-1 agreement with the fp32
-model instead of accuracy. Every variant is also gated against fp32 logits before it is written.
-Never imports torch.
+call, with their QuantizeOptions (quantize/config.py). Data: a class-per-folder tree or CIFAR-10
+batches give labelled images — calibration from the training part of the fixed split, the accuracy
+guard on `split`; a flat folder of images (or `unlabeled=True`) gives unlabelled images, and the
+guard then holds top-1 agreement with the fp32 model instead of accuracy. Every variant is also
+gated against fp32 logits before it is written. Never imports torch.
 """
 
 from __future__ import annotations
@@ -33,19 +33,17 @@ from toolkit.edge.contract import (
     write_model,
 )
 from toolkit.edge.data.datasets import evenly_spaced
-from toolkit.edge.data.fsio import shown
-from toolkit.edge.options import QUANTIZED_PRECISIONS
-from toolkit.edge.quantize import variants as quantize
+from toolkit.edge.errors import shown
+from toolkit.edge.onnxgraph import input_signature
+from toolkit.edge.options import QUANTIZED_PRECISIONS, SPLITS
+from toolkit.edge.quantize import variants
+from toolkit.edge.quantize.config import QuantizeOptions
+from toolkit.edge.quantize.variants import QuantizeError
+from toolkit.edge.words import counted
 
-PRECISIONS = QUANTIZED_PRECISIONS
-SPLITS = ("val", "train", "all")
 FP16_MIN_AGREEMENT, FP16_MAX_DIFF = 0.99, 0.1      # fp16 vs fp32 logits
 INT8_MIN_AGREEMENT = 0.97                          # int8 vs fp32 top-1, whatever the guard measured
 GATE_IMAGES = 1000
-
-
-class QuantizeError(ValueError):
-    """A quantization request that cannot be carried out; the message is one line for the user."""
 
 
 @dataclass
@@ -75,7 +73,8 @@ class QuantizeResult:
             text += f"; top-1 agreement with fp32 {self.score:.2%} on the guard images"
         if self.excluded:
             text += f"; kept in float: {', '.join(self.excluded)}"
-        return text + f"; gate on {self.n_gate} images: agreement {self.agreement:.2%}, max |Δ| {self.max_abs_diff:.3g}"
+        return text + (f"; gate on {counted(self.n_gate, 'image')}: agreement {self.agreement:.2%}, "
+                       f"max |Δ| {self.max_abs_diff:.3g}")
 
 
 @dataclass
@@ -100,8 +99,10 @@ def classifier_facts(path: Path) -> tuple[onnx.ModelProto, dict[str, str], tuple
                             f"{meta.get('toolkit.task', 'missing')}); bring it in with `toolkit wrap` first")
     if meta.get("toolkit.precision", "fp32") != "fp32":
         raise QuantizeError(f"{shown(path)}: already {meta['toolkit.precision']}; quantize the fp32 model")
-    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or dims[3] != 3 or min(dims[1:3]) < 1:
+    inputs = input_signature(proto)
+    dims = inputs[0].dims if len(inputs) == 1 else ()
+    if len(dims) != 4 or dims[3] != 3 or not isinstance(dims[1], int) or not isinstance(dims[2], int) \
+            or min(dims[1], dims[2]) < 1:
         raise QuantizeError(f"{shown(path)}: input is not uint8 [N, H, W, 3] with a fixed H×W")
     return proto, meta, (dims[1], dims[2])
 
@@ -118,14 +119,15 @@ def _is_labelled(root: Path) -> bool:
 
 
 def read_quantization_data(data: str | os.PathLike, size: tuple[int, int], model_labels: list[str],
-                           split: str = "val", calibration_images: int = 500, guard_images: int | None = None,
-                           unlabeled: bool = False, log=print) -> QuantizationData:
-    """Calibration images from the training part of the fixed split; guard images (and labels, when
-    the data has them and `unlabeled` is off) from `split`."""
+                           options: QuantizeOptions, log=print) -> QuantizationData:
+    """`options.calibration_images` calibration images from the training part of the fixed split;
+    `options.guard_images` guard images (and labels, when the data has them and `options.unlabeled`
+    is off) from `options.split`."""
     from toolkit.edge.data.datasets import read_split, split_indices
     from toolkit.edge.data.images import ImageError, list_images, load_image, resize
     from toolkit.edge.infer import match_labels
 
+    split, calibration_images, guard_images = options.split, options.calibration_images, options.guard_images
     root = Path(data)
     if not root.is_dir():
         raise QuantizeError(f"{shown(root)}: not a folder of images")
@@ -138,7 +140,7 @@ def read_quantization_data(data: str | os.PathLike, size: tuple[int, int], model
     if _is_labelled(root):
         calibration = read_split(root, "train", size, limit=calibration_images, on_error=skip).images
         guard = read_split(root, split, size, limit=guard_images, on_error=skip)
-        if unlabeled:
+        if options.unlabeled:
             return QuantizationData(calibration, guard.images, None)
         try:
             labels = match_labels(model_labels, guard.class_names, str(root))[guard.labels]
@@ -148,7 +150,7 @@ def read_quantization_data(data: str | os.PathLike, size: tuple[int, int], model
     files = list_images(root)
     if not files:
         raise QuantizeError(f"{shown(root)}: no images (a class-per-folder tree, CIFAR-10 batches or a flat folder)")
-    log(f"{shown(root)} is a flat folder: the guard holds top-1 agreement with fp32")
+    log(f"note: {shown(root)} is a flat folder: the guard holds top-1 agreement with fp32")
     train, val = split_indices(np.zeros(len(files), dtype=np.int64))
     parts = {"train": train, "val": val, "all": np.arange(len(files))}
     decoded = []
@@ -183,50 +185,53 @@ def _write(proto: onnx.ModelProto, out: Path, reference: np.ndarray, images: np.
             result.max_abs_diff, result.n_gate = found[0].max_abs_diff, found[0].n
 
 
-def quantize_classifier(source: str | os.PathLike, out: str | os.PathLike, precision: str = "int8",
-                        data: str | os.PathLike | None = None, split: str = "val", calibration_images: int = 500,
-                        calibration_method: str = "minmax", max_drop: float = 0.5, unlabeled: bool = False,
-                        min_agreement: float = 0.98, target: str = "cpu", guard_images: int | None = None,
-                        dynamic: bool = False, log=print, progress=None) -> QuantizeResult:
-    """An fp16 or static int8 variant of the fp32 contract classifier `source`, written to `out`
-    only if its guard and its gate against fp32 hold."""
-    source, out = Path(source), Path(out)
-    if precision not in PRECISIONS:
-        raise QuantizeError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
-    if target not in quantize.TARGETS or (target != "cpu" and precision != "int8"):
-        raise QuantizeError(f"--target {target!r}: choose from {', '.join(quantize.TARGETS)} (int8 only)")
-    if calibration_method not in quantize.CALIBRATION_METHODS:
-        raise QuantizeError(f"--calibration-method {calibration_method!r}: choose from "
-                            f"{', '.join(quantize.CALIBRATION_METHODS)}")
-    if not 0 < min_agreement <= 1 or max_drop < 0 or calibration_images < 1:
+def _check_request(source: Path, out: Path, data: str | os.PathLike | None, options: QuantizeOptions) -> Path:
+    """The data folder; QuantizeError, before any work, for options outside their sets or limits."""
+    precision, target = options.precision, options.target
+    if precision not in QUANTIZED_PRECISIONS:
+        raise QuantizeError(f"--precision {precision!r}: choose from {', '.join(QUANTIZED_PRECISIONS)}")
+    if target not in variants.TARGETS or (target != "cpu" and precision != "int8"):
+        raise QuantizeError(f"--target {target!r}: choose from {', '.join(variants.TARGETS)} (int8 only)")
+    if options.calibration_method not in variants.CALIBRATION_METHODS:
+        raise QuantizeError(f"--calibration-method {options.calibration_method!r}: choose from "
+                            f"{', '.join(variants.CALIBRATION_METHODS)}")
+    if not 0 < options.min_agreement <= 1 or options.max_drop < 0 or options.calibration_images < 1:
         raise QuantizeError("--min-agreement must lie in (0, 1], --max-drop ≥ 0, --calibration-images ≥ 1")
     if out.exists() and out.resolve() == source.resolve():
         raise QuantizeError(f"--out {shown(out)} is the input model; choose another file")
-    fp32, meta, size = classifier_facts(source)
     if data is None:
         raise QuantizeError(f"{precision} needs real images for calibration and its gates (pass --data)")
-    if dynamic:
-        quantize.refuse_dynamic(fp32)
+    return Path(data)
+
+
+def quantize_classifier(source: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLike | None,
+                        options: QuantizeOptions | None = None, log=print, progress=None) -> QuantizeResult:
+    """An fp16 or static int8 variant of the fp32 contract classifier `source`, written to `out`
+    only if its guard and its gate against fp32 hold; `data` gives calibration and guard images."""
+    source, out, options = Path(source), Path(out), options or QuantizeOptions()
+    precision, target, method = options.precision, options.target, options.calibration_method
+    root = _check_request(source, out, data, options)
+    fp32, meta, size = classifier_facts(source)
+    if options.dynamic:
+        variants.refuse_dynamic(fp32)
     labels = json.loads(meta.get("toolkit.labels", "[]"))
-    images = read_quantization_data(data, size, labels, split, calibration_images, guard_images, unlabeled, log)
-    images.calibration = quantize.usable_calibration(images.calibration, calibration_method)
+    images = read_quantization_data(root, size, labels, options, log)
+    images.calibration = variants.usable_calibration(images.calibration, method)
     gate_images = images.guard[evenly_spaced(np.arange(len(images.guard)), GATE_IMAGES)]
     reference = run_onnx(source, gate_images)
     result = QuantizeResult(path=out, precision=precision, target=target, guard="logits")
     if precision == "fp16":
-        proto = quantize.convert_fp16(fp32)
+        proto = variants.convert_fp16(fp32)
         min_gate, max_diff = FP16_MIN_AGREEMENT, FP16_MAX_DIFF
     else:
         q_tmp = out.with_name(f".{out.name}.q.{os.getpid()}.onnx")
         try:
-            proto, guard = quantize.quantize_int8(source, q_tmp, images.calibration, images.guard, images.labels,
-                                                  calibration_method, max_drop, log=log, progress=progress,
-                                                  target=target, min_agreement=min_agreement)
-        except quantize.QuantizationError as exc:
-            raise QuantizeError(str(exc)) from None
+            proto, guard = variants.quantize_int8(source, q_tmp, images.calibration, images.guard, images.labels,
+                                                  method, options.max_drop, log=log, progress=progress,
+                                                  target=target, min_agreement=options.min_agreement)
         finally:
             q_tmp.unlink(missing_ok=True)
-        calibration: dict[str, object] = {"method": calibration_method, "images": len(images.calibration),
+        calibration: dict[str, object] = {"method": method, "images": len(images.calibration),
                                           "excluded_nodes": guard.excluded}
         if target != "cpu":
             calibration["target"] = target

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
-from toolkit.edge.quantize.recipe import _attribute, _consumers, _remove, _topological
+from toolkit.edge.onnxgraph import DeclaredTensor, attribute, consumers, remove_nodes, topological_sort
+from toolkit.edge.quantize.recipe import uint8_image
 
 
 def flatten_nhwc(model: onnx.ModelProto) -> int:
@@ -25,11 +26,10 @@ def flatten_nhwc(model: onnx.ModelProto) -> int:
     Returns how many flattens were rewritten."""
     graph = model.graph
     consts = {t.name: t for t in graph.initializer}
-    users = _consumers(graph)
+    users = consumers(graph)
     inferred = onnx.shape_inference.infer_shapes(model).graph
     # Unknown dimensions read as 0, which no check below accepts.
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in [*inferred.value_info, *inferred.input]}
+    shapes = {v.name: [d or 0 for d in DeclaredTensor.of(v).sizes()] for v in [*inferred.value_info, *inferred.input]}
     done = 0
     for reshape in [n for n in graph.node if n.op_type == "Reshape"]:
         dims = shapes.get(reshape.input[0], [])
@@ -42,10 +42,10 @@ def flatten_nhwc(model: onnx.ModelProto) -> int:
         matmul = following[0]
         weight = consts.get(matmul.input[1])
         if list(target)[1:] != [channels * height * width] or weight is None or matmul.input[0] != reshape.output[0] \
-                or len(users.get(weight.name, [])) != 1 or _attribute(matmul, "transA", 0):
+                or len(users.get(weight.name, [])) != 1 or attribute(matmul, "transA", 0):
             continue
         w = numpy_helper.to_array(weight)
-        rows = matmul.op_type == "Gemm" and _attribute(matmul, "transB", 0)      # [O, C·H·W], else [C·H·W, O]
+        rows = matmul.op_type == "Gemm" and attribute(matmul, "transB", 0)      # [O, C·H·W], else [C·H·W, O]
         permuted = (w.reshape(-1, channels, height, width).transpose(0, 2, 3, 1).reshape(w.shape) if rows
                     else w.reshape(channels, height, width, -1).transpose(1, 2, 0, 3).reshape(w.shape))
         weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(permuted), weight.name))
@@ -55,7 +55,7 @@ def flatten_nhwc(model: onnx.ModelProto) -> int:
         reshape.input[0] = nhwc
         done += 1
     if done:
-        _topological(graph)
+        topological_sort(graph)
     return done
 
 
@@ -72,11 +72,11 @@ def nhwc_input_head(model: onnx.ModelProto) -> bool:
     False (model untouched) when the graph does not start that way."""
     graph = model.graph
     consts = {t.name: t for t in graph.initializer}
-    users = _consumers(graph)
-    image = graph.input[0]
-    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in image.type.tensor_type.shape.dim]
-    if image.type.tensor_type.elem_type != TensorProto.UINT8 or len(dims) != 4 or 0 in dims[1:]:
+    users = consumers(graph)
+    found = uint8_image(graph)
+    if found is None:
         return False
+    image, hwc = found
 
     def only_user(name: str, op: str):
         following = users.get(name, [])
@@ -84,7 +84,7 @@ def nhwc_input_head(model: onnx.ModelProto) -> bool:
         return following[0] if ok else None
 
     transpose = only_user(image.name, "Transpose")
-    if transpose is None or list(_attribute(transpose, "perm", [])) != [0, 3, 1, 2]:
+    if transpose is None or list(attribute(transpose, "perm", [])) != [0, 3, 1, 2]:
         return False
     pad = only_user(transpose.output[0], "Pad")
     where = only_user(pad.output[0], "Where") if pad is not None else None
@@ -93,7 +93,7 @@ def nhwc_input_head(model: onnx.ModelProto) -> bool:
     if dequantize is None or dequantize.input[0] != last.output[0] or (pad is not None and where is None) or any(
             name not in consts or numpy_helper.to_array(consts[name]).size != 1 for name in dequantize.input[1:]):
         return False
-    height, width, channels = dims[1:]
+    height, width, channels = hwc
     nodes, inits, pixels, prefix = [], [], image.name, "toolkit_int8/nhwc/"
     if pad is not None and where is not None:
         padding = _nhwc_padding(pad, where, consts, (channels, height, width))
@@ -116,11 +116,11 @@ def nhwc_input_head(model: onnx.ModelProto) -> bool:
         pixels = prefix + "filled"
     nchw = dequantize.output[0]
     dequantize.input[0], dequantize.output[0] = pixels, prefix + "pixels"
-    _remove(graph, {n.output[0] for n in (transpose, pad, where) if n is not None})     # copies the nodes
+    remove_nodes(graph, {n.output[0] for n in (transpose, pad, where) if n is not None})     # copies the nodes
     nodes.append(helper.make_node("Transpose", [prefix + "pixels"], [nchw], perm=[0, 3, 1, 2], name=prefix + "nchw"))
     graph.node.extend(nodes)
     graph.initializer.extend(inits)
-    _topological(graph)
+    topological_sort(graph)
     return True
 
 
@@ -129,7 +129,7 @@ def _nhwc_padding(pad, where, consts: dict,
     """(top, left, bottom, right) of an NCHW zero Pad of H and W only, and the uint8 [H', W', C] map
     of what `Where(border, fill, padded)` writes (0 where it keeps the padded image); None when the
     Pad and Where are not of that form (the border must lie outside the image: Pad wrote 0 there)."""
-    if _attribute(pad, "mode", b"constant") not in (b"constant", "constant") or pad.input[1] not in consts \
+    if attribute(pad, "mode", b"constant") not in (b"constant", "constant") or pad.input[1] not in consts \
             or (len(pad.input) > 2 and pad.input[2] and (pad.input[2] not in consts
                                                        or numpy_helper.to_array(consts[pad.input[2]]).any())) \
             or len(pad.input) > 3 or where.input[2] != pad.output[0] \

@@ -1,5 +1,5 @@
 """The int8 recipe: the choices that decide how fast onnxruntime's CPU kernels run a QDQ model,
-separate from calibration and the accuracy guard (quantize.py). Never imports torch.
+separate from calibration and the accuracy guard (variants.py). Never imports torch.
 
 What the profile of the contract CNN at batch 256 showed (benchmarks/int8_experiments.py, table in
 benchmarks/results/int8-experiments.md): the float input head (Cast → Sub(mean) → Mul(1/std) on
@@ -21,12 +21,13 @@ logits directly instead of rounding them to 256 levels.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from toolkit.edge.onnxgraph import DeclaredTensor, attribute, consumers, input_signature, remove_nodes, topological_sort
 
 PIXELS = "toolkit_int8/pixels"      # the centred pixels the first convolution quantizes (scale 1)
 PACKED = "toolkit_int8/packed"      # pack: the image as [N, G·C, H + k − 1, W/G + 1] uint8
@@ -42,18 +43,19 @@ class Int8Recipe:
     per_channel: bool = True            # per-output-channel weight scales (else one per tensor)
     weight_type: str = "int8"           # int8 | uint8 (VNNI multiplies uint8 × int8 natively)
     pack: bool = True                   # the first conv reads G neighbouring pixels as one (see fold_input_head)
-    nhwc_flatten: bool = True           # flatten NHWC before the first Gemm (see int8_nhwc.flatten_nhwc)
-    nhwc_head: bool = False             # pad and dequantize the image before its Transpose (int8_nhwc.nhwc_input_head)
+    nhwc_flatten: bool = True           # flatten NHWC before the first Gemm (see nhwc.flatten_nhwc)
+    nhwc_head: bool = False             # pad and dequantize the image before its Transpose (nhwc.nhwc_input_head)
 
 
 CPU_RECIPE = Int8Recipe()                                           # onnxruntime's CPU kernels
 # OpenVINO runs the packed first convolution 2× slower (in int8 it is twice the multiply-adds, and
 # OpenVINO's kernels take 3 channels well enough), so its files keep the plain integer head, with the
-# padding and DequantizeLinear moved in front of the input's Transpose: for static shapes OpenVINO's
+# padding and DequantizeLinear placed in front of the input's Transpose: for static shapes OpenVINO's
 # layout then cancels the Transpose, as it does the NHWC flatten's (benchmarks/results/int8-experiments.md).
 OPENVINO_RECIPE = Int8Recipe(pack=False, nhwc_head=True)
-# The recipe before the experiments.
-TODAY_RECIPE = Int8Recipe(integer_head=False, float_logits=False, pack=False, nhwc_flatten=False)
+# The plain QDQ layout (float input head, uint8 logits, nothing packed): the baseline the int8
+# experiments measure each rewrite against, and what the guard tests quantize with.
+BASELINE_RECIPE = Int8Recipe(integer_head=False, float_logits=False, pack=False, nhwc_flatten=False)
 
 
 @dataclass
@@ -70,26 +72,6 @@ class FoldedHead:
         return {self.pixels: [{"scale": np.array(1.0, np.float32), "zero_point": np.array(self.zero, np.uint8)}]}
 
 
-def _consumers(graph) -> dict[str, list]:
-    users: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    return users
-
-
-def _remove(graph, first_outputs: set[str]) -> None:
-    """Remove the nodes whose first output is named in `first_outputs`. (Nodes are named by their
-    outputs: protobuf hands out a new Python object per access, so object identity means nothing.)"""
-    kept = [n for n in graph.node if n.output[0] not in first_outputs]
-    del graph.node[:]
-    graph.node.extend(kept)
-
-
-def _attribute(node, name: str, default=None):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def fold_input_head(model: onnx.ModelProto, border: str = "exact", pack: bool = False) -> FoldedHead | None:
     """Rewrite, in place, the contract head `uint8 NHWC → Transpose → Cast → Sub(mean) → Mul(scale)
     → Conv` into the integer head; None (model untouched) when the graph does not start that way.
@@ -100,31 +82,16 @@ def fold_input_head(model: onnx.ModelProto, border: str = "exact", pack: bool = 
     if border not in BORDERS:
         raise ValueError(f"unknown border {border!r} (choose from {', '.join(BORDERS)})")
     graph = model.graph
-    consts = {t.name: t for t in graph.initializer}
-    users = _consumers(graph)
-    image = graph.input[0]
-    dims = image.type.tensor_type.shape.dim
-    if image.type.tensor_type.elem_type != TensorProto.UINT8 or len(dims) != 4 or \
-            not all(d.HasField("dim_value") for d in dims[1:]):
+    users = consumers(graph)
+    head = _contract_head(graph, users)
+    if head is None:
         return None
-    chain, name = [], image.name
-    for op in ("Transpose", "Cast", "Sub", "Mul", "Conv"):
-        following = users.get(name, [])
-        if len(following) != 1 or following[0].op_type != op:
-            return None
-        chain.append(following[0])
-        name = following[0].output[0]
-    transpose, cast, sub, mul, conv = chain
-    if list(_attribute(transpose, "perm", [])) != [0, 3, 1, 2] or _attribute(cast, "to") != TensorProto.FLOAT \
-            or sub.input[1] not in consts or mul.input[1] not in consts or conv.input[1] not in consts \
-            or (len(conv.input) > 2 and conv.input[2] not in consts) or _attribute(conv, "group", 1) != 1 \
-            or _attribute(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        return None
+    image, hwc, (transpose, cast, sub, mul, conv), consts = head
     weights = numpy_helper.to_array(consts[conv.input[1]]).astype(np.float64)
     channels = weights.shape[1]
     mean = np.broadcast_to(numpy_helper.to_array(consts[sub.input[1]]).astype(np.float64).reshape(-1), channels)
     scale = np.broadcast_to(numpy_helper.to_array(consts[mul.input[1]]).astype(np.float64).reshape(-1), channels)
-    if weights.ndim != 4 or dims[3].dim_value != channels or np.any(mean < 0) or np.any(mean > 255):
+    if weights.ndim != 4 or hwc[2] != channels or np.any(mean < 0) or np.any(mean > 255):
         return None
     bias = (numpy_helper.to_array(consts[conv.input[2]]).astype(np.float64) if len(conv.input) > 2
             else np.zeros(weights.shape[0]))
@@ -133,8 +100,8 @@ def fold_input_head(model: onnx.ModelProto, border: str = "exact", pack: bool = 
     folded = weights * scale[None, :, None, None]
     folded_bias = bias - (folded * (mean - zero)[None, :, None, None]).sum(axis=(1, 2, 3))
     prefix = "toolkit_int8/"
-    pads = list(_attribute(conv, "pads", [0, 0, 0, 0]))
-    packed = _packed_head(graph, conv, folded, folded_bias, mean, dims, pads, users) \
+    pads = list(attribute(conv, "pads", [0, 0, 0, 0]))
+    packed = _packed_head(graph, conv, folded, folded_bias, mean, hwc, pads, users) \
         if pack and border == "exact" else None
     if packed is not None:
         nodes, pack_inits, folded, folded_bias = packed
@@ -147,22 +114,69 @@ def fold_input_head(model: onnx.ModelProto, border: str = "exact", pack: bool = 
                               name=prefix + "transpose")]
     pixels_u8 = prefix + "nchw"
     if border == "exact" and any(pads):
-        # Zero padding of the normalised image is each channel's mean pixel: pad with 0, then put the
-        # (rounded) mean into the border; Where broadcasts a [C, H, W] mask over the batch.
-        top, left, bottom, right = pads
-        height, width = dims[1].dim_value + top + bottom, dims[2].dim_value + left + right
-        border_mask = np.ones((channels, height, width), bool)
-        border_mask[:, top:height - bottom, left:width - right] = False
-        fill = np.round(mean).astype(np.uint8).reshape(channels, 1, 1)
-        inits += [numpy_helper.from_array(np.array([0, 0, top, left, 0, 0, bottom, right], np.int64), prefix + "pads"),
-                  numpy_helper.from_array(border_mask, prefix + "border"),
-                  numpy_helper.from_array(fill, prefix + "fill")]
-        nodes += [helper.make_node("Pad", [pixels_u8, prefix + "pads"], [prefix + "padded"], name=prefix + "pad"),
-                  helper.make_node("Where", [prefix + "border", prefix + "fill", prefix + "padded"],
-                                   [prefix + "filled"], name=prefix + "fill")]
-        pixels_u8 = prefix + "filled"
+        pixels_u8 = _mean_border(nodes, inits, pixels_u8, pads, mean, hwc)
         _set_ints(conv, "pads", [0, 0, 0, 0])
     return _finish_fold(graph, nodes, inits, pixels_u8, conv, (transpose, cast, sub, mul), zero)
+
+
+def uint8_image(graph) -> tuple[DeclaredTensor, tuple[int, int, int]] | None:
+    """The graph's first input and its (H, W, C) where it is a uint8 [N, H, W, C] image of fixed
+    size (the contract's input); else None."""
+    inputs = input_signature(graph)
+    if not inputs:
+        return None
+    image = inputs[0]
+    hwc = [d for d in image.dims[1:] if isinstance(d, int) and d > 0]
+    if image.dtype != "uint8" or len(image.dims) != 4 or len(hwc) != 3:
+        return None
+    return image, (hwc[0], hwc[1], hwc[2])
+
+
+def _contract_head(graph, users: dict) -> tuple[DeclaredTensor, tuple[int, int, int], list, dict] | None:
+    """The image input, its (H, W, C), the `Transpose → Cast → Sub → Mul → Conv` chain that reads
+    it and the graph's constants, where the graph starts with the contract head on a fixed-size
+    uint8 NHWC image with constant mean, scale and weights; else None."""
+    consts = {t.name: t for t in graph.initializer}
+    found = uint8_image(graph)
+    if found is None:
+        return None
+    image, hwc = found
+    chain, name = [], image.name
+    for op in ("Transpose", "Cast", "Sub", "Mul", "Conv"):
+        following = users.get(name, [])
+        if len(following) != 1 or following[0].op_type != op:
+            return None
+        chain.append(following[0])
+        name = following[0].output[0]
+    transpose, cast, sub, mul, conv = chain
+    if list(attribute(transpose, "perm", [])) != [0, 3, 1, 2] or attribute(cast, "to") != TensorProto.FLOAT \
+            or sub.input[1] not in consts or mul.input[1] not in consts or conv.input[1] not in consts \
+            or (len(conv.input) > 2 and conv.input[2] not in consts) or attribute(conv, "group", 1) != 1 \
+            or attribute(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    return image, hwc, chain, consts
+
+
+def _mean_border(nodes: list, inits: list, pixels_u8: str, pads: list[int], mean: np.ndarray,
+                 hwc: tuple[int, int, int]) -> str:
+    """Append the nodes and constants that pad the NCHW uint8 tensor `pixels_u8` with each
+    channel's mean pixel; the padded tensor's name. Zero padding of the normalised image is each
+    channel's mean pixel: pad with 0, then put the (rounded) mean into the border; Where broadcasts
+    a [C, H, W] mask over the batch."""
+    prefix = "toolkit_int8/"
+    channels = len(mean)
+    top, left, bottom, right = pads
+    height, width = hwc[0] + top + bottom, hwc[1] + left + right
+    border_mask = np.ones((channels, height, width), bool)
+    border_mask[:, top:height - bottom, left:width - right] = False
+    fill = np.round(mean).astype(np.uint8).reshape(channels, 1, 1)
+    inits += [numpy_helper.from_array(np.array([0, 0, top, left, 0, 0, bottom, right], np.int64), prefix + "pads"),
+              numpy_helper.from_array(border_mask, prefix + "border"),
+              numpy_helper.from_array(fill, prefix + "fill")]
+    nodes += [helper.make_node("Pad", [pixels_u8, prefix + "pads"], [prefix + "padded"], name=prefix + "pad"),
+              helper.make_node("Where", [prefix + "border", prefix + "fill", prefix + "padded"],
+                               [prefix + "filled"], name=prefix + "fill")]
+    return prefix + "filled"
 
 
 def _finish_fold(graph, nodes: list, inits: list, pixels_u8: str, conv, old_head: tuple, zero: int) -> FoldedHead:
@@ -181,23 +195,23 @@ def _finish_fold(graph, nodes: list, inits: list, pixels_u8: str, conv, old_head
     del graph.node[:]
     graph.node.extend(nodes + kept)
     graph.initializer.extend(inits)
-    _topological(graph)
+    topological_sort(graph)
     return FoldedHead(PIXELS, zero, prefix + "cast", prefix + "center", pixels_u8 == PACKED)
 
 
-def _packed_head(graph, conv, weights: np.ndarray, bias: np.ndarray, mean: np.ndarray, dims, pads: list[int],
-                 users: dict) -> tuple[list, list, np.ndarray, np.ndarray] | None:
+def _packed_head(graph, conv, weights: np.ndarray, bias: np.ndarray, mean: np.ndarray, hwc: tuple[int, int, int],
+                 pads: list[int], users: dict) -> tuple[list, list, np.ndarray, np.ndarray] | None:
     """The nodes, initializers, weights [G·O, G·C, k, 2] and bias of the packed first convolution
     (see fold_input_head), with the unpacking after it (after its Relu, if one follows); None when
     the convolution is not a "same" stride-1 one this packing covers. The border is exact: the
     padded NHWC image is filled with each channel's mean pixel."""
     out_c, channels, kh, kw = weights.shape
-    height, width = dims[1].dim_value, dims[2].dim_value
+    height, width = hwc[0], hwc[1]
     if channels % 4 == 0:
         return None                     # the fast kernels take it as it is
     group = 2 if channels % 2 == 0 else 4
     top, left, bottom, right = pads
-    if list(_attribute(conv, "strides", [1, 1])) != [1, 1] or list(_attribute(conv, "dilations", [1, 1])) != [1, 1] \
+    if list(attribute(conv, "strides", [1, 1])) != [1, 1] or list(attribute(conv, "dilations", [1, 1])) != [1, 1] \
             or top + bottom != kh - 1 or left + right != kw - 1 or width % group or kw - 1 > group:
         return None
     # The unpacking goes after an elementwise Relu, so the quantizer still fuses Conv + Relu.
@@ -224,7 +238,7 @@ def _packed_head(graph, conv, weights: np.ndarray, bias: np.ndarray, mean: np.nd
              numpy_helper.from_array(np.array([-1, padded_h, padded_w // group, group * channels], np.int64),
                                      prefix + "packed_shape"),
              numpy_helper.from_array(np.array([-1, height, width, out_c], np.int64), prefix + "unpacked_shape")]
-    image = graph.input[0].name
+    image = input_signature(graph)[0].name
     nodes = [helper.make_node("Pad", [image, prefix + "pads"], [prefix + "padded"], name=prefix + "pad"),
              helper.make_node("Where", [prefix + "border", prefix + "fill", prefix + "padded"], [prefix + "filled"],
                               name=prefix + "fill"),
@@ -234,7 +248,7 @@ def _packed_head(graph, conv, weights: np.ndarray, bias: np.ndarray, mean: np.nd
                               name=prefix + "transpose")]
     _set_ints(conv, "pads", [0, 0, 0, 0])
     _set_ints(conv, "kernel_shape", [kh, 2])
-    # Shapes inferred before (a pre-processed model carries them) are wrong for the packed tensors now.
+    # Shapes inferred by the pre-processing (the model carries them) do not fit the packed tensors.
     stale = {conv.output[0], source}
     kept_info = [v for v in graph.value_info if v.name not in stale]
     del graph.value_info[:]
@@ -251,37 +265,11 @@ def _packed_head(graph, conv, weights: np.ndarray, bias: np.ndarray, mean: np.nd
     return nodes, inits, packed.reshape(group * out_c, group * channels, kh, 2), np.tile(bias, group)
 
 
-def _topological(graph) -> None:
-    """Order the graph's nodes so every input is produced before it is read (ONNX requires it);
-    Kahn's algorithm, keeping the present order among nodes that are ready together."""
-    nodes = list(graph.node)
-    producer = {name: i for i, node in enumerate(nodes) for name in node.output}
-    waiting = [{producer[name] for name in node.input if name in producer} - {i} for i, node in enumerate(nodes)]
-    readers: dict[int, list[int]] = {}
-    for i, needs in enumerate(waiting):
-        for j in needs:
-            readers.setdefault(j, []).append(i)
-    ready = [i for i, needs in enumerate(waiting) if not needs]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for k in readers.get(i, []):
-            waiting[k].discard(i)
-            if not waiting[k]:
-                heapq.heappush(ready, k)
-    if len(order) != len(nodes):
-        return                          # a cycle: leave it for the checker to report
-    del graph.node[:]
-    graph.node.extend(nodes[i] for i in order)
-
-
 def _set_ints(node, name: str, values: list[int]) -> None:
     """Set an ints attribute of `node` where it has one (an absent one is inferred from the weights)."""
-    for attribute in node.attribute:
-        if attribute.name == name:
-            attribute.ints[:] = values
+    for found in node.attribute:
+        if found.name == name:
+            found.ints[:] = values
 
 
 def finish_input_head(model: onnx.ModelProto, head: FoldedHead) -> None:
@@ -299,7 +287,7 @@ def finish_input_head(model: onnx.ModelProto, head: FoldedHead) -> None:
     if any(head.pixels in n.input for n in graph.node if n is not quantize):
         return                          # the float pixels have another reader: keep them
     center = next(n for n in graph.node if n.name == head.center)
-    _remove(graph, {quantize.output[0], cast.output[0], center.output[0]})
+    remove_nodes(graph, {quantize.output[0], cast.output[0], center.output[0]})
 
 
 def drop_output_qdq(model: onnx.ModelProto) -> int:
@@ -307,7 +295,7 @@ def drop_output_qdq(model: onnx.ModelProto) -> int:
     so the producer (e.g. a QGemm) writes float directly. Returns how many pairs were removed."""
     graph = model.graph
     outputs = {o.name for o in graph.output}
-    users = _consumers(graph)
+    users = consumers(graph)
     produced_by = {name: n for n in graph.node for name in n.output}
     renames: dict[str, str] = {}           # the producer's float output → the graph output's name
     for dq in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in outputs]:
@@ -316,7 +304,7 @@ def drop_output_qdq(model: onnx.ModelProto) -> int:
             continue
         if q.input[0] in produced_by and len(users.get(q.input[0], [])) == 1 and q.input[0] not in outputs:
             renames[q.input[0]] = dq.output[0]
-    _remove(graph, {n.output[0] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+    remove_nodes(graph, {n.output[0] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
                     and (n.input[0] in renames or n.output[0] in renames.values())})
     for node in graph.node:
         for i, name in enumerate(node.output):

@@ -3,7 +3,7 @@
 int8 is onnxruntime's static quantization in QDQ format: `quant_pre_process` first, per-channel
 symmetric int8 weights, calibrated on real training images. Activation schemes (`target`):
 - `cpu`: asymmetric uint8 activations, the U8S8 pair x86 VNNI kernels are fastest with, laid out
-  for onnxruntime (int8_recipe.CPU_RECIPE); `openvino`: the same without the packed first
+  for onnxruntime (recipe.CPU_RECIPE); `openvino`: the same without the packed first
   convolution, which OpenVINO runs slower (OPENVINO_RECIPE);
 - `tensorrt`: symmetric signed int8 activations with zero point 0 and float biases — the only Q/DQ
   form TensorRT takes (it rejects uint8 or non-zero zero points, which would split the graph).
@@ -14,7 +14,7 @@ The accuracy guard measures fp32 and int8 top-1 on the validation split (or, wit
 int8 model's top-1 agreement with fp32); while the drop exceeds `max_drop`, the node whose
 quantization introduces the most error (lowest signal-to-quantization-noise ratio, from
 onnxruntime's QDQ debugging tools) is kept in float and quantization is redone.
-`quantize_classifier.py` applies all this to any contract classifier file.
+`classifier.py` applies all this to any contract classifier file.
 
 Only this module and export.py touch onnxruntime.quantization; nothing here imports torch.
 """
@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from toolkit.edge.onnxgraph import input_signature, topological_sort
 from toolkit.edge.options import CALIBRATION_METHODS, INT8_TARGETS
+from toolkit.edge.quantize.config import DEFAULTS
 from toolkit.edge.quantize.nhwc import flatten_nhwc, nhwc_input_head
 from toolkit.edge.quantize.recipe import (
     CPU_RECIPE,
@@ -43,7 +45,8 @@ from toolkit.edge.quantize.recipe import (
 from toolkit.edge.wrap.graph import PREFIX as WRAP_PREFIX  # the head `toolkit wrap` puts in front
 
 TARGETS = INT8_TARGETS
-PREPROCESS_OPS = {"Cast", "Transpose", "Sub", "Mul", "Div", "Slice"}
+# ONNX op types of a uint8 input head (pixel arithmetic, exact in float), never quantized.
+HEAD_OP_TYPES = {"Cast", "Transpose", "Sub", "Mul", "Div", "Slice"}
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops that may sit between quantized compute nodes (residual adds and pooling of foreign nets
 # included, so onnxruntime fuses them into int8 kernels); anything else (the uint8 head, a
@@ -52,8 +55,9 @@ PASS_THROUGH_OPS = ("Relu", "LeakyRelu", "MaxPool", "Reshape", "Flatten", "Add",
                     "AveragePool")
 
 
-class QuantizationError(RuntimeError):
-    """Quantization could not produce a model that meets the requested accuracy."""
+class QuantizeError(ValueError):
+    """A quantization request that cannot be carried out (a bad option, a model it does not take,
+    an accuracy the guard cannot hold); the message is one line for the user."""
 
 
 @dataclass
@@ -116,7 +120,7 @@ def preprocess_head(model: onnx.ModelProto) -> list[str]:
     for node in model.graph.node:
         if node.op_type in QUANTIZABLE_OPS:
             break
-        if node.op_type in PREPROCESS_OPS:
+        if node.op_type in HEAD_OP_TYPES:
             names.append(node.name)
     names += [n.name for n in model.graph.node if n.name.startswith(WRAP_PREFIX) and n.name not in names]
     return names
@@ -143,19 +147,20 @@ def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> onnx.ModelPr
     return model
 
 
-def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray, method: str = "minmax",
-                         exclude: Sequence[str] = (), advance=None, target: str = "cpu",
+def quantize_int8_static(pre_path: Path, out_path: Path, calibration: np.ndarray,
+                         method: str = DEFAULTS.calibration_method, exclude: Sequence[str] = (), advance=None,
+                         target: str = DEFAULTS.target,
                          recipe: Int8Recipe | None = None) -> onnx.ModelProto:
     """One static QDQ quantization pass of an already pre-processed fp32 model. `recipe` (target cpu
-    only; default CPU_RECIPE) lays the graph out for onnxruntime's kernels: see int8_recipe.py."""
+    only; default CPU_RECIPE) lays the graph out for onnxruntime's kernels: see recipe.py."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if method not in CALIBRATION_METHODS:
-        raise QuantizationError(f"unknown calibration method {method!r} (choose from {', '.join(CALIBRATION_METHODS)})")
+        raise QuantizeError(f"unknown calibration method {method!r} (choose from {', '.join(CALIBRATION_METHODS)})")
     if target not in TARGETS:
-        raise QuantizationError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
+        raise QuantizeError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
     model = onnx.load(str(pre_path))
-    input_name = model.graph.input[0].name
+    input_name = input_signature(model)[0].name
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     tensorrt = target == "tensorrt"
@@ -215,7 +220,7 @@ def rank_nodes_by_error(pre_path: Path, qdq_path: Path, images: np.ndarray,
     )
 
     model = onnx.load(str(pre_path))
-    input_name = model.graph.input[0].name
+    input_name = input_signature(model)[0].name
     output_of = {n.name: n.output[0] for n in model.graph.node}
     with tempfile.TemporaryDirectory() as tmp:
         aug_float, aug_qdq = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
@@ -237,15 +242,15 @@ def rank_nodes_by_error(pre_path: Path, qdq_path: Path, images: np.ndarray,
 
 def accuracy(path: Path, images: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
     from toolkit.edge.infer import predict
-    from toolkit.edge.runtime.ort import open_model
+    from toolkit.edge.runtime import open_model
     preds = predict(open_model(path, "cpu"), images)
     return float(np.mean(preds == labels)), preds
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, val_images: np.ndarray,
-                  val_labels: np.ndarray | None, method: str = "minmax", max_drop: float = 0.5,
-                  log=print, progress=None, target: str = "cpu",
-                  min_agreement: float = 0.98) -> tuple[onnx.ModelProto, GuardReport]:
+                  val_labels: np.ndarray | None, method: str = DEFAULTS.calibration_method,
+                  max_drop: float = DEFAULTS.max_drop, log=print, progress=None, target: str = DEFAULTS.target,
+                  min_agreement: float = DEFAULTS.min_agreement) -> tuple[onnx.ModelProto, GuardReport]:
     """Static int8 QDQ with the accuracy guard. `val_labels` index the model's logits; without
     them (None) the guard holds top-1 agreement with fp32 ≥ `min_agreement` instead.
     Returns the quantized proto (metadata not yet set) and the guard's report."""
@@ -270,15 +275,16 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, val_
             acc, _ = accuracy(qdq_path, val_images, val_labels)
             report.int8_accuracy = acc
             report.attempts.append({"excluded": list(excluded), "accuracy": acc})
-            log(f"int8 ({method}, {target}, {len(excluded)} node(s) kept in float): {what} {acc:.2%} "
-                f"vs fp32 {fp32_acc:.2%} (drop {report.drop_points:.2f} pt, limit {max_drop:g})")
+            versus = f" vs fp32 {fp32_acc:.2%}" if what == "validation accuracy" else ""   # fp32 agrees with itself
+            log(f"int8 ({method}, {target}, {len(excluded)} node(s) kept in float): {what} {acc:.2%}{versus} "
+                f"(drop {report.drop_points:.2f} pt, limit {max_drop:g})")
             if report.drop_points <= max_drop:
                 report.excluded = excluded
                 return proto, report
             remaining = [c for c in candidates if c not in excluded]
             if not remaining:
                 report.excluded = excluded
-                raise QuantizationError(
+                raise QuantizeError(
                     f"int8 cannot hold the accuracy limit: drop {report.drop_points:.2f} pt > {max_drop:g} pt "
                     f"even with every node kept in float")
             if ranking is None:
@@ -290,14 +296,14 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, val_
             excluded.append(next_node)
             if len(excluded) == len(candidates):
                 report.excluded = excluded
-                raise QuantizationError(
+                raise QuantizeError(
                     f"int8 cannot hold the accuracy limit: drop > {max_drop:g} pt until every node is kept in float")
             log(f"keeping {next_node} in float and quantizing again")
 
 
 def refuse_dynamic(model: onnx.ModelProto) -> None:
     if has_convolutions(model):
-        raise QuantizationError(
+        raise QuantizeError(
             "dynamic int8 is refused for models with convolutions: onnxruntime turns Conv into ConvInteger, "
             "about 6× slower than fp32 on CPU; use static int8 (the default), calibrated on real images")
 
@@ -306,24 +312,10 @@ def convert_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
     """fp16 weights and compute, with the model's input and output types unchanged (casts inside)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    return topological_sort(convert_float_to_float16(fp32, keep_io_types=True, disable_shape_infer=False))
-
-
-def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Reorder nodes so each comes after the producers of its inputs (the fp16 converter appends
-    its input casts at the end of the node list, which the ONNX checker rejects)."""
-    graph = model.graph
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise QuantizationError("graph has a cycle or an input nobody produces")
-        for n in ready:
-            ordered.append(n)
-            available.update(n.output)
-        pending = [n for n in pending if all(n is not r for r in ready)]
-    del graph.node[:]
-    graph.node.extend(ordered)
+    model = convert_float_to_float16(fp32, keep_io_types=True, disable_shape_infer=False)
+    # The converter appends its input casts at the end of the node list, which the checker rejects.
+    try:
+        topological_sort(model.graph)
+    except ValueError as exc:
+        raise QuantizeError(f"fp16: {exc}") from None
     return model
-

@@ -4,10 +4,14 @@ are really loaded, and why a provider could not load. Never imports torch.
 On Linux onnxruntime does not look in the pip NVIDIA folders (`site-packages/nvidia/...`,
 `site-packages/tensorrt_libs`) by itself; a process that happened to import a CUDA build of torch
 first has them loaded already, a torch-free `toolkit` command does not. So before the first CUDA
-or TensorRT session `preload` loads them by path (onnxruntime's own `preload_dlls` for CUDA and
-cuDNN, the TensorRT wheel's libraries here). When a provider still cannot load, onnxruntime logs
-the loader's message (which library is missing) and quietly builds a CPU session; `captured`
-collects that text and `failure_line` turns it into the one line the user reads.
+or TensorRT session `preload` loads them by path: onnxruntime's own `preload_dlls` on the library
+folders of every `nvidia` package on sys.path (one per site-packages that has NVIDIA wheels), the
+TensorRT wheel's libraries here. It then checks what the CUDA provider needs is loaded, cuDNN
+included: the provider loads cuDNN only on the first convolution, so a session opens without it
+and the first run of a CNN is where a missing cuDNN shows (`first_run_line` names it). When a
+provider cannot load, onnxruntime logs the loader's message (which library is missing) and
+quietly builds a CPU session; `captured` collects that text and `failure_line` turns it into the
+one line the user reads. Which onnxruntime is installed, and whether it is new enough: install.py.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ import io
 import mmap
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from toolkit.edge.runtime import install
 
 GPU_PROVIDERS = ("cuda", "tensorrt")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -30,13 +37,15 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LOAD_FAILURE = re.compile(r"Failed to load library (\S+) with error: ([^\n]+)")
 EP_ERROR = re.compile(r"EP Error:? ([^\n]+)")
 LOGGED_ERROR = re.compile(r"\[E:onnxruntime:[^\]]*\] ([^\n]+)")
+# The cuDNN major onnxruntime-gpu 1.2x–1.31 load (by name, on the first convolution, not at link time).
+CUDNN = "libcudnn.so.9"
 # What installs the missing libraries: the CUDA 13 runtime and cuDNN wheels, and TensorRT 10 for CUDA 13.
+GPU_EXTRA = {"cuda": "toolkit[gpu]", "tensorrt": "toolkit[gpu,tensorrt]"}
 INSTALL_HINT = {"cuda": "pip install 'toolkit[gpu]' installs the CUDA and cuDNN wheels",
                 "tensorrt": "pip install 'toolkit[gpu,tensorrt]' installs the CUDA, cuDNN and TensorRT wheels"}
 
 def _ort():
-    import onnxruntime as ort
-    return ort
+    return install.onnxruntime()
 
 
 def capi_dir() -> Path:
@@ -59,7 +68,7 @@ def linked_soname(provider_library: str, stem: str) -> str | None:
 
 # ----------------------------------------------------------------------------- loading libraries
 
-def _tensorrt_wheel_dir() -> Path | None:
+def tensorrt_wheel_dir() -> Path | None:
     """The folder of the `tensorrt-cu13-libs` (or -cu12-libs) wheel's libraries, if installed."""
     try:
         spec = importlib.util.find_spec("tensorrt_libs")
@@ -74,7 +83,7 @@ def _tensorrt_wheel_dir() -> Path | None:
 def _preload_tensorrt() -> str:
     """Load the TensorRT wheel's libraries by path (global symbols), so that the TensorRT
     provider's `libnvinfer.so.N` resolves to them; a system install is found by the loader as is."""
-    folder = _tensorrt_wheel_dir()
+    folder = tensorrt_wheel_dir()
     soname = linked_soname("libonnxruntime_providers_tensorrt.so", "libnvinfer")
     if folder is None or soname is None:
         return ""
@@ -90,18 +99,57 @@ def _preload_tensorrt() -> str:
     return "; ".join(failures)
 
 
+def nvidia_folders() -> list[Path]:
+    """Every `nvidia` package folder on sys.path: the NVIDIA wheels (CUDA runtime, cuBLAS, cuDNN …)
+    may sit in another site-packages than onnxruntime, e.g. a venv made with --system-site-packages
+    over a Python that has torch and its CUDA wheels."""
+    found: list[Path] = []
+    for entry in sys.path:
+        folder = Path(entry or ".") / "nvidia"
+        if folder.is_dir() and folder.resolve() not in found:
+            found.append(folder.resolve())
+    return found
+
+
+def library_folders(roots: list[Path]) -> list[Path]:
+    """The folders of those packages that hold shared libraries (nvidia/cu13/lib, nvidia/cudnn/lib,
+    nvidia/cublas/lib …), cuDNN's last: its loader resolves the CUDA libraries already loaded."""
+    folders = [lib for root in roots for lib in sorted(root.glob("*/lib")) if any(lib.glob("lib*.so*"))]
+    return sorted(folders, key=lambda lib: lib.parent.name == "cudnn")
+
+
+def cuda_libraries() -> dict[str, str]:
+    """stem → soname of what the CUDA provider needs at run time: what it links (cuBLAS, cuBLASLt,
+    cuRAND, the CUDA runtime) and cuDNN 9, which it loads only when a convolution first runs."""
+    major = (cuda_build_version() or "13").split(".")[0]
+    return {"libcudart": f"libcudart.so.{major}", "libcublasLt": f"libcublasLt.so.{major}",
+            "libcublas": f"libcublas.so.{major}", "libcurand": "libcurand.so.10", "libcudnn": CUDNN}
+
+
 @functools.cache
 def _preload_cuda() -> str:
-    """onnxruntime.preload_dlls(): the CUDA and cuDNN libraries of the pip wheels, loaded by path.
-    It print()s its failures, which would corrupt `--json` output: they are captured and returned."""
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text):
-        try:
-            _ort().preload_dlls()
-        except (RuntimeError, OSError) as exc:
-            print(f"Failed to load the CUDA libraries: {exc}")
-    lines = [ANSI.sub("", line).strip() for line in text.getvalue().splitlines()]
-    return "; ".join(line for line in lines if line.startswith("Failed to load"))
+    """onnxruntime.preload_dlls() on every NVIDIA library folder, then on its own search (beside
+    onnxruntime, then the loader's path); returns what is still not loaded, '' when all is.
+    preload_dlls print()s its failures, which would corrupt `--json` output, and treats a missing
+    cuDNN as optional, which it is not for any convolution: the libraries are checked here instead."""
+    ort = _ort()
+    if cuda_build_version() is None:
+        return ""
+    folders = library_folders(nvidia_folders())
+    with contextlib.redirect_stdout(io.StringIO()):
+        for folder in [*folders, None]:
+            try:
+                ort.preload_dlls(directory=None if folder is None else str(folder))
+            except (RuntimeError, OSError):
+                continue
+    missing = [soname for stem, soname in cuda_libraries().items()
+               if _mapped(re.escape(stem) + r"\.so(\.\d+)*") is None]
+    if not missing:
+        return ""
+    where = f"in {', '.join(str(f) for f in folders)}" if folders else "in any nvidia package on sys.path"
+    named = ", ".join(f"cuDNN ({soname}: every convolution needs it)" if soname == CUDNN else soname
+                      for soname in missing)
+    return f"{named} not found {where} nor on the loader's path"
 
 
 def preload(provider: str) -> str:
@@ -120,8 +168,6 @@ def captured() -> Iterator[list[str]]:
     """Collect what onnxruntime writes while a session is created: its C++ logger writes to file
     descriptor 2 and its Python fallback banner print()s to stdout. The list receives the text
     (colour codes removed) when the block ends; nothing reaches the terminal."""
-    import sys
-
     ort = _ort()
     out: list[str] = []
     sys.stderr.flush()
@@ -185,6 +231,10 @@ def tensorrt_library() -> tuple[Path, str] | None:
     onnxruntime will). The version is the library's own `getInferLibVersion`, not pip metadata."""
     path = _mapped(r"libnvinfer\.so(\.\d+)*")
     if path is None:
+        # The wheel's libnvinfer is not on the loader's path: load it by path first, as a session would.
+        preload("tensorrt")
+        path = _mapped(r"libnvinfer\.so(\.\d+)*")
+    if path is None:
         soname = linked_soname("libonnxruntime_providers_tensorrt.so", "libnvinfer") or "libnvinfer.so.10"
         try:
             ctypes.CDLL(soname, mode=ctypes.RTLD_GLOBAL)
@@ -193,14 +243,21 @@ def tensorrt_library() -> tuple[Path, str] | None:
         path = _mapped(r"libnvinfer\.so(\.\d+)*")
         if path is None:
             return None
-    try:
-        code = int(ctypes.CDLL(str(path)).getInferLibVersion())
-    except (OSError, AttributeError):
+    code = infer_lib_version(path)
+    if code is None:
         return None
     # TensorRT 10 on encodes major·10000 + minor·100 + patch; TensorRT 8 encoded major·1000 + minor·100 + patch.
     scale = 10000 if code >= 10000 else 1000
     major, rest = divmod(code, scale)
     return path, f"{major}.{rest // 100}.{rest % 100}"
+
+
+def infer_lib_version(path: Path) -> int | None:
+    """libnvinfer's own version code (getInferLibVersion), None when it does not load."""
+    try:
+        return int(ctypes.CDLL(str(path)).getInferLibVersion())
+    except (OSError, AttributeError):
+        return None
 
 
 def version_facts(provider: str) -> str:
@@ -232,17 +289,35 @@ def cause(text: str) -> str | None:
     for pattern in (EP_ERROR, LOGGED_ERROR):
         found = pattern.search(text)
         if found:
-            return found.group(1).strip()[:300]
+            return found.group(1).strip()
     return None
 
 
 def failure_line(provider: str, text: str, preload_failures: str = "") -> str:
     """One line: what failed, the versions that matter, and what to install."""
-    reason = cause(text) or (f"its libraries did not load ({preload_failures})" if preload_failures else
-                             "onnxruntime created no session on it and gave no reason")
+    found = cause(text)
+    if found is None:
+        reason = (f"its libraries did not load ({preload_failures})" if preload_failures else
+                  "onnxruntime created no session on it and gave no reason")
+    else:    # the first library the loader missed, and every other one still missing (cuDNN among them)
+        reason = f"{found}{f'; {preload_failures}' if preload_failures else ''}"
+    if cuda_build_version() is None and provider in GPU_EXTRA:
+        # A CPU build has no GPU provider at all: the fix is the other runtime, not a library; the
+        # CPU build goes first because the two share one folder.
+        return (f"provider '{provider}' cannot run here: onnxruntime {_ort().__version__} is a CPU build, without "
+                f"CUDA or TensorRT providers: pip uninstall -y onnxruntime && pip install '{GPU_EXTRA[provider]}'; "
+                "refusing to fall back")
     if "libcuda.so" in reason:
         hint = "; libcuda.so.1 comes with the NVIDIA driver (pip cannot install it)"
     else:
         hint = f"; {INSTALL_HINT[provider]}" if ".so" in reason and provider in INSTALL_HINT else ""
-    return (f"provider '{provider}' cannot run here: {reason}; {version_facts(provider)}{hint}; "
-            "refusing to fall back")
+    shadow = install.shadowing(install.installed_runtimes())
+    return (f"provider '{provider}' cannot run here: {reason}; {version_facts(provider)}{hint}"
+            f"{'; ' + shadow if shadow else ''}; refusing to fall back")
+
+
+def first_run_line(provider: str, name: str, reason: str) -> str:
+    """One line for a first run that failed on a GPU provider: a session opens without cuDNN (the
+    CUDA provider loads it on the first convolution), so a missing library is named here too."""
+    missing = preload(provider)
+    return f"{provider}: the first run of {name} failed: {reason}{'; ' + missing if missing else ''}"

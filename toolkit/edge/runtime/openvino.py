@@ -1,11 +1,10 @@
-"""OpenVINO behind the toolkit's model interface: `open_model(path, "openvino")` returns an
-OpenVINOModel, which infer, eval, generate, transform and bench use exactly like an onnxruntime
-Model. Never imports torch.
+"""OpenVINO behind the runtime interface: `open_model(path, "openvino")` returns an OpenVINOModel,
+which infer, eval, generate, transform and bench use exactly like onnxruntime's. Never imports torch.
 
 Why the OpenVINO runtime itself and not onnxruntime's OpenVINO plugin: `onnxruntime-ep-openvino`
 registers with the onnxruntime we ship but offers no device on AMD CPUs (a vendor check), and
 `onnxruntime-openvino` replaces the `onnxruntime` module (losing CUDA). Once a plugin release
-accepts these CPUs it becomes one more onnxruntime provider in sessions.py (its session options
+accepts these CPUs it becomes one more onnxruntime provider in ort.py (its session options
 take a `load_config` JSON per device), and callers of `open_model` see no difference.
 
 Precision honesty: OpenVINO's CPU plugin computes float models in bf16 by default where the CPU
@@ -19,15 +18,24 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from toolkit.edge.options import PRECISION_HINTS
-from toolkit.edge.runtime.model import DEFAULT_CACHE, Model, ModelError, ProviderError
-from toolkit.edge.runtime.streams import PLAIN, Feeds, Runner, Schedule
+from toolkit.edge.runtime.model import (
+    DEFAULT_CACHE,
+    CompiledPrecisions,
+    Model,
+    OpenOptions,
+    Placement,
+    ProviderError,
+    TensorSpec,
+    numpy_dtype,
+)
+from toolkit.edge.runtime.streams import Feeds, Runner
 
 DEFAULT_HINT = "f32"
 MAX_STATIC_SHAPES = 8
@@ -35,27 +43,14 @@ MAX_STATIC_SHAPES = 8
 _HINT_TYPES = {"f32": "f32", "bf16": "bf16"}
 
 
-@dataclass
-class TensorInfo:
-    """An input or output as onnxruntime's NodeArg shows it: `tensor(float)`, dims as int, str or None."""
-    name: str
-    type: str
-    shape: list
-
-
-@dataclass
+@dataclass(kw_only=True)
 class OpenVINOModel(Model):
-    """A model compiled by OpenVINO's CPU plugin; `session` is the CompiledModel."""
-    inputs: list[TensorInfo] = field(default_factory=list)
-    outputs: list[TensorInfo] = field(default_factory=list)
+    """A model compiled by OpenVINO's CPU plugin."""
+    compiled: Any = field(repr=False)          # the CompiledModel; OpenVINO's Python types are not exported
     precision_hint: str = DEFAULT_HINT
     compile_s: float = 0.0
     cache_hit: bool = False
     static_shapes: StaticShapes | None = None
-
-    @property
-    def input(self) -> TensorInfo:
-        return self.inputs[0]
 
     def make_runner(self) -> Runner:
         """Each stream holds its own infer requests (a request is never shared between threads), one
@@ -68,7 +63,7 @@ class OpenVINOModel(Model):
             # Keyed by the compile, not the shape: shapes past the bound share the dynamic compile's
             # request, so a stream holds at most MAX_STATIC_SHAPES + 1 requests.
             key = tuple((name, array.shape) for name, array in feeds.items())
-            compiled = shapes.compiled_for(key) if shapes is not None else self.session
+            compiled = shapes.compiled_for(key) if shapes is not None else self.compiled
             if id(compiled) not in requests:
                 requests[id(compiled)] = (compiled.create_infer_request(), list(compiled.outputs))
             request, ports = requests[id(compiled)]
@@ -76,12 +71,22 @@ class OpenVINOModel(Model):
             return [np.asarray(result[port]) for port in ports]
         return Runner(self.schedule, [{} for _ in range(self.schedule.streams)], call)
 
-    def runtime_precisions(self) -> dict[str, int]:
-        """How many nodes of the compiled graph compute in each element type (u8, i8, bf16, f32, …)."""
-        ops = self.session.get_runtime_model().get_ops()
-        counts = Counter(str(op.get_rt_info()["runtimePrecision"].astype(str)) for op in ops
-                         if str(op.get_rt_info()["layerType"].astype(str)) not in ("Const", "Input", "Output"))
-        return dict(counts)
+    def runtime_precisions(self) -> list[str]:
+        """The element type each compiled node computes in (u8, i8, bf16, f32, …), node by node."""
+        ops = self.compiled.get_runtime_model().get_ops()
+        return [str(op.get_rt_info()["runtimePrecision"].astype(str)) for op in ops
+                if str(op.get_rt_info()["layerType"].astype(str)) not in ("Const", "Input", "Output")]
+
+    def placement(self) -> Placement:
+        """OpenVINO compiles the whole graph for the CPU: its nodes per element type they compute in
+        (`CPU u8`, `CPU f32`, …), which is where its precision choices show."""
+        return CompiledPrecisions.of("CPU", self.runtime_precisions())
+
+    def explain(self, exc: BaseException) -> str:
+        return reason(exc)
+
+    def cache_facts(self) -> dict[str, str]:
+        return {"openvino_cache": "hit" if self.cache_hit else "miss"}
 
 
 class StaticShapes:
@@ -133,73 +138,75 @@ def version() -> str | None:
     return str(openvino.get_version()).split("-")[0]
 
 
-def _signature(proto) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    """Graph inputs (initializers excluded) and outputs, in onnxruntime's notation."""
-    from onnx import TensorProto
+def _signature(proto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Graph inputs (initializers excluded) and outputs, as the file declares them."""
+    from toolkit.edge.onnxgraph import input_signature, output_signature
 
-    def info(value) -> TensorInfo:
-        tensor = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
-        return TensorInfo(value.name, f"tensor({TensorProto.DataType.Name(tensor.elem_type).lower()})", dims)
+    def spec(declared) -> TensorSpec:
+        return TensorSpec(declared.name, numpy_dtype(declared.dtype), declared.dims)
 
-    initializers = {t.name for t in proto.graph.initializer}
-    inputs = [info(v) for v in proto.graph.input if v.name not in initializers]
-    return inputs, [info(v) for v in proto.graph.output]
+    return tuple(map(spec, input_signature(proto))), tuple(map(spec, output_signature(proto)))
 
 
-def open_openvino(path: str | Path, threads: int | None = None, precision_hint: str | None = None,
-                  cache_dir: Path | None = None, schedule: Schedule = PLAIN) -> OpenVINOModel:
-    """Compile an ONNX file for OpenVINO's CPU plugin or raise ProviderError / ModelError with a
-    one-line message. One stream: the LATENCY hint (one request, all threads on it); more: the
-    THROUGHPUT hint with exactly that many streams, the threads shared out among them."""
-    import onnx
+def reason(exc: BaseException) -> str:
+    """OpenVINO's report as one line: its first line that is not an `Exception from <file>:<line>:`
+    location (the report names every C++ frame the error passed through before its message)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not (line.startswith("Exception from ") and line.endswith(":"))]
+    return (said or lines or [type(exc).__name__])[0]
 
-    hint = precision_hint or DEFAULT_HINT
-    if hint not in PRECISION_HINTS:
-        raise ProviderError(f"unknown precision hint {hint!r} (choose from {', '.join(PRECISION_HINTS)})")
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001  (protobuf raises its own DecodeError for a file that is not ONNX)
-        raise ModelError(f"{path}: not an ONNX model ({str(exc).strip().splitlines()[0]})") from None
-    ov = _ov()
-    core = ov.Core()
-    if "CPU" not in core.available_devices:
-        raise ProviderError("provider 'openvino' was requested but OpenVINO offers no CPU device here; "
-                            "refusing to fall back")
-    cache = Path(cache_dir or DEFAULT_CACHE / "openvino")
-    cache.mkdir(parents=True, exist_ok=True)
-    before = set(cache.iterdir())
+
+def _config(hint: str, threads: int | None, streams: int, cache: Path) -> dict[str, str | int]:
+    """One stream: the LATENCY hint (one request, all threads on it); more: the THROUGHPUT hint with
+    exactly that many streams, the threads shared out among them."""
     config: dict[str, str | int] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint,
                                     "CACHE_DIR": str(cache)}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    if schedule.streams > 1:
-        config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=schedule.streams)
-    start = time.perf_counter()
-    try:
-        compiled = core.compile_model(str(path), "CPU", config)
-    except Exception as exc:  # noqa: BLE001  (OpenVINO raises several types with multi-line reports)
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = (lines[-1] if lines else type(exc).__name__)[:300]
-        raise ProviderError(f"openvino: cannot compile {path.name} ({reason})") from None
-    compile_s = time.perf_counter() - start
+    if streams > 1:
+        config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=streams)
+    return config
+
+
+def _check_compiled(compiled, name: str, hint: str, streams: int) -> None:
+    """ProviderError unless the plugin really runs on the CPU, with the streams and the compute
+    precision that were asked for."""
     devices = list(compiled.get_property("EXECUTION_DEVICES"))
     if devices != ["CPU"]:
-        raise ProviderError(f"openvino compiled {path.name} for {', '.join(devices)}, not the CPU; refusing")
-    streams = int(compiled.get_property("NUM_STREAMS"))
-    if streams != schedule.streams:
-        raise ProviderError(f"openvino: {schedule.streams} streams were requested but the CPU plugin made {streams}; "
-                            "refusing")
+        raise ProviderError(f"openvino compiled {name} for {', '.join(devices)}, not the CPU; refusing")
+    made = int(compiled.get_property("NUM_STREAMS"))
+    if made != streams:
+        raise ProviderError(f"openvino: {streams} streams were requested but the CPU plugin made {made}; refusing")
     got = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
     if got != _HINT_TYPES[hint]:
         raise ProviderError(f"openvino: {hint} was requested but the CPU plugin computes in {got} on this CPU; "
                             "refusing to substitute")
-    inputs, outputs = _signature(proto)
-    return OpenVINOModel(path=path, session=compiled, provider="openvino",
-                         metadata={p.key: p.value for p in proto.metadata_props}, inputs=inputs, outputs=outputs,
-                         schedule=schedule, precision_hint=hint, compile_s=compile_s,
-                         cache_hit=not (set(cache.iterdir()) - before),
+
+
+def open_runtime(path: Path, provider: str, model_file, options: OpenOptions) -> OpenVINOModel:
+    """Compile an ONNX file for OpenVINO's CPU plugin or raise ProviderError with a one-line
+    message. `model_file`: the file as contract.check_model_file read it."""
+    hint = options.precision_hint or DEFAULT_HINT
+    if hint not in PRECISION_HINTS:
+        raise ProviderError(f"unknown precision hint {hint!r} (choose from {', '.join(PRECISION_HINTS)})")
+    core = _ov().Core()
+    if "CPU" not in core.available_devices:
+        raise ProviderError("provider 'openvino' was requested but OpenVINO offers no CPU device here; "
+                            "refusing to fall back")
+    cache = Path(options.cache_dir or DEFAULT_CACHE / "openvino")
+    cache.mkdir(parents=True, exist_ok=True)
+    before = set(cache.iterdir())
+    schedule = options.schedule
+    config = _config(hint, options.threads, schedule.streams, cache)
+    start = time.perf_counter()
+    try:
+        compiled = core.compile_model(str(path), "CPU", config)
+    except Exception as exc:  # noqa: BLE001  (OpenVINO raises several types with multi-line reports)
+        raise ProviderError(f"openvino: cannot compile {path.name} ({reason(exc)})") from None
+    compile_s = time.perf_counter() - start
+    _check_compiled(compiled, path.name, hint, schedule.streams)
+    inputs, outputs = _signature(model_file.proto)
+    return OpenVINOModel(path=path, provider=provider, inputs=inputs, outputs=outputs,
+                         metadata=model_file.metadata, schedule=schedule, compiled=compiled, precision_hint=hint,
+                         compile_s=compile_s, cache_hit=not (set(cache.iterdir()) - before),
                          static_shapes=StaticShapes(core, path, config, compiled))

@@ -8,13 +8,13 @@ per optimisation profile: engines built for batch 1 and for batch 256 never over
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,43 +26,51 @@ def onnxruntime_version() -> str:
     return onnxruntime.__version__
 
 
+# The mark of a cache folder whose engine ran: written after the first run succeeded.
+READY = ".ready"
+
+
 @dataclass
 class EngineCache:
-    """Where a TensorRT session keeps engines and timing caches. A new folder is filled under a
-    staging name and renamed into place after the first run succeeds, so a failed build leaves
-    nothing behind and a cache folder that exists always holds a working engine."""
+    """Where a TensorRT session keeps engines and timing caches: `folder`, for the session's whole
+    life. onnxruntime keeps the path it was given and writes there every engine it builds, a later
+    one for a new input shape included, so the folder is never moved or renamed while a session may
+    use it. It becomes a cache (later sessions hit it) when the first run succeeds: `publish` writes
+    the READY mark. A folder without the mark holds a build that failed or was cut short: `prepare`
+    empties it before use and `discard` removes it, so a failed build leaves nothing behind."""
     folder: Path
-    staging: Path | None = None
+    pending: bool = False
 
     @property
     def hit(self) -> bool:
-        return self.staging is None
+        return not self.pending
 
     @property
     def path(self) -> Path:
-        return self.staging or self.folder
+        return self.folder
 
     @classmethod
     def prepare(cls, root: Path, key: str, tag: str) -> EngineCache:
         folder = root / key / tag
-        if folder.is_dir() and any(folder.iterdir()):
+        if (folder / READY).is_file():
             return cls(folder)
-        root.mkdir(parents=True, exist_ok=True)
-        return cls(folder, Path(tempfile.mkdtemp(prefix=f".staging-{key}-", dir=root)))
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(folder, pending=True)
 
     def publish(self) -> None:
-        if self.staging is None:
-            return
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(self.staging, self.folder)
-        except OSError:                 # another process published the same key first
-            shutil.rmtree(self.staging, ignore_errors=True)
-        self.staging = None
+        if self.pending:
+            (self.folder / READY).write_text("the first run with this engine succeeded\n")
+            self.pending = False
 
     def discard(self) -> None:
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
+        """Remove a folder whose first run did not succeed (a published one stays)."""
+        if not self.pending or (self.folder / READY).is_file():
+            return
+        shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):     # the model's folder, when no other profile is in it
+            self.folder.parent.rmdir()
 
 
 def model_hash(path: str | os.PathLike) -> str:
@@ -102,13 +110,11 @@ def cache_key(model_path: Path, device_id: int = 0) -> str:
 def trt_profile(proto, shapes: dict[str, tuple[int, ...]]) -> str | None:
     """TensorRT's profile string (`name:1x32x32x3,other:…`) for every input with a dynamic
     dimension, at the shapes given; None for a model whose inputs are all static."""
-    initializers = {t.name for t in proto.graph.initializer}
+    from toolkit.edge.onnxgraph import input_signature
+
     parts = []
-    for value in proto.graph.input:
-        if value.name in initializers:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
+    for value in input_signature(proto):
+        if value.static:
             continue
         if value.name not in shapes:
             raise ValueError(f"tensorrt: no shape given for the dynamic input {value.name!r}")

@@ -10,9 +10,9 @@ for the image ops, float32 for fft-spectrum. Two forms:
   computed in the graph in float64 by the very operations numpy uses (`index · (1/n)`, squares,
   sqrt, ≤ a float64 threshold), so it keeps exactly the bins the float64 rule keeps.
 
-The node sequences are those the torch exporter produced for `toolkit.pytorch.nets.spectral` when
-these graphs were made by exporting it, so the outputs are the same bytes as then (apart from the
-fixed low-pass threshold); the graph tests compare both against the float64 reference.
+The node sequences follow those the torch exporter produces for `toolkit.pytorch.nets.spectral`
+(the same operations in the same order, hence the same rounding), so a transform fused in front of
+a classifier and a transform file agree; the graph tests compare both against the float64 reference.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from toolkit.edge.contract import OPSET
 from toolkit.edge.spectral import ops
 
-OPSET = 18
 IR_VERSION = 10            # what onnxruntime ≥ 1.20 reads; onnx.helper would stamp its newest
 INPUT_NAME = "image"
 # ONNX names are single-assignment, so the output cannot share the input's name.

@@ -34,16 +34,17 @@ import onnx
 
 from toolkit.edge import contract
 from toolkit.edge.contract import ExportError, run_onnx
-from toolkit.edge.data.fsio import InputError, read_regular_file, shown
+from toolkit.edge.data.fsio import InputError, PathIndex, read_regular_file
+from toolkit.edge.errors import first_line, shown
 from toolkit.edge.spectral import graphs as spectral_graphs
 from toolkit.edge.spectral import ops
 from toolkit.edge.spectral.graphs import INPUT_NAME, OUTPUT_NAME  # noqa: F401
 from toolkit.edge.spectral.ops import (  # noqa: F401  (the public API of the transform stage)
     FORMS,
+    IMAGE_OPS,
     MAX_DFT_PIXELS,
     MAX_MATMUL_SIDE,
-    OPS,
-    PREPROCESS_OPS,
+    OP_PARAMETER,
     TransformError,
     check_op,
     check_size,
@@ -234,8 +235,10 @@ def cached_transform(op: str, params: dict, form: str, size: tuple[int, int]) ->
 
 def default_form(op: str, provider: str) -> str:
     """DFT on CPU for the Fourier ops (one graph for every size, O(n log n)); MatMul elsewhere,
-    since onnxruntime has no GPU kernel for DFT and TensorRT rejects it."""
-    return "dft" if op != "walsh-compress" and provider == "cpu" else "matmul"
+    since onnxruntime has no GPU kernel for DFT and TensorRT rejects it (the provider table's `dft`)."""
+    from toolkit.edge.runtime import provider_facts
+
+    return "dft" if op != "walsh-compress" and provider_facts(provider).dft else "matmul"
 
 
 SPECTRUM_DECADES = 4.0
@@ -266,13 +269,23 @@ def compare_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.compare.png")
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)                       # hard links, bind mounts
-    except OSError:
-        return False
+def _png_names(sources: list[Path], compare: bool) -> list[str]:
+    """<stem>.png per source, de-duplicated by a counter (and kept clear of the .compare.png
+    names when those are written too); each stem's counter resumes where it stopped."""
+    taken: set[str] = set()
+    counters: dict[str, int] = {}
+    names = []
+    for source in sources:
+        name, n = f"{source.stem}.png", counters.get(source.stem, 1)
+        if n > 1:
+            name = f"{source.stem}-{n}.png"
+        while name in taken or (compare and f"{Path(name).stem}.compare.png" in taken):
+            n += 1
+            name = f"{source.stem}-{n}.png"
+        counters[source.stem] = n
+        taken.update({name, f"{Path(name).stem}.compare.png"} if compare else {name})
+        names.append(name)
+    return names
 
 
 def output_paths(sources: list[Path], out: Path, compare: bool = False) -> list[Path]:
@@ -287,21 +300,13 @@ def output_paths(sources: list[Path], out: Path, compare: bool = False) -> list[
         raise TransformError(f"--out {shown(out)} names one file, but {len(sources)} images were given; "
                              "give a folder")
     else:
-        taken: set[str] = set()
-        paths = []
-        for source in sources:
-            name, n = f"{source.stem}.png", 1
-            while name in taken or (compare and f"{Path(name).stem}.compare.png" in taken):
-                n += 1
-                name = f"{source.stem}-{n}.png"
-            taken.update({name, f"{Path(name).stem}.compare.png"} if compare else {name})
-            paths.append(out / name)
-    written = paths + ([compare_path(p) for p in paths] if compare else [])
-    for destination in written:
-        for source in sources:
-            if _same_file(destination, source):
-                raise TransformError(f"--out would overwrite the input {shown(source)}; "
-                                     "write the results somewhere else")
+        paths = [out / name for name in _png_names(sources, compare)]
+    inputs = PathIndex(sources)
+    for destination in paths + ([compare_path(p) for p in paths] if compare else []):
+        source = inputs.find(destination)
+        if source is not None:
+            raise TransformError(f"--out would overwrite the input {shown(source)}; "
+                                 "write the results somewhere else")
     return paths
 
 
@@ -313,7 +318,7 @@ class _Sessions:
         self.open: OrderedDict[Path, Any] = OrderedDict()
 
     def get(self, path: Path) -> Any:
-        from toolkit.edge.runtime.ort import open_model
+        from toolkit.edge.runtime import open_model
         if path in self.open:
             self.open.move_to_end(path)
         else:
@@ -353,16 +358,23 @@ def run_transform(inputs: Sequence[str | os.PathLike], op: str, params: dict, ou
     the rest are still processed. Raises TransformError for a bad request (before any input is
     read) and sessions.ProviderError when the provider cannot run here."""
     from toolkit.edge.data.images import expand_inputs
-    from toolkit.edge.runtime.ort import ProviderError
+    from toolkit.edge.runtime import ProviderError
 
     form = form or default_form(op, provider)
     params = check_op(op, params, form)
-    sources = expand_inputs(list(inputs))
+    failed = 0
+
+    def unlisted(message: str) -> None:
+        nonlocal failed
+        failed += 1
+        if on_error is not None:
+            on_error(message)
+
+    sources = expand_inputs(list(inputs), on_error=unlisted)
     if not sources:
         raise TransformError("no input images")
     destinations = output_paths(sources, Path(out), compare)
     sessions = _Sessions(provider)
-    failed = 0
     for source, destination in zip(sources, destinations):
         try:
             written = _transform_one(source, destination, op, params, form, compare, sessions)
@@ -370,7 +382,7 @@ def run_transform(inputs: Sequence[str | os.PathLike], op: str, params: dict, ou
             raise
         except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types; the failure is this input's)
             failed += 1
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = first_line(exc)
             if shown(source) not in message:
                 message = f"{shown(source)}: {message}"
             if on_error is not None:

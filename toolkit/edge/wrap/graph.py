@@ -19,8 +19,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from toolkit.edge import contract
-from toolkit.edge.contract import MIN_OPSET_WRAPPED, WRAPPED_KEY, first_line, opset_version
-from toolkit.edge.data.fsio import shown
+from toolkit.edge.contract import MIN_OPSET_WRAPPED, WRAPPED_KEY, opset_version
+from toolkit.edge.errors import first_line, shown
+from toolkit.edge.onnxgraph import DeclaredTensor, graph_inputs
 
 TINY = 1e-38                     # log(0) would be -inf; the smallest normal float32 keeps logits finite
 PREFIX = "toolkit_wrap/"
@@ -40,8 +41,8 @@ class WrapSpec:
     layout: str | None = None            # nchw | nhwc; None: inferred from which axis has size 3
     channels: str = "rgb"                # rgb | bgr
     scale: float = 255.0
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)   # R,G,B whatever `channels` is
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)    # R,G,B whatever `channels` is
     labels: list[str] | None = None
     size: tuple[int, int] | None = None  # where the model's spatial size is dynamic
     output: str | None = None            # where the model has several outputs
@@ -70,10 +71,10 @@ def load_foreign(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def _dims(value_info) -> list[int | None] | None:
-    t = value_info.type.tensor_type
-    if not t.HasField("shape"):
+    """The fixed sizes of a value's dims (None where not fixed); None where it declares no shape."""
+    if not value_info.type.tensor_type.HasField("shape"):
         return None
-    return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return DeclaredTensor.of(value_info).sizes()
 
 
 def source_precision(model: onnx.ModelProto) -> str:
@@ -104,8 +105,7 @@ class Interface:
 
 def interface(model: onnx.ModelProto, spec: WrapSpec) -> Interface:
     """Which input and output to wrap, in which layout and size; WrapError if it cannot be told."""
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
+    inputs = graph_inputs(model)
     if len(inputs) != 1:
         raise WrapError(f"wrap takes a model with one image input; this one has {len(inputs)} "
                         f"({', '.join(i.name for i in inputs)})")
@@ -171,6 +171,13 @@ def _infer_layout(name: str, dims: list) -> str:
 
 # ----------------------------------------------------------------------------- building the wrapped model
 
+def model_order_stats(spec: WrapSpec) -> tuple[np.ndarray, np.ndarray]:
+    """mean and std (float64) in the model's channel order: the user states them R,G,B, as the
+    published statistics are, so a BGR model gets them reversed along with its pixels."""
+    mean, std = np.asarray(spec.mean, dtype=np.float64), np.asarray(spec.std, dtype=np.float64)
+    return (mean[::-1], std[::-1]) if spec.channels == "bgr" else (mean, std)
+
+
 def _constant(name: str, values, layout: str) -> TensorProto:
     shape = (1, 3, 1, 1) if layout == "nchw" else (1, 1, 1, 3)
     return numpy_helper.from_array(np.asarray(values, dtype=np.float32).reshape(shape), name)
@@ -195,12 +202,13 @@ def _preprocess_model(spec: WrapSpec, io: Interface, base: onnx.ModelProto) -> o
     if io.layout == "nchw":
         add("Transpose", [], perm=[0, 3, 1, 2])     # on uint8: a quarter of the bytes of float
     add("Cast", [], to=TensorProto.FLOAT)
-    offset = np.float64(spec.scale) * np.asarray(spec.mean, dtype=np.float64)
-    gain = 1.0 / (np.float64(spec.scale) * np.asarray(spec.std, dtype=np.float64))
+    mean, std = model_order_stats(spec)
+    offset = np.float64(spec.scale) * mean
+    gain = 1.0 / (np.float64(spec.scale) * std)
     if io.layout == "nchw" and np.any(offset != 0) and np.any(gain != 1):
         # Inference BatchNormalization is x·gain + bias per channel in one pass over the float
         # tensor, where Sub then Mul take two (measured: the head costs half as much at 224×224).
-        bias = -np.asarray(spec.mean, dtype=np.float64) / np.asarray(spec.std, dtype=np.float64)
+        bias = -mean / std
         for name, values in (("gain", gain), ("bias", bias), ("zero", np.zeros(3)), ("one", np.ones(3))):
             inits.append(numpy_helper.from_array(values.astype(np.float32), f"{PREFIX}bn_{name}"))
         add("BatchNormalization", [f"{PREFIX}bn_{n}" for n in ("gain", "bias", "zero", "one")], epsilon=0.0)
@@ -257,8 +265,7 @@ def _prepare(model: onnx.ModelProto, io: Interface) -> tuple[onnx.ModelProto, In
             raise WrapError(f"cannot convert opset {opset_version(model)} to {MIN_OPSET_WRAPPED}: "
                             f"{first_line(exc)}") from None
         model.ir_version = max(model.ir_version, 7)
-    initializers = {t.name for t in model.graph.initializer}
-    keep = [i for i in model.graph.input if i.name not in initializers]
+    keep = graph_inputs(model)
     del model.graph.input[:]
     model.graph.input.extend(keep)
     names = _all_names(model.graph)

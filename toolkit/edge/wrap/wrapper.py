@@ -1,4 +1,4 @@
-"""Bring a foreign ONNX image classifier into the artifact contract (issue #10), once.
+"""Bring a foreign ONNX image classifier into the artifact contract (docs/contract.md), once.
 
     toolkit wrap theirs.onnx --out mine.onnx --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --labels labels.txt
 
@@ -8,7 +8,9 @@ contract's metadata. The preprocessing becomes ONNX nodes in front of the untouc
 and the post-processing nodes behind it, joined with `onnx.compose.merge_models`:
 
     x = pixels, channels reversed if the model wants BGR, transposed if it wants NCHW
-    x = (x / scale − mean) / std         (computed as x · 1/(scale·std) − mean/std in one
+    x = (x / scale − mean) / std         (mean and std given R,G,B whatever the model's channel
+                                          order, so reversed along with the pixels for BGR;
+                                          computed as x · 1/(scale·std) − mean/std in one
                                           BatchNormalization node for NCHW, Sub and Mul for NHWC)
     logits = output, or log(max(output, 1e-38)) when the model returns probabilities
 
@@ -26,16 +28,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from toolkit.edge.contract import (
-    ExportError,
-    Parity,
-    first_line,
-    logit_gate,
-    read_metadata,
-    run_onnx,
-    write_model,
-)
-from toolkit.edge.data.fsio import read_regular_file, shown
+from toolkit.edge.contract import ExportError, Parity, logit_gate, read_metadata, run_onnx, write_model
+from toolkit.edge.data.fsio import read_regular_file
+from toolkit.edge.errors import first_line, shown
+from toolkit.edge.words import counted
 from toolkit.edge.wrap.graph import (
     FLOAT_TYPES,
     TINY,
@@ -45,7 +41,9 @@ from toolkit.edge.wrap.graph import (
     build_wrapped,
     interface,
     load_foreign,
+    model_order_stats,
 )
+from toolkit.edge.wrap.irversion import lower_ir_version, runnable_file
 
 __all__ = ["WrapError", "WrapResult", "WrapSpec", "parse_labels", "parse_triple", "wrap"]
 
@@ -73,8 +71,8 @@ class WrapResult:
     def describe(self) -> str:
         return (f"wrote {self.path}: {self.name}, {self.precision}, uint8 [N, {self.input_size[0]}, "
                 f"{self.input_size[1]}, 3] → logits [N, {len(self.labels)}] (source layout "
-                f"{self.layout.upper()}); parity on {self.n_images} images: max |Δ| {self.max_abs_diff:.1e}, "
-                f"top-1 identical")
+                f"{self.layout.upper()}); parity on {counted(self.n_images, 'image')}: "
+                f"max |Δ| {self.max_abs_diff:.1e}, top-1 identical")
 
 
 # ----------------------------------------------------------------------------- option parsing
@@ -131,7 +129,8 @@ def reference_input(images: np.ndarray, spec: WrapSpec, io: Interface) -> np.nda
     x = images.astype(np.float64)
     if spec.channels == "bgr":
         x = x[..., ::-1]
-    x = (x / spec.scale - np.asarray(spec.mean)) / np.asarray(spec.std)
+    mean, std = model_order_stats(spec)
+    x = (x / spec.scale - mean) / std
     if io.layout == "nchw":
         x = x.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(x.astype(FLOAT_TYPES[io.dtype]))
@@ -179,6 +178,7 @@ def wrap(source: str | os.PathLike, out: str | os.PathLike, spec: WrapSpec | Non
     if out.exists() and source.exists() and out.resolve() == source.resolve():
         raise WrapError(f"--out {shown(out)} is the input model; choose another file")
     model = load_foreign(source)
+    lowered = lower_ir_version(model, source, log)
     io = interface(model, spec)
     size = (io.height, io.width)
     if images is None:
@@ -187,7 +187,8 @@ def wrap(source: str | os.PathLike, out: str | os.PathLike, spec: WrapSpec | Non
         pixels = np.stack([resize(img, *size) for img in images])
     else:
         pixels = load_images(images, size)
-    reference = reference_logits(source, pixels, spec, io)
+    with runnable_file(model, source, lowered) as runnable:
+        reference = reference_logits(runnable, pixels, spec, io)
     classes = reference.shape[1]
     if spec.labels is not None and len(spec.labels) != classes:
         raise WrapError(f"{len(spec.labels)} labels given but the model outputs {classes} classes")

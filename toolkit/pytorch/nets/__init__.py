@@ -1,1 +1,1 @@
-"""Plain nn.Modules. The contract wrappers (uint8 in, post-processing) live in toolkit.pytorch.export."""
+"""Plain nn.Modules. The contract wrappers (uint8 in, post-processing, flip averaging) are layers.py."""

@@ -1,6 +1,6 @@
 """Spectral layers: FFT low-pass, FFT log-magnitude spectrum and Walsh–Hadamard compression.
 
-The ops are defined in GUIDE §1; their math (masks, bases) and float64 numpy reference live in
+The ops are defined in docs/transforms.md; their math (masks, bases) and float64 numpy reference live in
 `toolkit.edge.spectral.ops`, the leaf module this file shares with the torch-free ONNX graph builders of
 `toolkit.edge.spectral.graphs` (which `toolkit transform` runs). These modules exist to fuse a
 transform in front of a classifier for training and export.
@@ -237,7 +237,7 @@ def transform_module(op: str, params: dict, form: str = "matmul", size: tuple[in
 
     form 'matmul' is built for `size` = (H, W); form 'dft' takes any size (`size` is ignored).
     Fusion in front of a classifier: nn.Sequential(transform_module(...), classifier).
-    Raises core.ops.TransformError for a bad request."""
+    Raises toolkit.edge.spectral.ops.TransformError for a bad request."""
     params = check_op(op, params, form, size if form == "matmul" else None)
     if op == "fft-lowpass":
         return FFTLowpass(params["radius"], form, size)
