@@ -9,7 +9,7 @@ DATASETS ?= ../shared/datasets
 
 install: $(STAMP)
 
-# Everything: the runtime package with the CPU runtime (`cpu` extra: onnxruntime), the `train`,
+# Everything: the runtime package with the CPU runtime (`cpu` extra: onnxruntime), the `train`, `ray`,
 # `dev` and `openvino` extras. torch and onnxruntime are pinned here, not in pyproject: on the dev
 # machine torch==2.13.0 is a local CPU wheel, while an unpinned torch would pull a multi-GB CUDA
 # build, and onnxruntime 1.31.1 is the build every committed number was measured with; naming the
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/pip install --quiet torch==2.13.0
 	if $(BIN)/pip show --quiet onnxruntime-gpu 2>/dev/null; then \
 		$(BIN)/pip uninstall --quiet -y onnxruntime-gpu && $(BIN)/pip install --quiet --force-reinstall --no-deps '$(ORT_PIN)'; fi
-	$(BIN)/pip install --quiet torch==2.13.0 '$(ORT_PIN)' -e '.[cpu,train,dev,openvino]'
+	$(BIN)/pip install --quiet torch==2.13.0 '$(ORT_PIN)' -e '.[cpu,train,dev,openvino,ray]'
 	$(BIN)/python -m toolkit.edge.bench --build-only    # the roof probe (C, system compiler; says so if none)
 	touch $@
 
@@ -84,10 +84,11 @@ data/anime-faces-64/faces:
 	mkdir -p data && tar -xzf $(DATASETS)/anime-faces-64.tar.gz -C data
 
 demo: install models
-	@echo "== classify the sample images (top-3) with the shipped CIFAR-10 CNN"
+	@echo "== classify the sample images (top-3) with the strongest shipped classifier (residual net, flip averaging)"
 	$(BIN)/toolkit infer models/samples --top-k 3
-	@echo "== the same with the int8 model"
-	$(BIN)/toolkit infer models/samples --top-k 1 --model models/cifar_cnn.int8.onnx
+	@echo "== the residual net in int8, and the reference paper's CNN"
+	$(BIN)/toolkit infer models/samples --top-k 1 --model models/cifar_resnet.int8.onnx
+	$(BIN)/toolkit infer models/samples --top-k 1 --model models/cifar_cnn.onnx
 	@echo "== generate 64 anime faces with the shipped DCGAN → demo/faces.png"
 	$(BIN)/toolkit generate --n 64 --seed 0 --out demo/faces.png
 	@echo "== low-pass and Walsh-compress a sample image → demo/"

@@ -1,6 +1,6 @@
 """How much accuracy does our copy of CIFAR-10 allow? A published recipe, re-run on our split.
 
-    python benchmarks/airbench_calibration.py --data data/cifar10-jpeg/train [--epochs 9.9] [--seed 0]
+    python benchmarks/airbench_calibration.py --data data/cifar10-png/train [--epochs 9.9] [--seed 0]
 
 Our own re-implementation of the airbench94 recipe (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds
 on a single GPU"; published: 94.01% mean with flip + translate test-time augmentation, on the 50,000

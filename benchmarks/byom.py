@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from toolkit import bench, quantize, wrap  # noqa: E402
 from toolkit.edge.data.fsio import atomic_write_text  # noqa: E402
 
-DATA = REPO / "data" / "cifar10-jpeg" / "train"
+DATA = REPO / "data" / "cifar10-png" / "train"
 RESULTS = REPO / "benchmarks" / "results"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HEAD_COST_LIMIT = 0.05

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_preflight import ROOT, STEMS, missing_pieces  # beside this script; standard library only
 
-DATA = ROOT / "data" / "cifar10-jpeg" / "train"
+DATA = ROOT / "data" / "cifar10-png" / "train"
 PARITY_IMAGES = 1024
 BATCH = 256
 BENCH_STEMS = ("cifar_cnn", "dcgan")

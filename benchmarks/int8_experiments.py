@@ -4,7 +4,7 @@ measured in one interleaved run → benchmarks/results/int8-experiments.md (and 
     .venv/bin/python benchmarks/int8_experiments.py                      # on a quiet machine (uptime < 0.5)
     .venv/bin/python benchmarks/int8_experiments.py --seconds 0.5 --rounds 2 --out /tmp/int8   # a quick look
 
-Needs models/cifar_cnn.onnx (`make models`) and data/cifar10-jpeg/train (`make data`): calibration
+Needs models/cifar_cnn.onnx (`make models`) and data/cifar10-png/train (`make data`): calibration
 uses 500 training images of the fixed split, as `toolkit export --precision int8` does, and every
 file's accuracy is measured on the 5,000 validation images. The guard is the shipped one: at most
 0.5 points below fp32.
@@ -47,7 +47,7 @@ from toolkit.edge.runtime.streams import Schedule
 ROOT = Path(__file__).resolve().parent.parent
 FP32 = ROOT / "models" / "cifar_cnn.onnx"
 SHIPPED = ROOT / "models" / "cifar_cnn.int8.onnx"
-DATA = ROOT / "data" / "cifar10-jpeg" / "train"
+DATA = ROOT / "data" / "cifar10-png" / "train"
 MAX_DROP = 0.5
 # (name, what changed, recipe, nodes kept in float)
 FILE_VARIANTS = [
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="interleaving rounds (default 10)")
     parser.add_argument("--threads", type=int, default=0, help="threads (0: one per core)")
     parser.add_argument("--data", type=Path, default=DATA,
-                        help="class-per-folder tree (default data/cifar10-jpeg/train)")
+                        help="class-per-folder tree (default data/cifar10-png/train)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="report folder")
     args = parser.parse_args()
     if not FP32.is_file() or not args.data.is_dir():

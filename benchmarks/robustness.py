@@ -1,6 +1,6 @@
 """Does the FFT low-pass earn its place? Robustness of the shipped classifier, and transform cost.
 
-    make data                                    # extracts data/cifar10-jpeg/train
+    make data                                    # extracts data/cifar10-png/train
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/robustness.py
     .venv/bin/python benchmarks/robustness.py --per-class 50 --out /tmp/robustness   # a quick look
 
@@ -201,7 +201,7 @@ def noise_name(sigma: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "cifar_cnn.onnx", help="ONNX classifier")
-    parser.add_argument("--data", type=Path, default=ROOT / "data" / "cifar10-jpeg" / "train",
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "cifar10-png" / "train",
                         help="class-per-folder tree; its fixed validation split is used")
     parser.add_argument("--per-class", type=int, default=None, help="only the first N validation images per class")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2], help="noise levels")

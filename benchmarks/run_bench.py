@@ -13,7 +13,7 @@ streams of one thread each — each only where it cuts the batch (64 and 256). T
 interleaved: `--rounds` rounds, each giving every row `--seconds / --rounds` of counted runs in turn,
 so a noisy neighbour or a clock change hits every row alike and the ratios stay fair. The roof
 (all-core clock, int8/fp32/bf16 issue rates, each runtime's best GEMM) is measured in the same run
-and every row gets its share of it. With data/cifar10-jpeg/train present
+and every row gets its share of it. With data/cifar10-png/train present
 (`make data`), the inputs are its validation images and classifier rows report their accuracy.
 
 <machine> is a short slug of the hardware (e.g. cpu-amd-epyc-2c, gpu-nvidia-h100-80gb-hbm3), so
@@ -34,7 +34,7 @@ from toolkit.pytorch.torch_bench import torch_rows
 ROOT = Path(__file__).resolve().parent.parent
 BATCH_SIZES = [1, 8, 64, 256]
 SCHEDULES = ["1", "1x64", "2x32"]
-DEFAULT_DATA = ROOT / "data" / "cifar10-jpeg" / "train"
+DEFAULT_DATA = ROOT / "data" / "cifar10-png" / "train"
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="warm-up runs per row, not counted (default 10)")
     parser.add_argument("--threads", type=int, default=0, help="threads for every runtime (0: one per core)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_dir() else None,
-                        help="class-per-folder tree for real inputs and accuracy (default: data/cifar10-jpeg/train "
+                        help="class-per-folder tree for real inputs and accuracy (default: data/cifar10-png/train "
                              "when present)")
     parser.add_argument("--schedule", action="append",
                         help=f"STREAMS[xMICRO], repeatable (default {' '.join(SCHEDULES)})")

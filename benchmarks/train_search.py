@@ -1,6 +1,6 @@
 """Recipe search for the two CIFAR-10 classifiers, several runs at once on one GPU (or the CPU).
 
-    python benchmarks/train_search.py --data data/cifar10-jpeg/train --out runs/search --device cuda
+    python benchmarks/train_search.py --data data/cifar10-png/train --out runs/search --device cuda
 
 Every run is `toolkit.pytorch.train_classifier.train_classifier` with one candidate's overrides of
 the command's defaults (ResNetConfig / ClassifierConfig), i.e. exactly what `toolkit train` runs.

@@ -37,7 +37,7 @@ from toolkit._version import __version__
 from toolkit.edge.data.datasets import CIFAR10_LABELS
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "data" / "cifar10-jpeg" / "train"
+DATA = REPO / "data" / "cifar10-png" / "train"
 SAMPLES = REPO / "models" / "samples"
 CIFAR_MEAN, CIFAR_STD = "0.4914,0.4822,0.4465", "0.2470,0.2435,0.2616"   # R,G,B, as `toolkit wrap` takes them
 LABELS = ["cat", "dog"]

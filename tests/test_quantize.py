@@ -201,7 +201,7 @@ def test_quantize_refuses_what_it_cannot_take(tmp_path, trained_onnx, class_tree
 @pytest.fixture(scope="module")
 def wrapped_cnn(tmp_path_factory):
     if not DATA.is_dir():
-        pytest.skip("needs data/cifar10-jpeg (make data)")
+        pytest.skip("needs data/cifar10-png (make data)")
     folder = tmp_path_factory.mktemp("wrapped")
     out = folder / "wrapped.onnx"
     labels = ",".join(sorted(p.name for p in DATA.iterdir() if p.is_dir()))

@@ -208,7 +208,7 @@ def shipped_accuracy(tmp_path_factory):
     from toolkit.pytorch.export import export_classifier
 
     if not DATA.is_dir():
-        pytest.skip("needs data/cifar10-jpeg (make data)")
+        pytest.skip("needs data/cifar10-png (make data)")
     reference = tmp_path_factory.mktemp("shipped") / "cifar_cnn.onnx"
     export_classifier(reference, REPO / "models" / "cifar_cnn.safetensors", DATA, log=lambda *_: None)
     val = read_split(DATA, "val")

@@ -97,11 +97,13 @@ def export_module(module: str, weights: PathLike, size: tuple[int, int], out: Pa
                       log=log)
 
 
-def open_model(path: PathLike, provider: str = "cpu", threads: int | None = None, schedule: str | Schedule = "1",
-               precision_hint: str | None = None, shapes: dict[str, Sequence[int]] | None = None,
-               cache_dir: PathLike | None = None) -> Model:
+def open_model(path: PathLike, provider: str | None = None, threads: int | None = None,
+               schedule: str | Schedule | None = None, precision_hint: str | None = None,
+               shapes: dict[str, Sequence[int]] | None = None, cache_dir: PathLike | None = None) -> Model:
     """`path` opened on `provider` (no silent fallback), with every option the CLI's infer, eval
-    and bench take. `threads`: intra-op threads (default: the runtime's). `schedule` (cpu,
+    and bench take. What is left as None comes from the deployment `toolkit optimize` wrote into
+    the file, if it has one (explicit arguments win), else cpu, the runtime's threads, one call.
+    `threads`: intra-op threads (default: the runtime's). `schedule` (cpu,
     openvino): `2x32` runs each batch as micro-batches of 32 on 2 streams (streams.py); one that
     cannot be read is a ValueError. `precision_hint` (openvino: f32 | bf16): the compute precision
     of float models. `shapes` (tensorrt): input name → shape to build the engine for. `cache_dir`:
@@ -110,7 +112,7 @@ def open_model(path: PathLike, provider: str = "cpu", threads: int | None = None
     from toolkit.edge.runtime import Schedule
     from toolkit.edge.runtime import open_model as run_open
 
-    plan = schedule if isinstance(schedule, Schedule) else Schedule.parse(schedule)
+    plan = schedule if isinstance(schedule, Schedule) or schedule is None else Schedule.parse(schedule)
     dims = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()} if shapes is not None else None
     return run_open(path, provider, threads=threads, schedule=plan, precision_hint=precision_hint, shapes=dims,
                     cache_dir=Path(cache_dir) if cache_dir is not None else None)

@@ -80,6 +80,12 @@ DCGAN = ModelSpec(name="dcgan", task="generate", file_stem="dcgan", input_size=(
 REGISTRY = {spec.name: spec for spec in (CIFAR_CNN, CIFAR_RESNET, DCGAN)}
 
 
+def default_classifier() -> Path:
+    """The classifier `infer` and `eval` use without --model: the strongest shipped one (the
+    residual net with flip averaging inside the graph), the file a user should deploy."""
+    return MODELS_DIR / f"{CIFAR_RESNET.file_stem}.tta.onnx"
+
+
 class UnknownModelError(KeyError):
     """A name the registry does not know. A KeyError for callers that catch one, but its text is the
     message itself: str() of a plain KeyError is the repr of its argument, quotes and all."""

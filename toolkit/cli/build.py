@@ -23,7 +23,7 @@ def export(
     weights: Path | None = typer.Option(None, help="Trained weights (safetensors); default: the shipped ones."),
     out: Path | None = typer.Option(None, help="Output .onnx (default: models/<name>[.precision].onnx)."),
     data: Path | None = typer.Option(None, help="Image tree for parity, calibration and the accuracy guard "
-                                                   "(default: data/cifar10-jpeg/train)."),
+                                                   "(default: data/cifar10-png/train)."),
     preprocess: str | None = typer.Option(None, help="Fuse a transform before the classifier, e.g. fft-lowpass:0.5."),
     calibration_images: int = quantize_option("calibration_images"),
     calibration_method: CalibrationMethod = quantize_option("calibration_method"),

@@ -162,6 +162,8 @@ def metavar(choices: tuple[str, ...]) -> str:
 
 
 PROVIDER_HELP = "Where to run; no silent fallback to another provider."
+DEPLOYED_HELP = (f"{PROVIDER_HELP} Default: the provider (and its schedule, threads and hint) in the "
+                 "model's deployment metadata, which `toolkit optimize` writes; else cpu.")
 
 
 def provider_option() -> Any:
@@ -215,7 +217,7 @@ def _progress_factory():
 
 
 
-def _open(path: Path, provider: str, precision_hint: str | None = None):
+def _open(path: Path, provider: str | None, precision_hint: str | None = None):
     from toolkit.edge.runtime import ModelError, ProviderError, open_model
     try:
         return open_model(path, provider, precision_hint=precision_hint)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from toolkit.cli.common import (
+    DEPLOYED_HELP,
     _open,
     app,
     check_batch_sizes,
@@ -31,10 +32,11 @@ from toolkit.edge.options import Form, Op, PrecisionHint, Provider, Split
 @app.command()
 def infer(
     inputs: list[Path] = typer.Argument(..., readable=False, help="Image files or folders (searched recursively)."),
-    model: Path | None = typer.Option(None, help="Classifier .onnx (default: the shipped models/cifar_cnn.onnx)."),
+    model: Path | None = typer.Option(None, help="Classifier .onnx (default: the strongest shipped one, "
+                                      "models/cifar_resnet.tta.onnx)."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many labels to show per image (at most the "
                                                         "model's number of labels)."),
-    provider: Provider = provider_option(),
+    provider: Provider | None = typer.Option(None, help=DEPLOYED_HELP),
     precision_hint: PrecisionHint | None = typer.Option(None, "--precision-hint", help="openvino: compute "
                                                            "precision of float models (default f32), which "
                                                            "OpenVINO's CPU plugin would otherwise pick silently."),
@@ -51,7 +53,7 @@ def infer(
     from toolkit.edge.runtime import ModelError
 
     check_batch_sizes(batch_size)
-    session = _open(model or zoo.CIFAR_CNN.onnx_path(), provider, precision_hint)
+    session = _open(model or zoo.default_classifier(), provider, precision_hint)
     try:
         require_task(session, "classify")
     except ModelError as exc:
@@ -89,8 +91,9 @@ def infer(
 
 @app.command("eval")
 def evaluate(
-    model: list[Path] = typer.Option(..., readable=False, help="ONNX classifier(s); several give one comparison "
-                                                                 "table."),
+    model: list[Path] | None = typer.Option(None, readable=False, help="ONNX classifier(s); several give one "
+                                            "comparison table (default: the strongest shipped one, "
+                                            "models/cifar_resnet.tta.onnx)."),
     data: Path = typer.Option(..., help="Class-per-folder tree or cifar-10-batches-py folder."),
     split: Split = typer.Option("all", help="Which part of the fixed split (val = validation)."),
     provider: Provider = provider_option(),
@@ -106,6 +109,7 @@ def evaluate(
     from rich.console import Console
     from rich.progress import Progress
 
+    import toolkit.zoo as zoo
     from toolkit.edge.errors import shown
     from toolkit.edge.infer import accuracy_markdown, compare_to_reference, eval_split, evaluate_stream
     from toolkit.edge.runtime import ModelError, ProviderError, open_model
@@ -124,7 +128,7 @@ def evaluate(
         report(message)
 
     sessions = []
-    for path in model:        # one model that cannot be opened is one error; the others are evaluated
+    for path in model or [zoo.default_classifier()]:   # one model that cannot be opened is one error
         try:
             sessions.append(open_model(path, provider, precision_hint=precision_hint))
         except ModelError as exc:

@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 # Relative to the working directory: `make models` and the README's commands run from the checkout.
-DEFAULT_DATA = Path("data") / "cifar10-jpeg" / "train"
+DEFAULT_DATA = Path("data") / "cifar10-png" / "train"
 FP32_TOLERANCE = 1e-3                           # max |Δlogit| between PyTorch and onnxruntime fp32
 FP16_MIN_AGREEMENT, FP16_MAX_DIFF = 0.99, 0.1   # fp16 vs fp32 logits when no real images are at hand
 GENERATOR_MAX_PIXEL_DIFF = 1                    # fp32 generator: PyTorch vs onnxruntime

@@ -7,6 +7,10 @@ Ctrl-C is deferred to the next step boundary: the checkpoint it writes then hold
 the optimizer, every random generator and the step counter of one instant, so `--resume`
 continues bit-for-bit as if never stopped. A second Ctrl-C stops at once, keeping the last
 checkpoint on disk.
+
+Under torchrun (toolkit/pytorch/distributed.py) a step is one global batch on every rank, so the
+position is the same whatever the number of ranks; rank 0 alone validates, writes and shows, and
+a stop request seen by any rank stops them all after the same step.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from toolkit.pytorch import distributed
 from toolkit.pytorch.checkpoint import atomic_save_tensors, load_tensors
 
 console = Console(stderr=True)
@@ -107,10 +112,13 @@ def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(task: Task, pos: Position, path: Path, config: dict[str, Any]) -> None:
+    """Rank 0 writes; the others hold the same weights. The step counts global batches."""
+    if not distributed.world().main:
+        return
     tensors, meta = task.state()
     atomic_save_tensors({**tensors, **_rng_tensors()}, path, {
         **meta, "model": task.name, "epoch": pos.epoch, "step_in_epoch": pos.step, "history": pos.history,
-        "elapsed_s": pos.elapsed_s, "config": config})
+        "elapsed_s": pos.elapsed_s, "config": config, "world_size": distributed.world().size})
 
 
 def load_checkpoint(task: Task, path: Path, config: dict[str, Any]) -> Position:
@@ -141,8 +149,21 @@ def run(task: Task, epochs: int, checkpoint: Path, config: dict[str, Any], resum
     `on_step(position)` runs after every completed step; raising KeyboardInterrupt there acts
     like Ctrl-C (tests use it to stop at an exact step).
     """
-    pos = load_checkpoint(task, checkpoint, config) if resume else Position()
-    with deferred_interrupt() as stop, _progress(quiet) as progress:
+    main = distributed.world().main
+    quiet = quiet or not main
+    console.quiet, was_quiet = not main or console.quiet, console.quiet
+    try:
+        pos = load_checkpoint(task, checkpoint, config) if resume else Position()
+        with deferred_interrupt() as stop, _progress(quiet) as progress:
+            _epochs(task, pos, epochs, checkpoint, config, stop, progress, on_step, quiet, show_every)
+    finally:
+        console.quiet = was_quiet
+    return pos
+
+
+def _epochs(task: Task, pos: Position, epochs: int, checkpoint: Path, config: dict[str, Any], stop: _Stop,
+            progress: Progress, on_step: Callable[[Position], None] | None, quiet: bool, show_every: int) -> None:
+    if True:
         while pos.epoch < epochs:
             bar = progress.add_task(f"epoch {pos.epoch + 1}/{epochs}", total=task.steps_per_epoch,
                                     completed=pos.step, info="")
@@ -160,16 +181,17 @@ def run(task: Task, epochs: int, checkpoint: Path, config: dict[str, Any], resum
                         info = "  ".join(f"{k} {v:.3f}" for k, v in averages.items())
                         progress.update(bar, completed=pos.step,
                                         info=f"{info}  {seen / (time.perf_counter() - t0):,.0f} img/s")
+                    distributed.exit_if_asked(pos.epoch * task.steps_per_epoch + pos.step)
                     if on_step is not None:
                         on_step(pos)
-                    if stop.requested:
+                    if distributed.any_rank(stop.requested):
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
                 pos.elapsed_s += time.perf_counter() - t0
                 save_checkpoint(task, pos, checkpoint, config)
                 raise Interrupted(f"interrupted at epoch {pos.epoch + 1}, step {pos.step}; resumable checkpoint "
                                   f"written to {checkpoint} (use --resume)") from None
-            record = task.end_epoch(pos.epoch, averages)
+            record = task.end_epoch(pos.epoch, averages) if distributed.world().main else {}
             pos.elapsed_s += time.perf_counter() - t0
             pos.history.append({"epoch": pos.epoch + 1, **record, "elapsed_s": round(pos.elapsed_s, 1)})
             progress.update(bar, completed=task.steps_per_epoch)
@@ -181,4 +203,3 @@ def run(task: Task, epochs: int, checkpoint: Path, config: dict[str, Any], resum
             if stop.requested and pos.epoch < epochs:
                 raise Interrupted(f"interrupted after epoch {pos.epoch}; resumable checkpoint written to "
                                   f"{checkpoint} (use --resume)")
-    return pos

@@ -1,7 +1,7 @@
 """Classifier training: the paper's CNN (`cifar-cnn`) and the residual net (`cifar-resnet`).
 
-    toolkit train cifar-cnn --data data/cifar10-jpeg/train
-    toolkit train cifar-resnet --data data/cifar10-jpeg/train [--device cuda]
+    toolkit train cifar-cnn --data data/cifar10-png/train
+    toolkit train cifar-resnet --data data/cifar10-png/train [--device cuda]
 
 One recipe skeleton for both, set by the config (toolkit/recipes.py): AdamW or SGD-Nesterov,
 warm-up then cosine or linear decay, label smoothing, flip + translate augmentation, optional

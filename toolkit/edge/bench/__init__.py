@@ -2,7 +2,7 @@
 against a roof measured in the same run.
 
     toolkit bench                                   # shipped models, CPU, batch 1 and 64
-    toolkit bench --batch-size 1 --batch-size 256 --torch --data data/cifar10-jpeg/train
+    toolkit bench --batch-size 1 --batch-size 256 --torch --data data/cifar10-png/train
     toolkit bench --provider cpu --provider openvino --precision-hint f32 --precision-hint bf16
     toolkit bench --model theirs.onnx --shape input=8x3x224x224     # any ONNX file, inputs synthesised
     toolkit bench --compare benchmarks/results/cpu-amd-epyc-2c.json

@@ -1,6 +1,6 @@
 """fp16 and int8 variants of any contract classifier file: zoo, wrapped, or exported from a user's module.
 
-    toolkit quantize mine.onnx --precision int8 --data data/cifar10-jpeg/train --out mine.int8.onnx
+    toolkit quantize mine.onnx --precision int8 --data data/cifar10-png/train --out mine.int8.onnx
     toolkit quantize mine.onnx --precision int8 --target tensorrt --data photos/ --out mine.trt.int8.onnx
 
 `quantize_classifier` is what `toolkit quantize`, `toolkit export --precision` and the Python API

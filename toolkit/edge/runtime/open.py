@@ -19,8 +19,9 @@ from typing import Protocol
 import numpy as np
 
 from toolkit.edge.runtime import registry
+from toolkit.edge.runtime.deployment import DeploymentError, deployment_of, settle
 from toolkit.edge.runtime.model import Model, ModelError, OpenOptions, ProviderError
-from toolkit.edge.runtime.streams import PLAIN, Schedule, available_cores
+from toolkit.edge.runtime.streams import Schedule, available_cores
 
 
 class RuntimeModule(Protocol):
@@ -47,8 +48,8 @@ def _check_options(provider: str, options: OpenOptions) -> None:
                             f"{', '.join(registry.providers_with(precision_hint=True))} provider only")
 
 
-def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
-               schedule: Schedule = PLAIN, precision_hint: str | None = None, cache_dir: Path | None = None,
+def open_model(path: str | os.PathLike, provider: str | None = None, threads: int | None = None,
+               schedule: Schedule | None = None, precision_hint: str | None = None, cache_dir: Path | None = None,
                shapes: dict[str, tuple[int, ...]] | None = None, trt_fp16: bool = False,
                device_id: int = 0) -> Model:
     """Open `path` on `provider` or raise ProviderError / ModelError with a one-line message; no
@@ -56,9 +57,12 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
     (streams.py), the threads shared out among the streams. `precision_hint` (openvino: f32 | bf16):
     the compute precision of float models. `shapes` (tensorrt): the input shapes to build the engine
     for (an explicit profile); without them TensorRT builds on the first run for the shapes it sees.
-    `trt_fp16`: let TensorRT choose fp16 kernels (for an fp16 file)."""
+    `trt_fp16`: let TensorRT choose fp16 kernels (for an fp16 file). Provider, threads, schedule and
+    hint left as None come from the file's deployment (deployment.py) where it has one, else cpu,
+    the runtime's threads, one call per batch, no hint."""
     path = Path(path)
-    registry.provider_facts(provider)                     # an unknown provider is refused before the file is read
+    if provider is not None:
+        registry.provider_facts(provider)                 # an unknown provider is refused before the file is read
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     from toolkit.edge.contract import ModelFileError, check_model_file
@@ -66,8 +70,13 @@ def open_model(path: str | os.PathLike, provider: str = "cpu", threads: int | No
         model_file = check_model_file(path)
     except ModelFileError as exc:
         raise ModelError(str(exc)) from None
-    options = OpenOptions(threads=threads, schedule=schedule, precision_hint=precision_hint, cache_dir=cache_dir,
-                          shapes=shapes, trt_fp16=trt_fp16, device_id=device_id)
+    try:
+        chosen = settle(deployment_of(model_file.metadata, str(path)), provider, threads, schedule, precision_hint)
+    except DeploymentError as exc:
+        raise ModelError(str(exc)) from None
+    provider = chosen.provider
+    options = OpenOptions(threads=chosen.threads, schedule=chosen.schedule, precision_hint=chosen.precision_hint,
+                          cache_dir=cache_dir, shapes=shapes, trt_fp16=trt_fp16, device_id=device_id)
     _check_options(provider, options)
     module: RuntimeModule = importlib.import_module(registry.RUNTIMES[registry.runtime_of(provider)])
     return module.open_runtime(path, provider, model_file, options)
