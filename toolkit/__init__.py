@@ -6,7 +6,7 @@ from toolkit._version import __version__
 __all__ = ["__version__"]
 
 # The Python API (toolkit/api.py), loaded on first use so that `import toolkit` stays light.
-_API = ("bench", "classify", "evaluate", "export_module", "open_model", "quantize", "wrap")
+_API = ("bench", "classify", "evaluate", "export_module", "open_model", "optimize", "quantize", "wrap")
 
 
 def __getattr__(name: str):

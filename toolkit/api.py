@@ -8,7 +8,7 @@ function imports what it needs when called, and only `export_module` needs torch
     quantize("mine.onnx", "mine.int8.onnx", data="photos/")
     print(classify(open_model("mine.int8.onnx"), ["cat.jpg"]))
 
-Errors are exceptions whose message is one line (WrapError, QuantizeError, ExportError,
+Errors are exceptions whose message is one line (WrapError, QuantizeError, OptimizeError, ExportError,
 ModelError, ProviderError). Messages that the CLI prints go to `log` (default: nowhere).
 """
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from toolkit.edge.runtime import Model, Schedule
     from toolkit.edge.wrap.wrapper import WrapResult
 
-__all__ = ["bench", "classify", "evaluate", "export_module", "open_model", "quantize", "wrap"]
+__all__ = ["bench", "classify", "evaluate", "export_module", "open_model", "optimize", "quantize", "wrap"]
 
 PathLike = str | os.PathLike
 
@@ -152,6 +152,21 @@ def evaluate(model: Model | PathLike, data: PathLike, split: str = "val", *, bat
     if failures:
         raise ModelError(failures[0])
     return results[0]
+
+
+def optimize(model: PathLike, out: PathLike, *, data: PathLike | None = None, unlabeled: PathLike | None = None,
+             log: Callable[[str], Any] = _quiet, **options: Any) -> dict:
+    """The fastest deployment of a contract classifier (a zoo name or a file) on this machine within
+    an accuracy budget, written to `out` (see `toolkit optimize --help`): returns report.json's
+    document. `options` are fields of toolkit.edge.optimize.OptimizeOptions (max_drop,
+    min_agreement, objective, batch_size, providers, time_budget, rounds, seed, …). A request that
+    cannot be met is an OptimizeError, one line, and nothing is written."""
+    from toolkit.edge.optimize import OptimizeOptions
+    from toolkit.edge.optimize import optimize as run_optimize
+
+    if "providers" in options and options["providers"] is not None:
+        options["providers"] = tuple(options["providers"])
+    return run_optimize(model, out, data=data, unlabeled=unlabeled, options=OptimizeOptions(**options), log=log)
 
 
 def bench(models: Sequence[PathLike] | PathLike, providers: Sequence[str] = ("cpu",),

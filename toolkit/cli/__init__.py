@@ -2,7 +2,7 @@
 
 Heavy imports (torch, onnxruntime) happen inside the commands, so `toolkit --help` is instant
 and the runtime commands never import torch. Commands live in run.py (the runtime commands),
-bench.py (bench), byom.py (wrap, quantize) and build.py (train, export: the torch layer);
+bench.py (bench), optimize.py (optimize), byom.py (wrap, quantize) and build.py (train, export: the torch layer);
 importing them registers them on `app`.
 """
 
@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from toolkit.cli import bench, build, byom, run  # noqa: F401  (registers the commands)
+from toolkit.cli import bench, build, byom, optimize, run  # noqa: F401  (registers the commands)
 from toolkit.cli.common import app
 from toolkit.edge.errors import first_line
 from toolkit.edge.runtime import install

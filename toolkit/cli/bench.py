@@ -69,6 +69,8 @@ def bench(
     check_batch_sizes(batch_size)
     check_output_dir(out, "--out")
     _check_data(data)
+    provider, threads, schedule, precision_hint, batch_size = _deployed(model, provider, threads, schedule,
+                                                                        precision_hint, batch_size)
     schedules = _schedules(provider, precision_hint, schedule)
     torch_rows: Callable[..., Any] | None = None
     if torch:
@@ -96,6 +98,32 @@ def bench(
         status.print(f"wrote {path}")
     if doc.get("errors"):        # some models could not be measured; each said why in one line
         raise typer.Exit(1)
+
+
+def _deployed(models: list[Path] | None, provider: list[str] | None, threads: int, schedule: list[str] | None,
+              hints: list[str] | None, batch_sizes: list[int] | None) -> tuple:
+    """The settings `toolkit optimize` wrote into the models' metadata (`toolkit.deployment`), for
+    every option not given, when all the given models carry the same deployment; an explicit
+    --provider other than the deployment's keeps the plain defaults for the rest."""
+    from toolkit.edge.contract import ModelFileError, inspect_model
+    from toolkit.edge.runtime.deployment import DeploymentError, deployment_of
+
+    found = set()
+    for path in models or []:
+        try:
+            found.add(deployment_of(inspect_model(path).metadata, str(path)))
+        except (ModelFileError, DeploymentError, OSError):
+            found.add(None)        # the model's own error is reported when it is measured
+    if len(found) != 1 or None in found:
+        return provider, threads, schedule, hints, batch_sizes
+    placed = found.pop()
+    assert placed is not None
+    if provider and provider != [placed.provider]:
+        return provider, threads, schedule, hints, batch_sizes
+    typer.echo(f"note: settings from the model's deployment metadata: {placed.describe()}, batch "
+               f"{placed.batch_size} (options given explicitly win)", err=True)
+    return ([placed.provider], threads or placed.threads or 0, schedule or [placed.schedule],
+            hints or ([placed.precision_hint] if placed.precision_hint else None), batch_sizes or [placed.batch_size])
 
 
 def _check_data(data: Path | None) -> None:

@@ -115,6 +115,9 @@ def _train_command(name: str, config_cls: type, trainer: str, doc: str, skip: tu
             None, help="Resumable checkpoint (default: OUT with .ckpt.safetensors).")),
         inspect.Parameter("resume", keyword, annotation=bool, default=typer.Option(
             False, help="Continue from the checkpoint.")),
+        inspect.Parameter("nproc", keyword, annotation=int, default=typer.Option(
+            1, help="Data-parallel training processes on this machine, started through torchrun "
+                    "(--batch-size stays the global batch). Several machines: see README, Scaling out.")),
     ]
 
     def command(**options: Any) -> None:
@@ -123,17 +126,55 @@ def _train_command(name: str, config_cls: type, trainer: str, doc: str, skip: tu
 
         from toolkit.pytorch.loop import Interrupted
         out, checkpoint, resume = options.pop("out"), options.pop("checkpoint"), options.pop("resume")
+        nproc = options.pop("nproc")
         train = getattr(importlib.import_module(f"toolkit.pytorch.{trainer.split(':')[0]}"), trainer.split(":")[1])
         try:
+            if nproc != 1:
+                _launch(name, nproc, config_cls(**options), skip,
+                        {"out": out, "checkpoint": checkpoint, "resume": resume})
+                return
             train(config_cls(**options), out, checkpoint, resume)
         except Interrupted as exc:
             fail(str(exc), 130)
         except (FileNotFoundError, ValueError) as exc:
             fail(str(exc))
+        except RuntimeError as exc:
+            from toolkit.pytorch.distributed import lost_peer
+            if (line := lost_peer(exc)) is None:
+                raise
+            fail(line)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__doc__ = doc
     train_app.command(name)(command)
+
+
+def _launch(name: str, nproc: int, cfg: Any, skip: tuple[str, ...], outputs: dict[str, Any]) -> None:
+    """`toolkit train NAME … --nproc N`: check what can be checked here, then run the same command
+    without --nproc in N processes under torchrun."""
+    import dataclasses
+
+    from toolkit.pytorch import distributed
+    from toolkit.recipes import check_outputs
+    if nproc < 1:
+        fail(f"--nproc must be ≥ 1, got {nproc}")
+    if distributed.under_torchrun():
+        fail("--nproc: this process already runs under torchrun, which sets the number of processes")
+    cfg.validate()
+    check_outputs(outputs["out"], outputs["checkpoint"], outputs["resume"])
+    distributed.World(0, nproc).check_batch(cfg.batch_size)
+    argv = ["train", name]
+    for key, value in [*dataclasses.asdict(cfg).items(), *outputs.items()]:
+        flag = "--" + key.replace("_", "-")
+        if key in skip:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        elif value is not None:
+            argv += [flag, str(value)]
+    failed = distributed.launch(nproc, argv)
+    if failed:
+        fail(failed)
 
 
 def _register_train_commands() -> None:

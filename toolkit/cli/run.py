@@ -19,8 +19,18 @@ from toolkit.cli.common import (
     say,
     table_console,
 )
+from toolkit.cli.scale import (
+    ADDRESS_HELP,
+    ENGINE_HELP,
+    THREADS_HELP,
+    WORKERS_HELP,
+    check_engine,
+    ray_evaluations,
+    ray_infer,
+    ray_options,
+)
 from toolkit.edge.errors import first_line
-from toolkit.edge.options import Form, Op, PrecisionHint, Provider, Split
+from toolkit.edge.options import Engine, Form, Op, PrecisionHint, Provider, ResultFormat, Split
 
 # ----------------------------------------------------------------------------- infer / eval / generate / info
 # Each input is handled on its own: a bad one is one `error:` line, the others go on, and the exit
@@ -31,7 +41,9 @@ from toolkit.edge.options import Form, Op, PrecisionHint, Provider, Split
 
 @app.command()
 def infer(
-    inputs: list[Path] = typer.Argument(..., readable=False, help="Image files or folders (searched recursively)."),
+    # str, not Path: a URI's `//` must reach the Ray engine as written.
+    inputs: list[str] = typer.Argument(..., help="Image files or folders (searched recursively); --engine ray "
+                                                 "also takes globs, @FILE (a path per line) and URIs."),
     model: Path | None = typer.Option(None, help="Classifier .onnx (default: the strongest shipped one, "
                                       "models/cifar_resnet.tta.onnx)."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many labels to show per image (at most the "
@@ -42,8 +54,16 @@ def infer(
                                                            "OpenVINO's CPU plugin would otherwise pick silently."),
     batch_size: int = typer.Option(64, min=1, help="Images per onnxruntime call (at most 4,096)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image on stdout."),
+    engine: Engine = typer.Option("local", help=ENGINE_HELP),
+    out: Path | None = typer.Option(None, help="ray: the results folder (one row per image, in shards; a rerun "
+                                                "skips the images it holds)."),
+    result_format: ResultFormat | None = typer.Option(None, "--format", help="ray: parquet (default) or jsonl "
+                                                                           "shards."),
+    address: str | None = typer.Option(None, help=ADDRESS_HELP),
+    workers: int | None = typer.Option(None, min=1, help=WORKERS_HELP),
+    threads: int | None = typer.Option(None, min=1, help=THREADS_HELP),
 ):
-    """Classify images of any size with an ONNX classifier."""
+    """Classify images of any size with an ONNX classifier; --engine ray classifies on a Ray cluster into --out."""
     import json
 
     import toolkit.zoo as zoo
@@ -53,6 +73,12 @@ def infer(
     from toolkit.edge.runtime import ModelError
 
     check_batch_sizes(batch_size)
+    check_engine(engine, address=address, workers=workers, threads=threads, out=out, fmt=result_format,
+                 as_json=as_json, needs_out=True)
+    if engine == "ray" and out is not None:
+        ray_infer(inputs, model or zoo.default_classifier(), top_k, provider, precision_hint, out,
+                  result_format or "parquet", ray_options(address, workers, threads, batch_size))
+        return
     session = _open(model or zoo.default_classifier(), provider, precision_hint)
     try:
         require_task(session, "classify")
@@ -104,18 +130,19 @@ def evaluate(
                                                     "follows this, not the data set."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout (one object per model)."),
     markdown: Path | None = typer.Option(None, help="Also write the table as markdown to this file."),
+    engine: Engine = typer.Option("local", help=ENGINE_HELP),
+    address: str | None = typer.Option(None, help=ADDRESS_HELP),
+    workers: int | None = typer.Option(None, min=1, help=WORKERS_HELP),
+    threads: int | None = typer.Option(None, min=1, help=THREADS_HELP),
 ):
     """Top-1 accuracy of ONNX classifiers; several models print one table with Δ and agreement vs fp32."""
-    from rich.console import Console
-    from rich.progress import Progress
-
     import toolkit.zoo as zoo
     from toolkit.edge.errors import shown
-    from toolkit.edge.infer import accuracy_markdown, compare_to_reference, eval_split, evaluate_stream
-    from toolkit.edge.runtime import ModelError, ProviderError, open_model
+    from toolkit.edge.infer import accuracy_markdown, compare_to_reference, eval_split
 
     check_batch_sizes(batch_size)
     check_output_file(markdown, "--markdown")
+    check_engine(engine, address=address, workers=workers, threads=threads)
     try:
         listing = eval_split(data, split, log=say)
     except ValueError as exc:
@@ -127,21 +154,15 @@ def evaluate(
         failed += 1
         report(message)
 
-    sessions = []
-    for path in model or [zoo.default_classifier()]:   # one model that cannot be opened is one error
-        try:
-            sessions.append(open_model(path, provider, precision_hint=precision_hint))
-        except ModelError as exc:
-            bad(first_line(exc))
-        except ProviderError as exc:       # the provider is the whole call's, not one model's
-            fail(first_line(exc))
-    stderr = Console(stderr=True)
-    with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
-        task = progress.add_task(f"evaluating {len(sessions)} models", total=len(listing))
-        results = evaluate_stream(sessions, listing, shown(data), bad, batch_size,
-                                  progress=lambda k: progress.advance(task, k)) if sessions else []
+    models = model or [zoo.default_classifier()]
+    if engine == "ray":
+        results = ray_evaluations(models, listing, data, provider, precision_hint,
+                                  ray_options(address, workers, threads, batch_size), bad)
+        opened = True
+    else:
+        results, opened = _local_evaluations(models, listing, data, provider, precision_hint, batch_size, bad)
     if not results:
-        fail("no model could be evaluated" if sessions or not failed else "no model could be opened")
+        fail("no model could be evaluated" if opened or not failed else "no model could be opened")
     compare_to_reference(results)
     title = f"{shown(data)} ({split}, {results[0].n:,} images)"
     _print_evaluations(results, title, as_json)
@@ -153,6 +174,32 @@ def evaluate(
         typer.echo(f"wrote {shown(markdown)}")
     if failed:
         raise typer.Exit(1)
+
+
+def _local_evaluations(models: list[Path], listing, data: Path, provider: str, precision_hint: str | None,
+                       batch_size: int, bad) -> tuple[list, bool]:
+    """The local engine's evaluations, with a progress bar; and whether any model could be opened."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from toolkit.edge.errors import shown
+    from toolkit.edge.infer import evaluate_stream
+    from toolkit.edge.runtime import ModelError, ProviderError, open_model
+
+    sessions = []
+    for path in models:        # one model that cannot be opened is one error; the others are evaluated
+        try:
+            sessions.append(open_model(path, provider, precision_hint=precision_hint))
+        except ModelError as exc:
+            bad(first_line(exc))
+        except ProviderError as exc:       # the provider is the whole call's, not one model's
+            fail(first_line(exc))
+    stderr = Console(stderr=True)
+    with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
+        task = progress.add_task(f"evaluating {len(sessions)} models", total=len(listing))
+        results = evaluate_stream(sessions, listing, shown(data), bad, batch_size,
+                                  progress=lambda k: progress.advance(task, k)) if sessions else []
+    return results, bool(sessions)
 
 
 def _print_evaluations(results: list, title: str, as_json: bool) -> None:

@@ -68,35 +68,37 @@ class Prediction:
     error: str | None = None
 
 
+def top_k_of(model: Model, k: int) -> int:
+    """`k` clamped to the number of classes the classifier scores."""
+    return min(k, class_count(model)) if class_count(model) else k
+
+
+def classify_batch(model: Model, paths: list[str], images: np.ndarray, k: int) -> list[Prediction]:
+    """One runtime call on decoded images (uint8 [N, H, W, 3] at the model's size): a Prediction per
+    path, in order; a failed call is an error for each of them, non-finite scores for that image."""
+    try:
+        logits = np.asarray(model.run(images), dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types; the failure is this batch's)
+        message = _runtime_failure(model, exc)
+        return [Prediction(path=p, error=f"{shown(p)}: {message}") for p in paths]
+    finite = [bool(np.isfinite(row).all()) for row in logits]
+    probs = softmax(np.where(np.isfinite(logits), logits, 0.0))
+    return [Prediction(path=p, top=top) if ok else
+            Prediction(path=p, error=f"{shown(p)}: the model's output is not finite (NaN or infinity); no prediction")
+            for p, ok, top in zip(paths, finite, topk(probs, model.labels, k))]
+
+
 def classify_files(model: Model, paths: list[Path], k: int = 3, batch_size: int = 64) -> Iterator[Prediction]:
     """Yield a Prediction per path, in order. A file that cannot be read or decoded, or whose
     scores are not finite, yields a Prediction with `error` (one line). `k` is clamped to the
     number of classes."""
     require_task(model, "classify")
     h, w = model.input_hw or (32, 32)
-    labels = model.labels
-    if class_count(model):
-        k = min(k, class_count(model))
+    k = top_k_of(model, k)
     pending: list[tuple[Path, np.ndarray]] = []
 
     def flush() -> Iterator[Prediction]:
-        batch = np.stack([img for _, img in pending])
-        try:
-            logits = np.asarray(model.run(batch), dtype=np.float32)
-        except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types; the failure is this batch's)
-            message = _runtime_failure(model, exc)
-            for p, _ in pending:
-                yield Prediction(path=str(p), error=f"{shown(p)}: {message}")
-            pending.clear()
-            return
-        finite = [bool(np.isfinite(row).all()) for row in logits]
-        probs = softmax(np.where(np.isfinite(logits), logits, 0.0))
-        for (p, _), ok, top in zip(pending, finite, topk(probs, labels, k)):
-            if ok:
-                yield Prediction(path=str(p), top=top)
-            else:
-                yield Prediction(path=str(p), error=f"{shown(p)}: the model's output is not finite (NaN or "
-                                                    f"infinity); no prediction")
+        yield from classify_batch(model, [str(p) for p, _ in pending], np.stack([img for _, img in pending]), k)
         pending.clear()
 
     for path in paths:
@@ -126,6 +128,7 @@ class Evaluation:
     delta_vs_reference: float | None = None
     agreement_with_reference: float | None = None
     errors: list[str] = field(default_factory=list)      # the inputs left out, one line each
+    targets: np.ndarray | None = None                    # the true class per prediction (model's indices)
 
     def to_json(self) -> dict:
         out = {"model": self.model, "precision": self.precision, "size_mb": round(self.size_mb, 3),
@@ -151,7 +154,7 @@ def _evaluation(model: Model, preds: np.ndarray, target: np.ndarray, class_names
     return Evaluation(model=str(model.path), precision=model.precision,
                       size_mb=os.path.getsize(model.path) / 1e6, n=len(target),
                       accuracy=float(np.mean(preds == target)) if len(target) else 0.0,
-                      per_class=per_class, predictions=preds)
+                      per_class=per_class, predictions=preds, targets=target)
 
 
 def predict(model: Model, images: np.ndarray, batch_size: int = 256, advance=None) -> np.ndarray:

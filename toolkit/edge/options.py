@@ -51,6 +51,13 @@ CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = get_args(CalibrationMethod)
 Int8Target = Literal["cpu", "openvino", "tensorrt"]
 INT8_TARGETS: tuple[Int8Target, ...] = get_args(Int8Target)
 
+# Where `infer` and `eval` run: this process, or a Ray cluster (toolkit.edge.scale); how the Ray
+# engine's result shards are written.
+Engine = Literal["local", "ray"]
+ENGINES: tuple[Engine, ...] = get_args(Engine)
+ResultFormat = Literal["parquet", "jsonl"]
+RESULT_FORMATS: tuple[ResultFormat, ...] = get_args(ResultFormat)
+
 Layout = Literal["nchw", "nhwc"]                 # wrap: a foreign model's input layout
 Channels = Literal["rgb", "bgr"]                 # wrap: the channel order it expects
 OutputKind = Literal["logits", "probabilities"]  # wrap: what its output holds

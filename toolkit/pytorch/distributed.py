@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -117,6 +118,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def lost_peer(exc: BaseException) -> str | None:
+    """The one line for a rank whose collective failed because another rank went away (that rank,
+    and the launcher, say why), or None for any other error."""
+    text = str(exc)
+    if under_torchrun() and any(s in text for s in ("closed by peer", "reset by peer", "Broken pipe")):
+        return f"rank {os.environ.get('RANK', '?')}: lost contact with the other ranks; stopping"
+    return None
+
+
 def exit_if_asked(global_step: int) -> None:
     spec = os.environ.get(EXIT_AT)
     if spec and _world.size > 1:
@@ -127,6 +137,26 @@ def exit_if_asked(global_step: int) -> None:
 
 # ----------------------------------------------------------------------------- the model
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) with its gradient: every rank's output depends on every rank's input."""
+
+    @staticmethod
+    def forward(ctx: Any, local: torch.Tensor) -> torch.Tensor:
+        total = local.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def _sum_over_ranks(local: torch.Tensor) -> torch.Tensor:
+    return _SumOverRanks.apply(local)
+
+
 class GlobalBatchNorm(nn.BatchNorm2d):
     """Batch norm whose training statistics are those of the global batch, over gloo or NCCL.
 
@@ -136,20 +166,21 @@ class GlobalBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or _world.size == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-        xf = x.float()
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x       # statistics in ≥ fp32
         local = torch.cat([xf.sum((0, 2, 3)), xf.new_tensor([x.numel() / x.shape[1]])])
-        total = all_reduce(local)
+        total = _sum_over_ranks(local)
         count = total[-1]
         mean = total[:-1] / count
         centred = xf - mean[None, :, None, None]
-        var = all_reduce(centred.square().sum((0, 2, 3))) / count
-        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+        var = _sum_over_ranks(centred.square().sum((0, 2, 3))) / count
+        tracked = self.num_batches_tracked
+        if self.running_mean is not None and self.running_var is not None and tracked is not None:
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.lerp_(mean.detach(), factor)
-                self.running_var.lerp_(var.detach() * count / (count - 1).clamp(min=1), factor)
+                tracked.add_(1)
+                factor = self.momentum if self.momentum is not None else 1.0 / float(tracked)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+                self.running_var.lerp_((var.detach() * count / (count - 1).clamp(min=1)).to(self.running_var.dtype),
+                                      factor)
         y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
@@ -185,9 +216,9 @@ def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     else:
         module = _global_batch_norm(module)
-    # Synchronised batch norm keeps the buffers equal on every rank: nothing to broadcast.
+    # Synchronised batch norm keeps the buffers equal on every rank: nothing to broadcast per step.
     return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                               broadcast_buffers=False)
+                                               forward_sync_buffers=False)
 
 
 # ----------------------------------------------------------------------------- the launcher
@@ -205,7 +236,8 @@ def launch(nproc: int, argv: Sequence[str]) -> str | None:
     args = parse_args(["--standalone", "--nproc-per-node", str(nproc), "--monitor-interval", "0.1",
                        "--module", "toolkit", *argv])
     import logging
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    # torchrun's own log repeats what the line below says, in several.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         run(args)
     except ChildFailedError as exc:

@@ -163,43 +163,49 @@ def run(task: Task, epochs: int, checkpoint: Path, config: dict[str, Any], resum
 
 def _epochs(task: Task, pos: Position, epochs: int, checkpoint: Path, config: dict[str, Any], stop: _Stop,
             progress: Progress, on_step: Callable[[Position], None] | None, quiet: bool, show_every: int) -> None:
-    if True:
-        while pos.epoch < epochs:
-            bar = progress.add_task(f"epoch {pos.epoch + 1}/{epochs}", total=task.steps_per_epoch,
-                                    completed=pos.step, info="")
-            task.begin_epoch(pos.epoch)
-            t0, seen = time.perf_counter(), 0
-            averages: dict[str, float] = {}
-            try:
-                for step in range(pos.step, task.steps_per_epoch):
-                    shown = task.step(pos.epoch, step)
-                    pos.step, seen = step + 1, seen + task.batch_size
-                    if step % show_every == 0 or pos.step == task.steps_per_epoch:
-                        # float() waits for the device: only every few steps.
-                        for k, v in shown.items():
-                            averages[k] = float(v) if k not in averages else 0.8 * averages[k] + 0.2 * float(v)
-                        info = "  ".join(f"{k} {v:.3f}" for k, v in averages.items())
-                        progress.update(bar, completed=pos.step,
-                                        info=f"{info}  {seen / (time.perf_counter() - t0):,.0f} img/s")
-                    distributed.exit_if_asked(pos.epoch * task.steps_per_epoch + pos.step)
-                    if on_step is not None:
-                        on_step(pos)
-                    if distributed.any_rank(stop.requested):
-                        raise KeyboardInterrupt
-            except KeyboardInterrupt:
-                pos.elapsed_s += time.perf_counter() - t0
-                save_checkpoint(task, pos, checkpoint, config)
-                raise Interrupted(f"interrupted at epoch {pos.epoch + 1}, step {pos.step}; resumable checkpoint "
-                                  f"written to {checkpoint} (use --resume)") from None
-            record = task.end_epoch(pos.epoch, averages) if distributed.world().main else {}
+    while pos.epoch < epochs:
+        bar = progress.add_task(f"epoch {pos.epoch + 1}/{epochs}", total=task.steps_per_epoch,
+                                completed=pos.step, info="")
+        task.begin_epoch(pos.epoch)
+        t0 = time.perf_counter()
+        try:
+            averages = _steps(task, pos, stop, progress, bar, on_step, show_every)
+        except KeyboardInterrupt:
             pos.elapsed_s += time.perf_counter() - t0
-            pos.history.append({"epoch": pos.epoch + 1, **record, "elapsed_s": round(pos.elapsed_s, 1)})
-            progress.update(bar, completed=task.steps_per_epoch)
-            text = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
-            if not quiet:
-                console.print(f"epoch {pos.epoch + 1}: {text}, {pos.elapsed_s:.0f} s")
-            pos.epoch, pos.step = pos.epoch + 1, 0
             save_checkpoint(task, pos, checkpoint, config)
-            if stop.requested and pos.epoch < epochs:
-                raise Interrupted(f"interrupted after epoch {pos.epoch}; resumable checkpoint written to "
-                                  f"{checkpoint} (use --resume)")
+            raise Interrupted(f"interrupted at epoch {pos.epoch + 1}, step {pos.step}; resumable checkpoint "
+                              f"written to {checkpoint} (use --resume)") from None
+        record = task.end_epoch(pos.epoch, averages) if distributed.world().main else {}
+        pos.elapsed_s += time.perf_counter() - t0
+        pos.history.append({"epoch": pos.epoch + 1, **record, "elapsed_s": round(pos.elapsed_s, 1)})
+        progress.update(bar, completed=task.steps_per_epoch)
+        text = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
+        if not quiet:
+            console.print(f"epoch {pos.epoch + 1}: {text}, {pos.elapsed_s:.0f} s")
+        pos.epoch, pos.step = pos.epoch + 1, 0
+        save_checkpoint(task, pos, checkpoint, config)
+        if distributed.any_rank(stop.requested) and pos.epoch < epochs:
+            raise Interrupted(f"interrupted after epoch {pos.epoch}; resumable checkpoint written to "
+                              f"{checkpoint} (use --resume)")
+
+
+def _steps(task: Task, pos: Position, stop: _Stop, progress: Progress, bar: Any,
+           on_step: Callable[[Position], None] | None, show_every: int) -> dict[str, float]:
+    """The rest of the current epoch, from pos.step on; returns the running averages shown."""
+    t0, seen = time.perf_counter(), 0
+    averages: dict[str, float] = {}
+    for step in range(pos.step, task.steps_per_epoch):
+        shown = task.step(pos.epoch, step)
+        pos.step, seen = step + 1, seen + task.batch_size
+        if step % show_every == 0 or pos.step == task.steps_per_epoch:
+            # float() waits for the device: only every few steps.
+            for k, v in shown.items():
+                averages[k] = float(v) if k not in averages else 0.8 * averages[k] + 0.2 * float(v)
+            info = "  ".join(f"{k} {v:.3f}" for k, v in averages.items())
+            progress.update(bar, completed=pos.step, info=f"{info}  {seen / (time.perf_counter() - t0):,.0f} img/s")
+        distributed.exit_if_asked(pos.epoch * task.steps_per_epoch + pos.step)
+        if on_step is not None:
+            on_step(pos)
+        if distributed.any_rank(stop.requested):
+            raise KeyboardInterrupt
+    return averages

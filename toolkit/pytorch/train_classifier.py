@@ -7,7 +7,8 @@ One recipe skeleton for both, set by the config (toolkit/recipes.py): AdamW or S
 warm-up then cosine or linear decay, label smoothing, flip + translate augmentation, optional
 weight averaging. The training images live as one uint8 NHWC tensor on the training device and
 are augmented there, batch by batch, from random numbers drawn on the CPU once per epoch — the
-same numbers on every device.
+same numbers on every device. Under torchrun each rank takes its contiguous share of every
+global batch of that plan (toolkit/pytorch/distributed.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from toolkit.edge.data.datasets import (
     read_labelled,
     split_indices,
 )
+from toolkit.pytorch import distributed
 from toolkit.pytorch.checkpoint import (
     atomic_save_tensors,
     load_weights,
@@ -171,6 +173,7 @@ class ClassifierTask:
         self.plan: dict[str, torch.Tensor] = {}
         # Cutout paints the mean colour: zero after normalisation.
         self.fill = torch.tensor([round(255 * m) for m in spec.mean], dtype=torch.uint8, device=self.device)
+        self.train_forward = distributed.data_parallel(self.forward, self.device)
 
     # ------------------------------------------------------------------ loop interface
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -190,11 +193,13 @@ class ClassifierTask:
         plan = epoch_plan(len(self.y_train), self.cfg.seed, epoch, self.cfg.translate, self.cfg.cutout,
                           (self.x_train.shape[1], self.x_train.shape[2]))
         self.plan = {k: v.to(self.device) for k, v in plan.items()}
+        distributed.reseed(self.cfg.seed, epoch)
         self.model.train()
 
     def step(self, epoch: int, step: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        batch = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
+        first, end = step * cfg.batch_size, min((step + 1) * cfg.batch_size, len(self.y_train))
+        batch = distributed.world().share(first, end)
         idx = self.plan["order"][batch]
         images = augment(self.x_train[idx], self.plan["flip"][batch] if cfg.flip else None,
                          self.plan["shift"][:, batch], cfg.translate)
@@ -204,14 +209,19 @@ class ClassifierTask:
         for group in self.opt.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = self.forward(images)
-        loss = F.cross_entropy(logits.float(), self.y_train[idx], label_smoothing=cfg.label_smoothing)
+            logits = self.train_forward(images)
+        labels = self.y_train[idx]
+        if distributed.world().size == 1:
+            loss = shown = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+        else:
+            per_sample = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing, reduction="none")
+            loss, shown = distributed.share_loss(per_sample, end - first), per_sample.mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         if self.average is not None:
             self._update_average(epoch * self.steps_per_epoch + step)
-        return {"loss": loss.detach()}
+        return {"loss": shown.detach()}
 
     def end_epoch(self, epoch: int, averages: dict[str, float]) -> dict[str, Any]:
         record: dict[str, Any] = {"loss": round(averages.get("loss", float("nan")), 4),
@@ -246,7 +256,8 @@ def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: 
                      resume: bool = False, *, data: LabelledImages | None = None,
                      on_step: Callable[[Position], None] | None = None, quiet: bool = False) -> dict[str, Any]:
     """Train `cfg.model` on the fixed training part of `cfg.data`, validating every epoch; write the
-    final weights to `out` (safetensors, with the summary as metadata) and return the summary."""
+    final weights to `out` (safetensors, with the summary as metadata) and return the summary.
+    Under torchrun, rank 0 writes and returns the summary; the other ranks return {}."""
     if data is None:
         cfg.validate()
     out_path, ckpt = check_outputs(out, checkpoint, resume)
@@ -257,29 +268,41 @@ def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: 
     if cfg.device == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-    spec = zoo.get(cfg.model)
-    if data is None:
-        if not is_cifar_batches(cfg.data):       # the class folders are checked before decoding anything
-            classes = sorted(p.name for p in Path(cfg.data).iterdir() if p.is_dir() and not p.name.startswith("."))
-            if classes != sorted(spec.labels):
-                raise ValueError(f"{cfg.data}: class folders {classes} do not match the model's labels {spec.labels}")
-        if cfg.bf16 and cfg.device == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            console.print("[yellow]this CPU has no native bfloat16: --no-bf16 is likely faster[/]")
-        data = read_images(read_labelled, cfg.data, spec.input_size)
-    if data.class_names != spec.labels:
-        raise ValueError(f"{cfg.data}: classes {data.class_names} do not match the model's labels {spec.labels}")
-    task = ClassifierTask(cfg, data)
-    if task.steps_per_epoch < 1:
-        raise ValueError(f"{cfg.data}: {len(task.y_train)} training images, fewer than one batch of {cfg.batch_size}")
-    if not quiet:
-        console.print(f"{cfg.model}: {len(task.y_train):,} training, {len(task.y_val):,} validation images; "
-                      f"{cfg.device}, {torch.get_num_threads()} threads, bf16 {'on' if cfg.bf16 else 'off'}")
-    pos = run(task, cfg.epochs, ckpt, asdict(cfg), resume, on_step=on_step, quiet=quiet)
+    with distributed.joined(cfg.device, cfg.threads) as world:
+        world.check_batch(cfg.batch_size)
+        console.quiet = console.quiet or not world.main       # a torchrun worker: rank 0 speaks for all
+        data = data if data is not None else _read_training_data(cfg)
+        if data.class_names != zoo.get(cfg.model).labels:
+            raise ValueError(f"{cfg.data}: classes {data.class_names} do not match the model's labels "
+                             f"{zoo.get(cfg.model).labels}")
+        task = ClassifierTask(cfg, data)
+        if task.steps_per_epoch < 1:
+            raise ValueError(f"{cfg.data}: {len(task.y_train)} training images, fewer than one batch of "
+                             f"{cfg.batch_size}")
+        if not quiet and world.main:
+            ranks = f", {world.size} processes" if world.size > 1 else ""
+            console.print(f"{cfg.model}: {len(task.y_train):,} training, {len(task.y_val):,} validation images; "
+                          f"{cfg.device}, {torch.get_num_threads()} threads{ranks}, bf16 {'on' if cfg.bf16 else 'off'}")
+        pos = run(task, cfg.epochs, ckpt, asdict(cfg), resume, on_step=on_step, quiet=quiet)
+        if not world.main:
+            return {}
     summary = {"model": cfg.model, "val_accuracy": pos.history[-1]["val_accuracy"], "epochs": cfg.epochs,
                "train_seconds": round(pos.elapsed_s, 1), "history": pos.history, "config": asdict(cfg),
+               "processes": world.size,
                "device": str(torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu"),
                "toolkit_version": __version__, "torch_version": torch.__version__}
     atomic_save_tensors(prefixed("model", task.final_net().state_dict()), out_path, summary)
     if not quiet:
         console.print(f"wrote {out_path} (validation accuracy {summary['val_accuracy']:.2%})")
     return summary
+
+
+def _read_training_data(cfg: ClassifierConfig) -> LabelledImages:
+    spec = zoo.get(cfg.model)
+    if not is_cifar_batches(cfg.data):       # the class folders are checked before decoding anything
+        classes = sorted(p.name for p in Path(cfg.data).iterdir() if p.is_dir() and not p.name.startswith("."))
+        if classes != sorted(spec.labels):
+            raise ValueError(f"{cfg.data}: class folders {classes} do not match the model's labels {spec.labels}")
+    if cfg.bf16 and cfg.device == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        console.print("[yellow]this CPU has no native bfloat16: --no-bf16 is likely faster[/]")
+    return read_images(read_labelled, cfg.data, spec.input_size)

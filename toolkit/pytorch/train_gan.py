@@ -2,7 +2,9 @@
 
     toolkit train dcgan --data data/anime-faces-64/faces --epochs 10
 
-Writes a sample grid per epoch (`--samples-dir`) and the generator's weights to `--out`.
+Writes a sample grid per epoch (`--samples-dir`) and the generator's weights to `--out`. Under
+torchrun each rank takes its share of every global batch of faces and of its latents, drawn in
+full by every rank from the same generator (toolkit/pytorch/distributed.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import toolkit.zoo as zoo
 from toolkit._version import __version__
 from toolkit.edge.data.datasets import read_flat_folder
 from toolkit.edge.data.images import list_images, make_grid, save_image
+from toolkit.pytorch import distributed
 from toolkit.pytorch.checkpoint import (
     atomic_save_tensors,
     optimizer_tensors,
@@ -83,8 +86,11 @@ class GanTask:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
         self.fixed_z = torch.randn(64, self.spec.latent_dim, generator=torch.Generator().manual_seed(1234))
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
-        self.ones, self.zeros = torch.ones(cfg.batch_size), torch.zeros(cfg.batch_size)
+        share = cfg.batch_size // distributed.world().size
+        self.ones, self.zeros = torch.ones(share), torch.zeros(share)
         self.order = torch.empty(0, dtype=torch.long)
+        cpu = torch.device("cpu")
+        self.G_train, self.D_train = distributed.data_parallel(self.G, cpu), distributed.data_parallel(self.D, cpu)
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tg, groups_g = optimizer_tensors("g", self.opt_g)
@@ -113,25 +119,33 @@ class GanTask:
         self.D.train()
 
     def step(self, epoch: int, step: int) -> dict[str, torch.Tensor]:
-        cfg, G, D = self.cfg, self.G, self.D
-        real = to_model_range(self.faces[self.order[step * cfg.batch_size:(step + 1) * cfg.batch_size]])
-        fake = G(torch.randn(cfg.batch_size, self.spec.latent_dim, generator=self.noise_gen))
+        cfg, G, D = self.cfg, self.G_train, self.D_train
+        first = step * cfg.batch_size
+        share = distributed.world().share(first, first + cfg.batch_size)
+        real = to_model_range(self.faces[self.order[share]])
+        z = torch.randn(cfg.batch_size, self.spec.latent_dim, generator=self.noise_gen)
+        fake = G(z[share.start - first:share.stop - first])
         # Discriminator: real → 1, fake → 0.
-        loss_d = (F.binary_cross_entropy_with_logits(D(real), self.ones)
-                  + F.binary_cross_entropy_with_logits(D(fake.detach()), self.zeros))
+        loss_d = self._bce(D(real), self.ones) + self._bce(D(fake.detach()), self.zeros)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
         # Generator: the non-saturating loss of Goodfellow et al.
-        loss_g = F.binary_cross_entropy_with_logits(D(fake), self.ones)
+        loss_g = self._bce(D(fake), self.ones)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
         if cfg.ema:
             with torch.no_grad():
-                for pe, p in zip(self.G_ema.parameters(), G.parameters()):
+                for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
                     pe.lerp_(p, 1.0 - cfg.ema)
         return {"D": loss_d.detach(), "G": loss_g.detach()}
+
+    def _bce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if distributed.world().size == 1:
+            return F.binary_cross_entropy_with_logits(logits, target)
+        per_sample = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        return distributed.share_loss(per_sample, self.cfg.batch_size)
 
     def end_epoch(self, epoch: int, averages: dict[str, float]) -> dict[str, Any]:
         # Two grids: the generator as trained, and the weight average that is shipped (it needs
@@ -159,7 +173,8 @@ class GanTask:
 def train_gan(cfg: GanConfig, out: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
               resume: bool = False, *, on_step: Callable[[Position], None] | None = None,
               quiet: bool = False) -> dict[str, Any]:
-    """Train the DCGAN on a flat folder of images (any size, resized to 64×64)."""
+    """Train the DCGAN on a flat folder of images (any size, resized to 64×64). Under torchrun,
+    rank 0 writes and returns the summary; the other ranks return {}."""
     cfg.validate()
     out_path, ckpt = check_outputs(out, checkpoint, resume)
     # Counted before decoding anything: a folder with fewer faces than one batch is refused at once.
@@ -168,20 +183,27 @@ def train_gan(cfg: GanConfig, out: str | os.PathLike, checkpoint: str | os.PathL
         raise ValueError(f"{cfg.data}: {listed} training images, fewer than one batch of {cfg.batch_size}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    faces = read_images(read_flat_folder, cfg.data, zoo.DCGAN.input_size)
-    faces = faces[:_training_faces(cfg, len(faces))]
-    if len(faces) < cfg.batch_size:
-        raise ValueError(f"{cfg.data}: {len(faces)} readable training images, fewer than one batch of {cfg.batch_size}")
-    if not quiet:
-        console.print(f"dcgan: {len(faces):,} training images (last {cfg.holdout:,} held out); "
-                      f"{torch.get_num_threads()} threads")
-    task = GanTask(cfg, faces)
-    pos = run(task, cfg.epochs, ckpt, asdict(cfg), resume, on_step=on_step, quiet=quiet, show_every=5)
+    with distributed.joined("cpu", cfg.threads) as world:
+        world.check_batch(cfg.batch_size)
+        console.quiet = console.quiet or not world.main       # a torchrun worker: rank 0 speaks for all
+        faces = read_images(read_flat_folder, cfg.data, zoo.DCGAN.input_size)
+        faces = faces[:_training_faces(cfg, len(faces))]
+        if len(faces) < cfg.batch_size:
+            raise ValueError(f"{cfg.data}: {len(faces)} readable training images, fewer than one batch of "
+                             f"{cfg.batch_size}")
+        if not quiet and world.main:
+            ranks = f", {world.size} processes" if world.size > 1 else ""
+            console.print(f"dcgan: {len(faces):,} training images (last {cfg.holdout:,} held out); "
+                          f"{torch.get_num_threads()} threads{ranks}")
+        task = GanTask(cfg, faces)
+        pos = run(task, cfg.epochs, ckpt, asdict(cfg), resume, on_step=on_step, quiet=quiet, show_every=5)
+        if not world.main:
+            return {}
     final = task.shipped_generator()
     summary = {"model": task.name, "epochs": cfg.epochs,
                "images_seen": pos.epoch * task.steps_per_epoch * cfg.batch_size,
                "train_seconds": round(pos.elapsed_s, 1), "history": pos.history, "config": asdict(cfg),
-               "toolkit_version": __version__, "torch_version": torch.__version__}
+               "processes": world.size, "toolkit_version": __version__, "torch_version": torch.__version__}
     atomic_save_tensors(prefixed("model", final.state_dict()), out_path, summary)
     if not quiet:
         console.print(f"wrote {out_path}")

@@ -29,7 +29,7 @@ class OptimizeOptions:
     objective: str = option("latency", "latency: p50 per call at --batch-size (default 1); throughput: "
                                        "images/s at --batch-size (default 256).")
     batch_size: int | None = option(None, "Images per call the objective is measured at.", min=1)
-    providers: list[str] | None = option(None, "Providers to try (default: every one usable here, each probed; "
+    providers: tuple[str, ...] | None = option(None, "Providers to try (default: every one usable here, each probed; "
                                                "the unusable are listed with the reason).")
     time_budget: float = option(600.0, "Seconds the whole search may take; it always returns a winner within "
                                        "them, the most promising candidates first.", min=0.0)

@@ -45,7 +45,7 @@ class Deployment:
     def describe(self) -> str:
         parts = [self.provider]
         parts += [f"schedule {self.schedule}"] if self.schedule != "1" else []
-        parts += [f"{self.threads} threads"] if self.threads else []
+        parts += [f"{self.threads} thread{'s' if self.threads > 1 else ''}"] if self.threads else []
         parts += [f"hint {self.precision_hint}"] if self.precision_hint else []
         return ", ".join(parts)
 
