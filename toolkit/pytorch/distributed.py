@@ -43,6 +43,11 @@ class World:
     def main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def note(self) -> str:
+        """What a start-up line adds about the ranks: nothing for one process."""
+        return f", {self.size} processes" if self.size > 1 else ""
+
     def share(self, start: int, stop: int) -> slice:
         """This rank's contiguous share of the global batch [start, stop): sizes differ by at most one."""
         n = stop - start
@@ -217,8 +222,8 @@ def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
     else:
         module = _global_batch_norm(module)
     # Synchronised batch norm keeps the buffers equal on every rank: nothing to broadcast per step.
-    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                               forward_sync_buffers=False)
+    gpu = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=gpu, forward_sync_buffers=False)
 
 
 # ----------------------------------------------------------------------------- the launcher

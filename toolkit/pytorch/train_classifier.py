@@ -280,9 +280,9 @@ def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: 
             raise ValueError(f"{cfg.data}: {len(task.y_train)} training images, fewer than one batch of "
                              f"{cfg.batch_size}")
         if not quiet and world.main:
-            ranks = f", {world.size} processes" if world.size > 1 else ""
             console.print(f"{cfg.model}: {len(task.y_train):,} training, {len(task.y_val):,} validation images; "
-                          f"{cfg.device}, {torch.get_num_threads()} threads{ranks}, bf16 {'on' if cfg.bf16 else 'off'}")
+                          f"{cfg.device}, {torch.get_num_threads()} threads{world.note}, "
+                          f"bf16 {'on' if cfg.bf16 else 'off'}")
         pos = run(task, cfg.epochs, ckpt, asdict(cfg), resume, on_step=on_step, quiet=quiet)
         if not world.main:
             return {}

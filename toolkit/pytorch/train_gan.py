@@ -192,9 +192,8 @@ def train_gan(cfg: GanConfig, out: str | os.PathLike, checkpoint: str | os.PathL
             raise ValueError(f"{cfg.data}: {len(faces)} readable training images, fewer than one batch of "
                              f"{cfg.batch_size}")
         if not quiet and world.main:
-            ranks = f", {world.size} processes" if world.size > 1 else ""
             console.print(f"dcgan: {len(faces):,} training images (last {cfg.holdout:,} held out); "
-                          f"{torch.get_num_threads()} threads{ranks}")
+                          f"{torch.get_num_threads()} threads{world.note}")
         task = GanTask(cfg, faces)
         pos = run(task, cfg.epochs, ckpt, asdict(cfg), resume, on_step=on_step, quiet=quiet, show_every=5)
         if not world.main:

@@ -21,6 +21,7 @@ from toolkit.edge.quantize.config import QuantizeOptions
 from toolkit.edge.runtime import Model, ModelError, ProviderError, open_model
 
 REFERENCE_PROVIDER = "cpu"
+REFERENCE = ("fp32", REFERENCE_PROVIDER, None)       # the variant (file, provider, hint) fp32 is measured as
 
 
 def correct(result: Evaluation) -> np.ndarray:
@@ -81,7 +82,7 @@ class Accuracy:
         in one pass over the images; set each candidate's drop and agreement, or reject it."""
         variants: dict[tuple, Model] = {}
         for c in group:
-            if c.variant == ("fp32", REFERENCE_PROVIDER, None):       # the reference itself
+            if c.variant == REFERENCE:                                 # the reference itself
                 c.drop, c.agreement = (0.0 if self.parts.labelled else None), 1.0
                 continue
             if c.variant in variants or c.status == "rejected":

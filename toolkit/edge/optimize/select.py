@@ -8,7 +8,7 @@ the reason.
 Speed: each accepted candidate's objective is taken per interleaved round (latency: the round's
 p50 in ms, lower is better; throughput: the round's images/s, higher is better); its value is the
 median over rounds. Two candidates are compared round by round (the rounds interleave them, so a
-round's load hits both), by the median and the robust spread of their per-round ratios.
+round's load hits both), by the median of their per-round log ratios and its noise.
 
 TIE_RULE below is the rule for candidates within noise of the fastest; it never looks at which of
 them measured faster, so a rerun whose timings land anywhere inside the noise picks the same one.
@@ -24,13 +24,13 @@ from toolkit.edge.optimize.candidates import Candidate
 
 TIE_FLOOR = 0.03          # below this gap two candidates swap places between reruns on this kind of machine
 SAME_SIZE = 0.10          # files within this share of each other's size count as the same size
-TIE_RULE = ("a candidate is tied with the fastest when its gap to it — the median over the interleaved rounds "
-            "of its per-round ratio to the fastest, so a load spike that hits both in one round cancels — is at "
-            f"most the larger of that ratio's robust spread (1.4826 × its median absolute deviation) and "
-            f"{TIE_FLOOR:.0%}; among the tied the smaller file wins (files within {SAME_SIZE:.0%} of the smallest "
-            "count as the same size), then fewer moving parts (streams count 2, micro-batches 1, a bf16 hint 1), "
-            "then fewer threads, then the earlier candidate in the search order (cheapest, most promising first); "
-            "the first measuring round is a warm-up and not counted")
+TIE_RULE = ("a candidate is tied with the fastest when the median over the interleaved rounds of the log of "
+            "its per-round ratio to the fastest (a load spike that hits both in one round cancels) is at most the "
+            f"larger of log(1 + {TIE_FLOOR:.0%}) and that median's 95% noise, 1.96 × 1.4826 × the median "
+            "absolute deviation of the log ratios ÷ √rounds; among the tied the smaller file wins (files within "
+            f"{SAME_SIZE:.0%} of the smallest count as the same size), then fewer moving parts (streams count 2, "
+            "micro-batches 1, a bf16 hint 1), then fewer threads, then the earlier candidate in the search order "
+            "(cheapest, most promising first); the first measuring round is a warm-up and not counted")
 CI_METHOD = ("paired normal interval: per report image d = (fp32 correct) − (winner correct); drop = mean(d) "
              "± 1.96 · sd(d)/√n, in points")
 AGREEMENT_CI_METHOD = "Wilson score interval of the top-1 agreement with fp32 on the report split"
@@ -82,8 +82,17 @@ def ratios(a: Candidate, b: Candidate, objective: str) -> np.ndarray:
 
 
 def gap(a: Candidate, b: Candidate, objective: str) -> float:
-    """How much worse `a` is than `b`, relative (negative: better): the median per-round ratio − 1."""
-    return float(np.median(ratios(a, b, objective))) - 1
+    """How much worse `a` is than `b`, relative (negative: better), from the median log ratio."""
+    return math.exp(float(np.median(np.log(ratios(a, b, objective))))) - 1
+
+
+def tied_with(a: Candidate, fastest: Candidate, objective: str) -> bool:
+    """Whether `a` is within the measured noise of `fastest` (TIE_RULE)."""
+    logs = np.log(ratios(a, fastest, objective))
+    if not len(logs):
+        return True
+    noise95 = Z95 * _robust_spread(logs) / math.sqrt(len(logs))
+    return float(np.median(logs)) <= max(math.log1p(TIE_FLOOR), noise95)
 
 
 def choose(measured: list[Candidate], objective: str) -> tuple[Candidate, list[Candidate]]:
@@ -92,9 +101,7 @@ def choose(measured: list[Candidate], objective: str) -> tuple[Candidate, list[C
         raise ValueError("no measured candidate to choose from")
     sign = 1 if objective == "latency" else -1
     fastest = min(measured, key=lambda c: (sign * value(c), c.order))
-    tied = [c for c in measured
-            if c is fastest or gap(c, fastest, objective) <= max(_robust_spread(ratios(c, fastest, objective)),
-                                                                 TIE_FLOOR)]
+    tied = [c for c in measured if c is fastest or tied_with(c, fastest, objective)]
 
     def size(c: Candidate) -> int:
         return (c.row or {}).get("file_size_bytes") or 0
