@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import warnings
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -287,7 +288,10 @@ def open_runtime(path: Path, provider: str, model_file, options: OpenOptions) ->
     session_options = _session_options(options)
     text: list[str] = []
     try:
-        with gpu.captured() if on_gpu else contextlib.nullcontext(text) as text:
+        with gpu.captured() if on_gpu else contextlib.nullcontext(text) as text, warnings.catch_warnings():
+            # onnxruntime warns (a Python warning on stderr) when a requested provider is not in its
+            # build; the placement check below turns that into the one line the user reads.
+            warnings.simplefilter("ignore", UserWarning)
             # enable_fallback=0: onnxruntime would otherwise retry on the CPU when the provider fails.
             session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers,
                                            enable_fallback=0)
