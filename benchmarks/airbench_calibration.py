@@ -9,9 +9,10 @@ schedule follow the paper: 2×2 patch-whitening stem, three conv groups (64/256/
 BatchNorm (fixed scale, bias at 64× the learning rate), identity-initialised convs, logits / 9,
 Nesterov SGD in the paper's decoupled units (lr 11.5, momentum 0.85, wd 0.0153 per 1,024 images),
 triangular schedule, label smoothing 0.2, alternating flips, ±2-pixel translations, Lookahead
-averaging from epoch 3, 9.9 epochs at batch 1,024. It trains on the fixed split's 45,000 JPEG
-images and scores the 5,000 validation images — so the gap to the published number is what the
-data (JPEG at quality ≈ 75, 10% fewer images) costs a strong recipe, before any design of ours.
+averaging from epoch 3, 9.9 epochs at batch 1,024. It trains on the fixed split's 45,000 training
+images of --data and scores its 5,000 validation images — so the gap to the published number is
+what the data (10% fewer images; on the JPEG copy, its compression too) costs a strong recipe,
+before any design of ours.
 
 CPU (bf16 autocast, channels-last) or CUDA; about 10 minutes on 2 CPU cores. Appends one JSON line
 per run to benchmarks/results/airbench_calibration.jsonl.
@@ -173,7 +174,7 @@ def main() -> None:
     result = {"recipe": "airbench94 (our re-implementation)", "epochs": args.epochs, "seed": args.seed,
               "device": str(device), "train_images": len(x_train), "seconds": round(time.time() - start),
               "validation": {f"tta{t}": accuracy(net, x_val, y_val, t) for t in (0, 1, 2)},
-              "torch": torch.__version__}
+              "torch": torch.__version__, "data": str(args.data)}
     print(json.dumps(result))
     with RESULTS.open("a") as fh:
         fh.write(json.dumps(result) + "\n")
