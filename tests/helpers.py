@@ -188,13 +188,15 @@ def check_classifier_contract(path: Path, precision: str) -> None:
 # ----------------------------------------------------------------------------- foreign models
 
 def foreign_classifier(path, layout="nchw", size=(32, 32), classes=10, batch="N", softmax=False, opset=17,
-                       extra_output=False, seed=0):
+                       extra_output=False, seed=0, first_conv=None):
     """A small float classifier as another tool would export it: Conv → Relu → global pool → Gemm,
-    normalised input in its own layout, no toolkit metadata."""
+    normalised input in its own layout, no toolkit metadata. `first_conv` ([8, 3, 3, 3]) replaces
+    the first layer's random weights; the other weights depend on `seed` only."""
     rng = np.random.default_rng(seed)
     h, w = size
     shape = [batch, 3, h, w] if layout == "nchw" else [batch, h, w, 3]
-    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "conv_w"),
+    drawn = rng.normal(0, 0.5, (8, 3, 3, 3))
+    inits = [numpy_helper.from_array((drawn if first_conv is None else first_conv).astype(np.float32), "conv_w"),
              numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "conv_b"),
              numpy_helper.from_array(rng.normal(0, 1.0, (classes, 8)).astype(np.float32), "fc_w"),
              numpy_helper.from_array(rng.normal(0, 0.1, classes).astype(np.float32), "fc_b")]

@@ -6,13 +6,12 @@ the statistics in the model's channel order would normalise blue with red's mean
 """
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.helpers import foreign_classifier
 from toolkit.cli import app
 
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -21,27 +20,9 @@ MEAN, STD = (0.60, 0.45, 0.20), (0.15, 0.25, 0.35)
 
 
 def classifier(path, first_conv: np.ndarray, layout: str) -> None:
-    """Conv → Relu → global pool → Gemm on a float input in `layout`, with the given first-layer weights."""
-    rng = np.random.default_rng(1)
-    inits = [numpy_helper.from_array(first_conv.astype(np.float32), "conv_w"),
-             numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "conv_b"),
-             numpy_helper.from_array(rng.normal(0, 1.0, (5, 8)).astype(np.float32), "fc_w"),
-             numpy_helper.from_array(rng.normal(0, 0.1, 5).astype(np.float32), "fc_b")]
-    nodes, x = [], "input"
-    if layout == "nhwc":
-        nodes.append(helper.make_node("Transpose", [x], ["nchw"], perm=[0, 3, 1, 2]))
-        x = "nchw"
-    nodes += [helper.make_node("Conv", [x, "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
-              helper.make_node("Relu", ["c"], ["r"]),
-              helper.make_node("GlobalAveragePool", ["r"], ["p"]),
-              helper.make_node("Flatten", ["p"], ["f"]),
-              helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["scores"], transB=1)]
-    shape = ["N", 3, 16, 16] if layout == "nchw" else ["N", 16, 16, 3]
-    graph = helper.make_graph(nodes, "theirs", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    """Conv → Relu → global pool → Gemm on a float 16×16 input in `layout`, with the given first-layer
+    weights and the same other weights whatever they are."""
+    foreign_classifier(path, layout, size=(16, 16), classes=5, seed=1, first_conv=first_conv)
 
 
 def image_folder(path, n: int = 12):
