@@ -169,3 +169,86 @@ def test_resnet_shape_and_size():
     net = zoo.CIFAR_RESNET.build()
     assert 1_000_000 < sum(p.numel() for p in net.parameters()) < 3_000_000
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_alternate_flip_flips_each_image_in_every_other_epoch():
+    from toolkit.pytorch.train_classifier import epoch_plan
+
+    def flips_by_image(epoch: int) -> torch.Tensor:
+        plan = epoch_plan(1000, seed=3, epoch=epoch, translate=0, alternate_flip=True)
+        by_image = torch.empty(1000, dtype=torch.bool)
+        by_image[plan["order"]] = plan["flip"]
+        return by_image
+
+    first, second, third = flips_by_image(0), flips_by_image(1), flips_by_image(2)
+    assert torch.equal(second, ~first) and torch.equal(third, first)
+    assert 400 < int(first.sum()) < 600                                  # a fair coin per image
+    random = epoch_plan(1000, seed=3, epoch=1, translate=0)["flip"]
+    assert not torch.equal(random, epoch_plan(1000, seed=3, epoch=1, translate=0, alternate_flip=True)["flip"])
+
+
+def test_optimizer_groups_scale_norm_biases_and_freeze_norm_scales():
+    from toolkit.pytorch.nets.resnet import CifarResNet
+    from toolkit.pytorch.train_classifier import make_optimizer
+
+    net = CifarResNet()
+    cfg = ResNetConfig(data="x", norm_bias_lr=64.0, weight_decay=1e-3, freeze_norm_scale=True)
+    opt = make_optimizer(net, cfg)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(not m.weight.requires_grad and torch.all(m.weight == 1) for m in norms)
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    for m in norms:
+        group = by_param[id(m.bias)]
+        assert group["lr_scale"] == 64.0 and group["weight_decay"] == pytest.approx(1e-3 / 64)
+    conv = net.stages[0].conv.weight
+    assert by_param[id(conv)]["lr_scale"] == 1.0 and by_param[id(conv)]["weight_decay"] == 1e-3
+    assert not any(id(m.weight) in by_param for m in norms)             # frozen: in no group
+    plain = make_optimizer(CifarResNet(), ResNetConfig(data="x", norm_bias_lr=1.0, freeze_norm_scale=False))
+    assert {g["lr_scale"] for g in plain.param_groups} == {1.0}
+
+
+def test_stage_convs_start_as_the_identity():
+    from toolkit.pytorch.nets.resnet import CifarResNet
+
+    for conv in (m for m in CifarResNet().stages.modules() if isinstance(m, torch.nn.Conv2d)):
+        k = min(conv.in_channels, conv.out_channels)
+        assert torch.equal(conv.weight[:k], torch.nn.init.dirac_(torch.empty_like(conv.weight[:k])))
+
+
+@pytest.mark.slow
+def test_lookahead_validates_and_ships_the_average_every_val_every_epochs(tmp_path, small_tree):
+    from toolkit.pytorch.train_classifier import ClassifierTask, read_labelled
+
+    cfg = ResNetConfig(data=str(small_tree), epochs=3, batch_size=16, val_every=2)
+    summary = _train_classifier(cfg, tmp_path / "w.safetensors")
+    assert ["val_accuracy" in h for h in summary["history"]] == [False, True, True]
+    task = ClassifierTask(cfg, read_labelled(str(small_tree)))
+    task.begin_epoch(0)
+    for step in range(5):
+        task.step(0, step)
+    assert task.average is not None
+    for key, value in task.model.net.state_dict().items():              # after the 5th step: pulled to the average
+        assert torch.equal(value, task.average.state_dict()[key]), key
+    task.step(0, 5)
+    assert not torch.equal(task.model.net.stages[0].conv.weight, task.average.stages[0].conv.weight)
+
+
+def test_gan_weight_average_warms_up():
+    from toolkit.pytorch.train_gan import update_average
+
+    model, average = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = average.weight.detach().clone()
+    update_average(average, model, 0.999, step=0)                        # decay min(0.999, 1/10)
+    assert torch.allclose(average.weight, 0.1 * before + 0.9 * model.weight)
+    before = average.weight.detach().clone()
+    update_average(average, model, 0.99, step=10_000)
+    assert torch.allclose(average.weight, 0.99 * before + 0.01 * model.weight)
+
+
+def test_gan_learning_rate_falls_to_zero_after_decay_from():
+    from toolkit.pytorch.train_gan import gan_lr
+
+    cfg = GanConfig(data="x", lr=2e-4, decay_from=0.5)
+    assert [gan_lr(cfg, s, 100) for s in (0, 49, 50)] == [2e-4, 2e-4, 2e-4]
+    assert gan_lr(cfg, 75, 100) == pytest.approx(1e-4) and gan_lr(cfg, 99, 100) == pytest.approx(4e-6)
+    assert gan_lr(GanConfig(data="x", lr=2e-4), 99, 100) == 2e-4             # 1: constant

@@ -60,13 +60,18 @@ def lr_schedule(step: int, total: int, peak: float, warmup: float = 0.25, shape:
 
 
 def epoch_plan(n: int, seed: int, epoch: int, translate: int, cutout: int = 0,
-               size: tuple[int, int] = (32, 32)) -> dict[str, torch.Tensor]:
+               size: tuple[int, int] = (32, 32), alternate_flip: bool = False) -> dict[str, torch.Tensor]:
     """The random choices of one epoch, drawn up front from (seed, epoch): the order of the images,
     a flip bit, a shift and a cutout centre per position. Nothing random is left to draw mid-epoch,
-    so a resumed epoch replays exactly, and no step waits for the host to send random numbers."""
+    so a resumed epoch replays exactly, and no step waits for the host to send random numbers.
+    With `alternate_flip` each image is flipped in every other epoch: a fair coin per image drawn
+    once from the seed decides the first epoch, and odd epochs invert it."""
     gen = torch.Generator().manual_seed(seed * 1000 + epoch)
     plan = {"order": torch.randperm(n, generator=gen), "flip": torch.rand(n, generator=gen) < 0.5,
             "shift": torch.randint(0, 2 * translate + 1, (2, n), generator=gen)}
+    if alternate_flip:
+        first = torch.rand(n, generator=torch.Generator().manual_seed(seed * 1000 - 1)) < 0.5
+        plan["flip"] = first[plan["order"]] ^ bool(epoch % 2)
     if cutout:
         plan["centre"] = torch.stack([torch.randint(0, size[0], (n,), generator=gen),
                                       torch.randint(0, size[1], (n,), generator=gen)])
@@ -162,14 +167,9 @@ class ClassifierTask:
             op, params = parse_preprocess(cfg.preprocess)
             self.forward = torch.nn.Sequential(transform_module(op, params, "matmul", spec.input_size),
                                                self.model).to(self.device)
-        trainable = [(k, p) for k, p in self.model.net.named_parameters() if p.requires_grad]
-        groups = [{"params": [p for _, p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay},
-                  {"params": [p for _, p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
-        if cfg.optimizer == "sgd":
-            self.opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-        else:
-            self.opt = torch.optim.AdamW(groups, lr=cfg.lr)
-        self.average = copy.deepcopy(self.model.net).requires_grad_(False) if cfg.ema else None
+        self.opt = make_optimizer(self.model.net, cfg)
+        self.average = (copy.deepcopy(self.model.net).requires_grad_(False) if cfg.ema or cfg.lookahead
+                        else None)
         self.plan: dict[str, torch.Tensor] = {}
         # Cutout paints the mean colour: zero after normalisation.
         self.fill = torch.tensor([round(255 * m) for m in spec.mean], dtype=torch.uint8, device=self.device)
@@ -191,7 +191,7 @@ class ClassifierTask:
 
     def begin_epoch(self, epoch: int) -> None:
         plan = epoch_plan(len(self.y_train), self.cfg.seed, epoch, self.cfg.translate, self.cfg.cutout,
-                          (self.x_train.shape[1], self.x_train.shape[2]))
+                          (self.x_train.shape[1], self.x_train.shape[2]), self.cfg.alternate_flip)
         self.plan = {k: v.to(self.device) for k, v in plan.items()}
         distributed.reseed(self.cfg.seed, epoch)
         self.model.train()
@@ -205,9 +205,10 @@ class ClassifierTask:
                          self.plan["shift"][:, batch], cfg.translate)
         if cfg.cutout:
             images = cut_out(images, self.plan["centre"][:, batch], cfg.cutout, self.fill)
-        lr = lr_schedule(epoch * self.steps_per_epoch + step, self.total_steps, cfg.lr, cfg.warmup, cfg.schedule)
+        lr = lr_schedule(epoch * self.steps_per_epoch + step, self.total_steps, cfg.lr, cfg.warmup, cfg.schedule,
+                         1 / cfg.lr_end)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = self.train_forward(images)
         labels = self.y_train[idx]
@@ -224,8 +225,13 @@ class ClassifierTask:
         return {"loss": shown.detach()}
 
     def end_epoch(self, epoch: int, averages: dict[str, float]) -> dict[str, Any]:
-        record: dict[str, Any] = {"loss": round(averages.get("loss", float("nan")), 4),
-                                  "val_accuracy": round(evaluate(self.forward, self.x_val, self.y_val), 4)}
+        record: dict[str, Any] = {"loss": round(averages.get("loss", float("nan")), 4)}
+        if (epoch + 1) % self.cfg.val_every and epoch + 1 < self.cfg.epochs:
+            return record
+        if self.cfg.lookahead:          # the weights were just pulled to the average: validate that once
+            record["val_accuracy"] = round(evaluate(self._averaged_forward(), self.x_val, self.y_val), 4)
+            return record
+        record["val_accuracy"] = round(evaluate(self.forward, self.x_val, self.y_val), 4)
         if self.average is not None:
             record["val_accuracy_raw"] = record["val_accuracy"]
             record["val_accuracy"] = round(evaluate(self._averaged_forward(), self.x_val, self.y_val), 4)
@@ -235,10 +241,17 @@ class ClassifierTask:
     @torch.no_grad()
     def _update_average(self, step: int) -> None:
         assert self.average is not None
-        # The usual warm-up of the decay: early on the average follows the weights closely.
-        decay = min(self.cfg.ema, (1 + step) / (10 + step))
         avg = [t for t in self.average.state_dict().values() if t.is_floating_point()]
         cur = [t for t in self.model.net.state_dict().values() if t.is_floating_point()]
+        if self.cfg.lookahead:
+            # airbench's Lookahead: every 5 steps the average takes a step towards the weights and the
+            # weights jump back to it; the decay grows as the cube of the progress, to 0.95⁵.
+            if (step + 1) % 5 == 0 or step + 1 == self.total_steps:
+                torch._foreach_lerp_(avg, cur, 1.0 - 0.95 ** 5 * ((step + 1) / self.total_steps) ** 3)
+                torch._foreach_copy_(cur, avg)
+            return
+        # The usual warm-up of the decay: early on the average follows the weights closely.
+        decay = min(self.cfg.ema, (1 + step) / (10 + step))
         torch._foreach_lerp_(avg, cur, 1.0 - decay)
 
     def _averaged_forward(self) -> torch.nn.Module:
@@ -250,6 +263,29 @@ class ClassifierTask:
 
     def final_net(self) -> torch.nn.Module:
         return self.average if self.average is not None else self.model.net
+
+
+def make_optimizer(net: torch.nn.Module, cfg: ClassifierConfig) -> torch.optim.Optimizer:
+    """SGD-Nesterov or AdamW over three groups: conv/linear weights (weight decay), batch-norm
+    biases (learning rate × norm_bias_lr, decay ÷ it) and the other 1-D parameters (no decay).
+    Each group's `lr_scale` multiplies the scheduled learning rate."""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if cfg.freeze_norm_scale:
+        for m in norms:
+            if m.weight is not None:
+                torch.nn.init.ones_(m.weight)
+                m.weight.requires_grad_(False)
+    norm_biases = {id(m.bias) for m in norms if m.bias is not None}
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+              {"params": [p for p in trainable if id(p) in norm_biases], "lr_scale": cfg.norm_bias_lr,
+               "weight_decay": cfg.weight_decay / cfg.norm_bias_lr if cfg.norm_bias_lr != 1 else 0.0},
+              {"params": [p for p in trainable if p.ndim <= 1 and id(p) not in norm_biases], "weight_decay": 0.0,
+               "lr_scale": 1.0}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def train_classifier(cfg: ClassifierConfig, out: str | os.PathLike, checkpoint: str | os.PathLike | None = None,

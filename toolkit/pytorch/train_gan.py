@@ -65,6 +65,21 @@ def recalibrate_batchnorm(generator: torch.nn.Module, latent_dim: int, batches: 
     generator.eval()
 
 
+def gan_lr(cfg: GanConfig, step: int, total: int) -> float:
+    """The learning rate of both networks: constant, then falling linearly to zero over the steps
+    after `decay_from` of the run."""
+    start = cfg.decay_from * total
+    return cfg.lr if step < start else cfg.lr * (total - step) / max(1.0, total - start)
+
+
+@torch.no_grad()
+def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """One step of the generator's weight average. The decay warms up as (1 + step) / (10 + step),
+    so the average follows the weights closely at first instead of keeping its random start."""
+    rate = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), 1.0 - rate)
+
+
 def _training_faces(cfg: GanConfig, n: int) -> int:
     """How many of `n` faces are trained on: the last `holdout` are kept out when there are enough."""
     return n - cfg.holdout if cfg.holdout and n > 2 * cfg.holdout else n
@@ -125,6 +140,9 @@ class GanTask:
         real = to_model_range(self.faces[self.order[share]])
         z = torch.randn(cfg.batch_size, self.spec.latent_dim, generator=self.noise_gen)
         fake = G(z[share.start - first:share.stop - first])
+        lr = gan_lr(cfg, epoch * self.steps_per_epoch + step, cfg.epochs * self.steps_per_epoch)
+        for group in self.opt_d.param_groups + self.opt_g.param_groups:
+            group["lr"] = lr
         # Discriminator: real → 1, fake → 0.
         loss_d = self._bce(D(real), self.ones) + self._bce(D(fake.detach()), self.zeros)
         self.opt_d.zero_grad(set_to_none=True)
@@ -136,9 +154,7 @@ class GanTask:
         loss_g.backward()
         self.opt_g.step()
         if cfg.ema:
-            with torch.no_grad():
-                for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
-                    pe.lerp_(p, 1.0 - cfg.ema)
+            update_average(self.G_ema, self.G, cfg.ema, epoch * self.steps_per_epoch + step)
         return {"D": loss_d.detach(), "G": loss_g.detach()}
 
     def _bce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
