@@ -139,8 +139,8 @@ gpu-carry:
 	@$(GPU_PYTHON) benchmarks/gpu_carry.py pack --python $(TARGET_PYTHON) --cuda $(TARGET_CUDA) --out .gpu
 
 # Classifier accuracy under noise and JPEG, with and without the low-pass → benchmarks/results/robustness.*
-robustness: install data
-	$(BIN)/python benchmarks/robustness.py
+robustness: install data models
+	$(BIN)/python benchmarks/robustness.py --classifier "fine-tuned, low-pass 0.5 fused=models/cifar_cnn.fft_lowpass.onnx"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo
