@@ -46,7 +46,8 @@ class ClassifierConfig:
                                          "instead of at random each time.")
     norm_bias_lr: float = option(1.0, "Learning-rate multiplier of the batch-norm biases (their weight decay "
                                       "is divided by it, so they decay as fast as the rest).")
-    freeze_norm_scale: bool = option(False, "Keep the batch-norm scales at 1: only their biases learn.")
+    freeze_norm_scale: bool = option(False, "Do not train the batch-norm scales (a fresh net's are 1): only "
+                                            "their biases learn.")
     lr_end: float = option(0.01, "Learning rate at the last step, as a fraction of the peak.")
     val_every: int = option(1, "Validate after every N-th epoch (and always after the last).")
     seed: int = option(0, "Seed for initialisation, shuffling and augmentation.")

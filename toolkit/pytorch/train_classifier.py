@@ -270,10 +270,9 @@ def make_optimizer(net: torch.nn.Module, cfg: ClassifierConfig) -> torch.optim.O
     biases (learning rate × norm_bias_lr, decay ÷ it) and the other 1-D parameters (no decay).
     Each group's `lr_scale` multiplies the scheduled learning rate."""
     norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if cfg.freeze_norm_scale:
+    if cfg.freeze_norm_scale:          # a fresh net's scales are 1; fine-tuned weights keep theirs
         for m in norms:
             if m.weight is not None:
-                torch.nn.init.ones_(m.weight)
                 m.weight.requires_grad_(False)
     norm_biases = {id(m.bias) for m in norms if m.bias is not None}
     trainable = [p for p in net.parameters() if p.requires_grad]
