@@ -31,22 +31,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dcgan_quality import HOLDOUT, SWD_SETTINGS, load_faces  # noqa: E402
+from dcgan_quality import HOLDOUT, SWD_SETTINGS, load_faces
 
-import toolkit.zoo as zoo  # noqa: E402
-from toolkit.edge import quality  # noqa: E402
-from toolkit.edge.data.datasets import read_flat_folder  # noqa: E402
-from toolkit.edge.data.images import list_images  # noqa: E402
-from toolkit.pytorch.checkpoint import atomic_save_tensors, prefixed  # noqa: E402
-from toolkit.pytorch.loop import run  # noqa: E402
-from toolkit.pytorch.train_classifier import read_images  # noqa: E402
-from toolkit.pytorch.train_gan import (  # noqa: E402
+import toolkit.zoo as zoo
+from toolkit.edge import quality
+from toolkit.edge.data.datasets import read_flat_folder
+from toolkit.edge.data.images import list_images
+from toolkit.pytorch.checkpoint import atomic_save_tensors, prefixed
+from toolkit.pytorch.loop import run
+from toolkit.pytorch.train_classifier import read_images
+from toolkit.pytorch.train_gan import (
     GanTask,
     recalibrate_batchnorm,
     to_uint8,
     update_average,
 )
-from toolkit.recipes import GanConfig  # noqa: E402
+from toolkit.recipes import GanConfig
 
 
 @torch.no_grad()
