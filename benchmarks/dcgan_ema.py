@@ -42,7 +42,6 @@ from toolkit.pytorch.loop import run
 from toolkit.pytorch.train_classifier import read_images
 from toolkit.pytorch.train_gan import (
     GanTask,
-    recalibrate_batchnorm,
     to_uint8,
     update_average,
 )
@@ -72,9 +71,7 @@ class Averaged(GanTask):
         return losses
 
     def shipped(self, decay: float) -> torch.nn.Module:
-        final = copy.deepcopy(self.averages[decay])
-        recalibrate_batchnorm(final, zoo.DCGAN.latent_dim, batches=self.cfg.bn_batches, seed=self.cfg.seed)
-        return final
+        return self.recalibrated(self.averages[decay])
 
 
 def main() -> None:
@@ -103,9 +100,7 @@ def main() -> None:
     def score(position) -> None:
         if position.step != task.steps_per_epoch or position.epoch + 1 not in args.score_epochs:
             return
-        recalibrated = copy.deepcopy(task.G)
-        recalibrate_batchnorm(recalibrated, zoo.DCGAN.latent_dim, batches=cfg.bn_batches, seed=cfg.seed)
-        candidates = {"as trained": task.G, "as trained, batch norm re-estimated": recalibrated,
+        candidates = {"as trained": task.G, "as trained, batch norm re-estimated": task.recalibrated(task.G),
                       **{f"ema {d}": task.shipped(d) for d in args.decays}}
         for name, generator in candidates.items():
             swd = quality.sliced_wasserstein(faces_of(generator, HOLDOUT, 0), reference, **SWD_SETTINGS)["mean"]

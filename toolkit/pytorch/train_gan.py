@@ -181,7 +181,11 @@ class GanTask:
         if not self.cfg.ema:
             self.G.eval()
             return self.G
-        final = copy.deepcopy(self.G_ema)
+        return self.recalibrated(self.G_ema)
+
+    def recalibrated(self, generator: torch.nn.Module) -> torch.nn.Module:
+        """A copy of `generator` with batch-norm statistics re-estimated as the shipped average's are."""
+        final = copy.deepcopy(generator)
         recalibrate_batchnorm(final, self.spec.latent_dim, batches=self.cfg.bn_batches, seed=self.cfg.seed)
         return final
 
