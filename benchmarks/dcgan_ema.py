@@ -12,8 +12,10 @@ the generator as trained, and the same with re-estimated statistics, with the sl
 distance of `benchmarks/dcgan_quality.py`, on
 2,000 generated faces against 2,000 *training* faces (the ones just before the held-out ones):
 the choice is made without the held-out faces, which stay for the final measure. Writes each
-average's final weights to --out-dir/ema<decay>.safetensors (the format `toolkit train` writes)
-and the scores to --out-dir/scores.json.
+average's final weights to --out-dir/ema<decay>.safetensors and the generator as trained after
+each scored epoch to --out-dir/epoch<N>.safetensors (the format `toolkit train` writes; the
+constant learning rate makes epoch N of a longer run what `--epochs N` ships), and the scores
+to --out-dir/scores.json. `--loss`, `--spectral-norm` and `--lr-d` are the command's.
 """
 
 from __future__ import annotations
@@ -78,9 +80,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/anime-faces-64/faces")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--decays", type=float, nargs="+", default=[0.99, 0.995, 0.998, 0.999])
+    ap.add_argument("--decays", type=float, nargs="*", default=[0.99, 0.995, 0.998, 0.999])
     ap.add_argument("--score-epochs", type=int, nargs="+", default=[6, 8, 10])
     ap.add_argument("--decay-from", type=float, default=1.0, help="as `toolkit train dcgan --decay-from`")
+    ap.add_argument("--loss", default="bce", help="as `toolkit train dcgan --loss`")
+    ap.add_argument("--spectral-norm", action="store_true", help="as `toolkit train dcgan --spectral-norm`")
+    ap.add_argument("--lr-d", type=float, default=0.0, help="as `toolkit train dcgan --lr-d`")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", default="runs/dcgan_ema")
@@ -89,7 +94,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     cfg = GanConfig(data=args.data, epochs=args.epochs, seed=args.seed, threads=args.threads,
-                    decay_from=args.decay_from, samples_dir=str(out / "samples"))
+                    decay_from=args.decay_from, loss=args.loss, spectral_norm=args.spectral_norm, lr_d=args.lr_d,
+                    samples_dir=str(out / "samples"))
     cfg.validate()
     files = list_images(args.data)
     reference = load_faces(files[-2 * HOLDOUT:-HOLDOUT])          # training faces: the choice never sees the held-out
@@ -106,6 +112,9 @@ def main() -> None:
             swd = quality.sliced_wasserstein(faces_of(generator, HOLDOUT, 0), reference, **SWD_SETTINGS)["mean"]
             scores.append({"epoch": position.epoch + 1, "generator": name, "swd_vs_training_faces": round(swd, 2)})
             print(json.dumps(scores[-1]), flush=True)
+        # The generator as trained after this epoch: what `toolkit train dcgan --epochs <epoch>` ships.
+        atomic_save_tensors(prefixed("model", task.G.state_dict()), out / f"epoch{position.epoch + 1}.safetensors",
+                            {"model": "dcgan", "epochs": position.epoch + 1, "config": asdict(cfg)})
         task.G.train()
 
     start = time.time()

@@ -116,8 +116,12 @@ class GanConfig:
     data: str = option("", "Flat folder of images (any size; resized to 64×64).")
     epochs: int = option(10, "Epochs over the training faces.")
     batch_size: int = option(64, "Mini-batch size.")
-    lr: float = option(2e-4, "Adam learning rate (both networks).")
+    lr: float = option(2e-4, "Adam learning rate of the generator (and of the discriminator unless --lr-d).")
     beta1: float = option(0.5, "Adam β1.")
+    lr_d: float = option(0.0, "The discriminator's Adam learning rate (0: --lr).")
+    loss: str = option("bce", "Adversarial loss: bce (the paper's, non-saturating for the generator) | hinge.")
+    spectral_norm: bool = option(False, "Spectral normalisation of the discriminator's convolutions, in place of "
+                                        "its batch norm (Miyato et al. 2018).")
     decay_from: float = option(1.0, "Fraction of the steps after which both learning rates fall linearly "
                                     "to zero (1: constant).")
     # Averages with decays 0.99–0.999 scored far worse on the quality measure here (models/README.md).
@@ -138,6 +142,8 @@ class GanConfig:
         _check(self.batch_size >= 2, f"--batch-size must be ≥ 2, got {self.batch_size}")
         _check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         _check(0 <= self.beta1 < 1, f"--beta1 must be in [0, 1), got {self.beta1}")
+        _check(self.lr_d >= 0, f"--lr-d must be ≥ 0, got {self.lr_d}")
+        _check(self.loss in ("bce", "hinge"), f"--loss must be bce or hinge, got {self.loss!r}")
         _check(0 <= self.decay_from <= 1, f"--decay-from must be in [0, 1], got {self.decay_from}")
         _check(0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}")
         _check(self.bn_batches >= 1, f"--bn-batches must be ≥ 1, got {self.bn_batches}")

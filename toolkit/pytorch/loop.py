@@ -37,6 +37,7 @@ from rich.progress import (
 
 from toolkit.pytorch import distributed
 from toolkit.pytorch.checkpoint import atomic_save_tensors, load_tensors
+from toolkit.pytorch.heap import retained_heap
 
 console = Console(stderr=True)
 
@@ -144,7 +145,8 @@ def _progress(quiet: bool) -> Progress:
 
 def run(task: Task, epochs: int, checkpoint: Path, config: dict[str, Any], resume: bool = False,
         on_step: Callable[[Position], None] | None = None, quiet: bool = False, show_every: int = 10) -> Position:
-    """Train `task` for `epochs`, checkpointing at every epoch end and on Ctrl-C.
+    """Train `task` for `epochs`, checkpointing at every epoch end and on Ctrl-C; freed host memory
+    stays in the process meanwhile (toolkit/pytorch/heap.py).
 
     `on_step(position)` runs after every completed step; raising KeyboardInterrupt there acts
     like Ctrl-C (tests use it to stop at an exact step).
@@ -154,7 +156,7 @@ def run(task: Task, epochs: int, checkpoint: Path, config: dict[str, Any], resum
     console.quiet, was_quiet = not main or console.quiet, console.quiet
     try:
         pos = load_checkpoint(task, checkpoint, config) if resume else Position()
-        with deferred_interrupt() as stop, _progress(quiet) as progress:
+        with deferred_interrupt() as stop, _progress(quiet) as progress, retained_heap():
             _epochs(task, pos, epochs, checkpoint, config, stop, progress, on_step, quiet, show_every)
     finally:
         console.quiet = was_quiet

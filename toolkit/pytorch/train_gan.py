@@ -95,10 +95,10 @@ class GanTask:
         self.faces = torch.from_numpy(faces)
         self.steps_per_epoch = len(faces) // cfg.batch_size          # drop the last partial batch: batch norm
         torch.manual_seed(cfg.seed)
-        self.G, self.D = self.spec.build(), Discriminator()
+        self.G, self.D = self.spec.build(), Discriminator(spectral_norm=cfg.spectral_norm)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d or cfg.lr, betas=(cfg.beta1, 0.999))
         self.fixed_z = torch.randn(64, self.spec.latent_dim, generator=torch.Generator().manual_seed(1234))
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
         share = cfg.batch_size // distributed.world().size
@@ -141,15 +141,15 @@ class GanTask:
         z = torch.randn(cfg.batch_size, self.spec.latent_dim, generator=self.noise_gen)
         fake = G(z[share.start - first:share.stop - first])
         lr = gan_lr(cfg, epoch * self.steps_per_epoch + step, cfg.epochs * self.steps_per_epoch)
-        for group in self.opt_d.param_groups + self.opt_g.param_groups:
+        for group in self.opt_g.param_groups:
             group["lr"] = lr
-        # Discriminator: real → 1, fake → 0.
-        loss_d = self._bce(D(real), self.ones) + self._bce(D(fake.detach()), self.zeros)
+        for group in self.opt_d.param_groups:
+            group["lr"] = lr * (cfg.lr_d or cfg.lr) / cfg.lr
+        loss_d = self._loss_d(D(real), D(fake.detach()))
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
-        # Generator: the non-saturating loss of Goodfellow et al.
-        loss_g = self._bce(D(fake), self.ones)
+        loss_g = self._loss_g(D(fake))
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -157,10 +157,20 @@ class GanTask:
             update_average(self.G_ema, self.G, cfg.ema, epoch * self.steps_per_epoch + step)
         return {"D": loss_d.detach(), "G": loss_g.detach()}
 
-    def _bce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if distributed.world().size == 1:
-            return F.binary_cross_entropy_with_logits(logits, target)
-        per_sample = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    def _loss_d(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """Real → 1 and fake → 0 (bce), or real ≥ 1 and fake ≤ −1 (hinge)."""
+        if self.cfg.loss == "hinge":
+            return self._mean(F.relu(1.0 - real)) + self._mean(F.relu(1.0 + fake))
+        return self._mean(F.binary_cross_entropy_with_logits(real, self.ones, reduction="none")) + \
+            self._mean(F.binary_cross_entropy_with_logits(fake, self.zeros, reduction="none"))
+
+    def _loss_g(self, fake: torch.Tensor) -> torch.Tensor:
+        """The non-saturating loss of Goodfellow et al. (bce), or the fake's negated score (hinge)."""
+        if self.cfg.loss == "hinge":
+            return self._mean(-fake)
+        return self._mean(F.binary_cross_entropy_with_logits(fake, self.ones, reduction="none"))
+
+    def _mean(self, per_sample: torch.Tensor) -> torch.Tensor:
         return distributed.share_loss(per_sample, self.cfg.batch_size)
 
     def end_epoch(self, epoch: int, averages: dict[str, float]) -> dict[str, Any]:

@@ -32,20 +32,28 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, width: int = 64):
+    """The paper's discriminator; with `spectral_norm` every conv is spectrally normalised
+    (Miyato et al. 2018) and the batch norms go: the normalisation bounds its Lipschitz constant."""
+
+    def __init__(self, width: int = 64, spectral_norm: bool = False):
         super().__init__()
 
+        def conv(cin, cout, stride=2, padding=1):
+            c = nn.Conv2d(cin, cout, 4, stride, padding, bias=spectral_norm)
+            return nn.utils.parametrizations.spectral_norm(c) if spectral_norm else c
+
         def down(cin, cout):
-            return [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, True)]
+            return [conv(cin, cout), *([] if spectral_norm else [nn.BatchNorm2d(cout)]), nn.LeakyReLU(0.2, True)]
 
         self.main = nn.Sequential(
-            nn.Conv2d(3, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True),  # → 64 × 32 × 32
+            conv(3, width), nn.LeakyReLU(0.2, True),                          # → 64 × 32 × 32
             *down(width, width * 2),                                          # → 128 × 16 × 16
             *down(width * 2, width * 4),                                      # → 256 × 8 × 8
             *down(width * 4, width * 8),                                      # → 512 × 4 × 4
-            nn.Conv2d(width * 8, 1, 4, 1, 0, bias=False),                     # → 1 × 1 × 1
+            conv(width * 8, 1, 1, 0),                                         # → 1 × 1 × 1
         )
-        init_weights(self)
+        if not spectral_norm:         # the paper's N(0, 0.02); normalised convs keep PyTorch's default
+            init_weights(self)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.main(image).flatten()
