@@ -182,7 +182,7 @@ def _register_train_commands() -> None:
     _train_command("cifar-cnn", ClassifierConfig, "train_classifier:train_classifier",
                    "Train the paper's CIFAR-10 CNN; validation accuracy is reported after every epoch.")
     _train_command("cifar-resnet", ResNetConfig, "train_classifier:train_classifier",
-                   "Train the residual CIFAR-10 classifier (~2 M parameters; about 17 minutes on 2 CPU cores, "
+                   "Train the residual CIFAR-10 classifier (~2 M parameters; about 18 minutes on 2 CPU cores, "
                    "validated every 3 epochs).", skip=("preprocess",))
     _train_command("dcgan", GanConfig, "train_gan:train_gan",
                    "Train the DCGAN generator and discriminator; a sample grid is written every epoch.")

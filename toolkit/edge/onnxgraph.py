@@ -26,7 +26,7 @@ def parse_onnx(data: bytes, name: str | os.PathLike, error: type[Exception] = Va
 
 def load_onnx(path: str | os.PathLike, error: type[Exception] = ValueError) -> onnx.ModelProto:
     """The model in the file at `path`, external data not loaded, or `error` with one line. The
-    contract's readers (contract.inspect_model) add the size, file-type and external-data checks."""
+    readers (modelfile.inspect_model) add the size, file-type and external-data checks."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{shown(path)}: no such model file")

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import toolkit.edge.optimize.select as select
 from toolkit.edge.bench.inputs import report_path
 from toolkit.edge.bench.machine import machine_info
 from toolkit.edge.data.fsio import atomic_write, atomic_write_text
 from toolkit.edge.errors import shown
-from toolkit.edge.optimize import select
 from toolkit.edge.optimize.accuracy import Accuracy, correct
 from toolkit.edge.optimize.candidates import Candidate
 from toolkit.edge.runtime.deployment import DEPLOYMENT_KEY, Deployment

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+import toolkit.edge.optimize.budget as timebox
 from toolkit.edge.errors import shown
-from toolkit.edge.optimize import budget as timebox
 from toolkit.edge.optimize.accuracy import REFERENCE, Accuracy
 from toolkit.edge.optimize.candidates import Candidate, make_candidates
 from toolkit.edge.optimize.config import (

@@ -11,11 +11,11 @@ from dataclasses import replace
 
 import numpy as np
 
+import toolkit.edge.optimize.budget as timebox
 from toolkit.edge.bench.inputs import InputPool
 from toolkit.edge.bench.measure import BenchConfig, Context, Plan, make_row, measure_plans, onnx_plans
 from toolkit.edge.bench.roof import measure_roof, shares
 from toolkit.edge.errors import first_line
-from toolkit.edge.optimize import budget as timebox
 from toolkit.edge.optimize.candidates import Candidate
 from toolkit.edge.optimize.select import round_values
 from toolkit.edge.runtime import provider_is_cpu_side

@@ -2,7 +2,7 @@
 Never imports torch.
 
 What holds for every runtime is checked here, once, before the runtime is imported: the file obeys
-the contract (contract.check_model_file: one file, external data only inside its folder), the
+the contract (modelfile.check_model_file: one file, external data only inside its folder), the
 provider is known, and each option applies to it (a schedule to the providers that run streams, a
 precision hint to those that take one). The runtime module named in registry.RUNTIMES then opens it.
 """
@@ -65,7 +65,7 @@ def open_model(path: str | os.PathLike, provider: str | None = None, threads: in
         registry.provider_facts(provider)                 # an unknown provider is refused before the file is read
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
-    from toolkit.edge.contract import ModelFileError, check_model_file
+    from toolkit.edge.modelfile import ModelFileError, check_model_file
     try:  # the contract is enforced when reading too: one file, external data only inside the folder
         model_file = check_model_file(path)
     except ModelFileError as exc:

@@ -185,7 +185,7 @@ def _check_compiled(compiled, name: str, hint: str, streams: int) -> None:
 
 def open_runtime(path: Path, provider: str, model_file, options: OpenOptions) -> OpenVINOModel:
     """Compile an ONNX file for OpenVINO's CPU plugin or raise ProviderError with a one-line
-    message. `model_file`: the file as contract.check_model_file read it."""
+    message. `model_file`: the file as modelfile.check_model_file read it."""
     hint = options.precision_hint or DEFAULT_HINT
     if hint not in PRECISION_HINTS:
         raise ProviderError(f"unknown precision hint {hint!r} (choose from {', '.join(PRECISION_HINTS)})")

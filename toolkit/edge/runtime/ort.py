@@ -269,7 +269,7 @@ def _signature(values) -> tuple[TensorSpec, ...]:
 
 def open_runtime(path: Path, provider: str, model_file, options: OpenOptions) -> OnnxRuntimeModel:
     """An InferenceSession on `provider` or ProviderError / ModelError in one line. `model_file`:
-    the file as contract.check_model_file read it. With `options.shapes` (tensorrt) the engine is
+    the file as modelfile.check_model_file read it. With `options.shapes` (tensorrt) the engine is
     built for those input shapes at session creation (an explicit profile); without them, on the
     first run for the shapes it sees."""
     ort = _ort()

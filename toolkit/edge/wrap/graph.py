@@ -1,7 +1,7 @@
 """The graph side of `toolkit wrap`: read a foreign ONNX classifier, tell its interface, and join
 the contract's preprocessing and post-processing to it with `onnx.compose.merge_models`.
 
-Reading is guarded (toolkit.edge.contract.check_model_file): one regular file under protobuf's 2 GB
+Reading is guarded (toolkit.edge.modelfile.check_model_file): one regular file under protobuf's 2 GB
 limit, external data only from inside the model's own folder. The foreign graph itself is never
 edited beyond what joining needs (opset raised to 13 if older, a fixed batch made dynamic, names
 prefixed only on a collision).
