@@ -3,8 +3,8 @@
 PyTorch's CPU allocator hands every tensor to malloc. glibc serves blocks above its mmap threshold
 (at most 32 MiB) with a fresh `mmap` and gives them back with `munmap` when freed, so every
 training step maps its activations anew and the kernel zeroes them page by page: measured on the
-residual net at batch 1,024 on 2 cores, 138,000 minor page faults per step, a quarter of the step
-time (benchmarks/results/heap.md). `retained_heap()` tells glibc to serve everything from its heap
+residual net at batch 1,024 on 2 cores, 178,000 minor page faults per step and a quarter of the
+step time (benchmarks/results/heap.md). `retained_heap()` tells glibc to serve everything from its heap
 and never trim it while the block runs, so the second step reuses the pages of the first; the
 process keeps its peak heap until the block ends, when glibc's defaults come back (freed memory
 is returned to the system from the next free on; as after any mallopt call, glibc no longer

