@@ -8,10 +8,11 @@ Never imports torch.
 - speed.py: the candidates as bench plans, timed in interleaved rounds beside the measured roof.
 - select.py: acceptance, the winner and the tie rule, the report split's interval.
 - budget.py: the time box and the cost estimates it decides by.
-- search.py: `optimize`, the whole run; report.py and markdown.py: what it writes.
+- search.py: the state of a run and its search; report.py and markdown.py: what it writes.
+- run.py: `optimize`, the whole run.
 """
 
 from toolkit.edge.optimize.config import OBJECTIVES, OptimizeError, OptimizeOptions
-from toolkit.edge.optimize.search import optimize
+from toolkit.edge.optimize.run import optimize
 
 __all__ = ["OBJECTIVES", "OptimizeError", "OptimizeOptions", "optimize"]

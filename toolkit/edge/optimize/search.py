@@ -1,4 +1,4 @@
-"""`optimize`: from a contract classifier to the one file to ship on this machine.
+"""The search behind `optimize` (run.py): from a contract classifier to the one file to ship here.
 
 The steps, each inside the time box (budget.py): probe the providers; split the validation images
 into selection and report parts (split.py); evaluate fp32 (the reference); build and evaluate the
@@ -11,9 +11,7 @@ the reports and the plot (report.py). What had no time is listed as such.
 
 from __future__ import annotations
 
-import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +21,8 @@ import numpy as np
 import toolkit.edge.optimize.budget as timebox
 from toolkit.edge.errors import shown
 from toolkit.edge.optimize.accuracy import REFERENCE, Accuracy
-from toolkit.edge.optimize.candidates import Candidate, make_candidates
+from toolkit.edge.optimize.candidates import Candidate
 from toolkit.edge.optimize.config import (
-    DEFAULT_BATCH,
     OBJECTIVES,
     UNLABELED_MIN_AGREEMENT,
     OptimizeError,
@@ -33,16 +30,14 @@ from toolkit.edge.optimize.config import (
 )
 from toolkit.edge.optimize.select import accept
 from toolkit.edge.optimize.speed import WARMUP, Bench, round_seconds
-from toolkit.edge.optimize.split import Parts, split_parts
-from toolkit.edge.quantize.config import QuantizeOptions
+from toolkit.edge.optimize.split import Parts
 from toolkit.edge.runtime import registry
-from toolkit.edge.runtime.streams import available_cores
 
 Progress = Callable[[str, int, int], None]      # (what is being done, steps done, steps in all)
 SPEED_IMAGES = 1024                             # selection images the speed runs draw their batches from
 
 
-def _quiet(*_: object) -> None:
+def silent(*_: object) -> None:
     return None
 
 
@@ -117,8 +112,8 @@ class Search:
     budget: timebox.Budget
     usable: list[str]
     unusable: dict[str, str]
-    log: Callable[[str], None] = _quiet
-    progress: Progress = _quiet
+    log: Callable[[str], None] = silent
+    progress: Progress = silent
     batch: int = 1
     cores: int = 1
     candidates: list[Candidate] = field(default_factory=list)
@@ -197,7 +192,7 @@ class Search:
     def speed_images(self) -> np.ndarray:
         """Up to SPEED_IMAGES decoded selection images at the model's size."""
         chunks = []
-        for chunk in self.parts.selection.chunks([self.size], on_error=_quiet):
+        for chunk in self.parts.selection.chunks([self.size], on_error=silent):
             chunks.append(chunk.images[self.size])
             if sum(len(c) for c in chunks) >= SPEED_IMAGES:
                 break
@@ -230,49 +225,3 @@ class Search:
         self.roof = bench.measure(per_round, roof, self.cores, self.opts.objective)
         if not any(c.rounds for c in self.candidates if c.status == "accepted"):
             raise OptimizeError("no accepted candidate could be measured")
-
-
-def optimize(model: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLike | None = None,
-             unlabeled: str | os.PathLike | None = None, options: OptimizeOptions | None = None,
-             log: Callable[[str], None] = _quiet, progress: Progress = _quiet) -> dict:
-    """Search, choose, write: returns the report document (report.json's content) with the
-    written files under `files`. OptimizeError (one line, nothing written) for a request that
-    cannot be met, including a budget too small to measure even fp32."""
-    from toolkit.edge.optimize.report import conclude, write_outputs
-
-    opts = options or OptimizeOptions()
-    out_dir, data_dir = Path(out), Path(data) if data is not None else None
-    unlabeled_dir = Path(unlabeled) if unlabeled is not None else None
-    try:
-        check_request(out_dir, data_dir, unlabeled_dir, opts)
-    except registry.ProviderError as exc:
-        raise OptimizeError(str(exc)) from None
-    budget = timebox.Budget(opts.time_budget)
-    source, size, labels = resolve_model(model)
-    root = data_dir or unlabeled_dir
-    assert root is not None
-    parts = split_parts(root, data_dir is not None, labels, opts.seed)
-    usable, unusable = probe(opts.providers)
-    search = Search(source, size, labels, root, parts, opts, budget, usable, unusable, log, progress,
-                    batch=opts.batch_size or DEFAULT_BATCH[opts.objective], cores=available_cores())
-    search.candidates = make_candidates(usable, opts.objective, search.batch, search.cores)
-    search.steps = len({c.kind for c in search.candidates}) + 4
-    quantize = QuantizeOptions(split="train", calibration_images=opts.calibration_images, max_drop=opts.max_drop,
-                               unlabeled=data_dir is None, min_agreement=search.min_agreement or 0.98,
-                               guard_images=timebox.GUARD_IMAGES)
-    with tempfile.TemporaryDirectory(prefix="toolkit-optimize-") as work:
-        accuracy = Accuracy(source, root, parts, Path(work), quantize, log)
-        search.step("fp32: evaluate the reference")
-        search.reference_s = accuracy.evaluate_reference()
-        search.time_one_call()
-        if not budget.fits(search.tail_reserve(1)):
-            raise OptimizeError(f"--time-budget {opts.time_budget:g} s is too small to measure even fp32 (its "
-                                f"evaluation alone took {search.reference_s:.2f} s); give at least "
-                                f"{math.ceil(budget.needed(search.tail_reserve(1)))} s")
-        search.explore(accuracy)
-        search.measure()
-        search.step("the winner on the report split")
-        doc = conclude(search, accuracy)
-        search.step("write the winner and the reports")
-        doc["files"] = [str(p) for p in write_outputs(out_dir, search, doc)]
-    return doc

@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from toolkit.edge.runtime import install
+import toolkit.edge.runtime.install as install
 
 GPU_PROVIDERS = ("cuda", "tensorrt")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

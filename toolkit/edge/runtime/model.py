@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+import toolkit.edge.runtime.gpu as gpu
 from toolkit.edge.errors import first_line
-from toolkit.edge.runtime import gpu
 from toolkit.edge.runtime.registry import ProviderError, provider_is_cpu_side, runtime_of
 from toolkit.edge.runtime.streams import PLAIN, Feeds, Runner, Schedule
 

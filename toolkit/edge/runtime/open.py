@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from toolkit.edge.runtime import registry
+import toolkit.edge.runtime.registry as registry
 from toolkit.edge.runtime.deployment import DeploymentError, deployment_of, settle
 from toolkit.edge.runtime.model import Model, ModelError, OpenOptions, ProviderError
 from toolkit.edge.runtime.streams import Schedule, available_cores

@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+import toolkit.edge.runtime.gpu as gpu
+import toolkit.edge.runtime.install as install
 from toolkit.edge.errors import first_line
-from toolkit.edge.runtime import gpu, install
 from toolkit.edge.runtime.model import (
     DEFAULT_CACHE,
     Model,

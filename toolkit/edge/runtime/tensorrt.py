@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.edge.runtime import gpu
+import toolkit.edge.runtime.gpu as gpu
 
 
 def onnxruntime_version() -> str:
