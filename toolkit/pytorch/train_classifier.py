@@ -59,6 +59,14 @@ def lr_schedule(step: int, total: int, peak: float, warmup: float = 0.25, shape:
     return low + (peak - low) * fraction
 
 
+@torch.no_grad()
+def ema_step(average: list[torch.Tensor], current: list[torch.Tensor], decay: float, step: int) -> None:
+    """One step of an exponential moving average of `current` into `average`, with the usual warm-up
+    of the decay, min(decay, (1 + step) / (10 + step)): early on the average follows the weights
+    closely instead of keeping its random start."""
+    torch._foreach_lerp_(average, current, 1.0 - min(decay, (1 + step) / (10 + step)))
+
+
 def epoch_plan(n: int, seed: int, epoch: int, translate: int, cutout: int = 0,
                size: tuple[int, int] = (32, 32), alternate_flip: bool = False) -> dict[str, torch.Tensor]:
     """The random choices of one epoch, drawn up front from (seed, epoch): the order of the images,
@@ -250,9 +258,7 @@ class ClassifierTask:
                 torch._foreach_lerp_(avg, cur, 1.0 - 0.95 ** 5 * ((step + 1) / self.total_steps) ** 3)
                 torch._foreach_copy_(cur, avg)
             return
-        # The usual warm-up of the decay: early on the average follows the weights closely.
-        decay = min(self.cfg.ema, (1 + step) / (10 + step))
-        torch._foreach_lerp_(avg, cur, 1.0 - decay)
+        ema_step(avg, cur, self.cfg.ema, step)
 
     def _averaged_forward(self) -> torch.nn.Module:
         assert self.average is not None

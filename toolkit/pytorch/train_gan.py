@@ -33,7 +33,7 @@ from toolkit.pytorch.checkpoint import (
     unprefixed,
 )
 from toolkit.pytorch.loop import Position, console, run
-from toolkit.pytorch.train_classifier import read_images
+from toolkit.pytorch.train_classifier import ema_step, read_images
 from toolkit.recipes import GanConfig, check_outputs
 
 
@@ -72,12 +72,10 @@ def gan_lr(cfg: GanConfig, step: int, total: int) -> float:
     return cfg.lr if step < start else cfg.lr * (total - step) / max(1.0, total - start)
 
 
-@torch.no_grad()
 def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
-    """One step of the generator's weight average. The decay warms up as (1 + step) / (10 + step),
-    so the average follows the weights closely at first instead of keeping its random start."""
-    rate = min(decay, (1 + step) / (10 + step))
-    torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), 1.0 - rate)
+    """One step of the generator's weight average (its parameters; batch-norm statistics are
+    re-estimated when it is shipped), with the classifier's warm-up of the decay (`ema_step`)."""
+    ema_step(list(average.parameters()), list(model.parameters()), decay, step)
 
 
 def _training_faces(cfg: GanConfig, n: int) -> int:
